@@ -1,0 +1,166 @@
+"""The sd2tflite command line: parse options, make one library call, print the result.
+
+Imports no TensorFlow at module level, so `sd2tflite --help` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shlex
+import sys
+import warnings
+
+import click
+
+from . import __version__
+from .errors import SD2TFLiteError
+
+
+def _quiet_tensorflow(verbose: bool) -> None:
+    # Must happen before TensorFlow is imported; spawned workers inherit the environment.
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        warnings.filterwarnings("ignore")
+
+
+def _handle_errors(fn):
+    """Library errors become one line on stderr and their exit code; -v shows the traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        verbose = kwargs.get("verbose", False)
+        try:
+            return fn(*args, **kwargs)
+        except SD2TFLiteError as exc:
+            if verbose:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: no partial files were left behind", err=True)
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - last line of defence for users
+            if verbose:
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(
+                f"error: unexpected {type(exc).__name__}: {first} (run with -v for the traceback)",
+                err=True,
+            )
+            sys.exit(1)
+
+    return wrapper
+
+
+def _verbosity(fn):
+    fn = click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow logs and tracebacks.")(fn)
+    fn = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")(fn)
+    return fn
+
+
+class _TqdmProgress:
+    """Progress bars on stderr, one per stage, with elapsed time."""
+
+    def __init__(self, disable: bool):
+        self.disable = disable
+        self.bar = None
+
+    def begin(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.end()
+        self.bar = tqdm(total=total, disable=self.disable, file=sys.stderr, unit="file",
+                        bar_format="{desc} {n_fmt}/{total_fmt} [{elapsed}]")
+
+    def step(self, description: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(description)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sd2tflite")
+def main() -> None:
+    """Convert KerasCV Stable Diffusion to TFLite (LiteRT) files with a manifest."""
+
+
+def _parse_bytes(_ctx, _param, value):
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    try:
+        if text[-3:] in ("kib", "mib", "gib"):
+            return int(float(text[:-3]) * units[text[-3]])
+        if text[-1:] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a size: use bytes or e.g. 1400MiB, 1.5GiB")
+
+
+@main.command()
+@click.option("--model", "family", default="v1", show_default=True,
+              help="Model family: v1 (SD 1.4), v2 (SD 2.1) or tiny (small widths, for tests).")
+@click.option("--quant", default="fp32", show_default=True,
+              help="Precision: fp32, fp16, dynamic (int8 weights) or int8 (calibrated).")
+@click.option("--weights", default=None,
+              help="hub | DIR (Hub file names) | COMPONENT=PATH,... | random[:SEED]. "
+                   "Default: hub for v1/v2, random for tiny.")
+@click.option("--components", default="all", show_default=True,
+              help="Comma-separated: text_encoder,diffusion,decoder,image_encoder.")
+@click.option("--batch-size", default=1, show_default=True, type=int)
+@click.option("--img-height", default=512, show_default=True, type=int)
+@click.option("--img-width", default=512, show_default=True, type=int)
+@click.option("--max-part-bytes", default=None, callback=_parse_bytes,
+              help="Largest UNet part file (default 1400MiB: plain flatbuffers, under 2 GiB).")
+@click.option("--unet-parts", default=None, type=int, help="Split the UNet into at least N parts.")
+@click.option("-o", "--output", "out_dir", default=None,
+              help="Output directory (default models/sd-MODEL-QUANT).")
+@click.option("--force", is_flag=True, help="Rebuild every file; write into a non-empty directory.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (parts, params, bytes, crossing tensors) only.")
+@click.option("--isolate/--no-isolate", default=None,
+              help="Convert each part in its own process (default: on for v1/v2, off for tiny).")
+@click.option("--calibration-samples", default=8, show_default=True, type=int,
+              help="int8: number of representative samples per component.")
+@click.option("--seed", default=0, show_default=True, type=int, help="int8: calibration data seed.")
+@_verbosity
+@_handle_errors
+def convert(family, quant, weights, components, batch_size, img_height, img_width, max_part_bytes,
+            unet_parts, out_dir, force, dry_run, isolate, calibration_samples, seed, verbose, quiet):
+    """Convert the Stable Diffusion components to .tflite files plus manifest.json."""
+    _quiet_tensorflow(verbose)
+    from . import convert as conversion
+
+    request = conversion.make_request(
+        family=family, quant=quant, components=components, weights=weights,
+        img_height=img_height, img_width=img_width, batch_size=batch_size, out_dir=out_dir,
+        max_part_bytes=max_part_bytes or conversion.DEFAULT_MAX_PART_BYTES,
+        unet_parts=unet_parts, force=force, isolate=isolate,
+        calibration_samples=calibration_samples, calibration_seed=seed,
+        command=shlex.join(["sd2tflite", *sys.argv[1:]]), resolve_weights=not dry_run,
+    )
+    if dry_run:
+        planned, split = conversion.plan_conversion(request)
+        click.echo(conversion.describe_plan(planned, split))
+        return
+    result = conversion.convert(request, progress=_TqdmProgress(disable=quiet))
+    for a in result.manifest.artifacts:
+        state = "reused" if a.path in result.reused else f"{a.conversion_seconds:7.1f} s"
+        click.echo(f"{a.path:28s} {a.bytes / 2**20:10,.1f} MiB  {a.params:>13,} params  {state}")
+    click.echo(f"manifest: {result.manifest_path}")
+
+
+if __name__ == "__main__":
+    main()

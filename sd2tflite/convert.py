@@ -1,0 +1,596 @@
+"""Executes a conversion: plan, export, convert, write atomically, record in the manifest.
+
+Two stages keep memory down:
+  export  builds each Keras component, loads its weights, plans the UNet split and writes one
+          SavedModel per part (plus int8 calibration samples) into a work folder;
+  convert turns one SavedModel into one .tflite file.
+With `isolate=True` (the default for full-size families) each stage runs in a fresh spawned
+process, so no process ever holds the Keras UNet and a converter at the same time, and every
+part's converter memory is returned to the OS when its process ends.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gc
+import hashlib
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .calibration import CalibrationSource, synthetic_samples
+from .components import COMPONENTS, ModelDims, TensorSpec
+from .errors import ConversionError, OutputDirError, SD2TFLiteError
+from .manifest import (
+    MANIFEST_NAME,
+    Artifact,
+    Manifest,
+    load_manifest,
+    safe_relative_path,
+    save_manifest,
+    write_json_atomic,
+)
+from .quant import RECIPES
+from .split import SplitPlan, estimate_file_bytes
+from .weights import ResolvedWeights, sha256_file
+
+SIGNATURE_KEY = "serving_default"
+PROGRESS_NAME = ".sd2tflite-progress.json"
+WORK_PREFIX = ".sd2tflite-work-"
+TMP_MARK = ".tmp-"
+GIB = 1 << 30
+# The flatbuffer limit is 2 GiB; above ~1.5 GiB the converter silently switches to the
+# buffer-offset format (needs TFLite >= 2.14, breaks plain flatbuffer tools). Stay below that.
+DEFAULT_MAX_PART_BYTES = 1400 * (1 << 20)
+HARD_FLATBUFFER_LIMIT = 2 * GIB
+
+
+@dataclass(frozen=True)
+class ConvertRequest:
+    family: str
+    quant: str
+    components: tuple[str, ...]
+    dims: ModelDims
+    weights: dict[str, ResolvedWeights]
+    out_dir: Path
+    max_part_bytes: int = DEFAULT_MAX_PART_BYTES
+    unet_parts: int | None = None
+    force: bool = False
+    isolate: bool = False
+    calibration_samples: int = 8
+    calibration_seed: int = 0
+    command: str = ""
+
+
+@dataclass(frozen=True)
+class PlannedArtifact:
+    """One file to produce, as plain (picklable) data."""
+
+    component: str
+    part: int
+    num_parts: int
+    file_name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    wiring: dict[str, int | None]
+    params: int
+    estimated_bytes: int
+    build_key: str
+    saved_model_dir: str | None = None  # set by the export stage; None when reused
+    calibration_file: str | None = None
+
+
+@dataclass
+class ConvertResult:
+    manifest: Manifest
+    manifest_path: Path
+    reused: list[str] = field(default_factory=list)
+    built: list[str] = field(default_factory=list)
+
+
+class NullProgress:
+    """What the library reports to; the CLI passes a tqdm-backed implementation."""
+
+    def begin(self, total: int) -> None: ...
+    def step(self, description: str) -> None: ...
+    def advance(self) -> None: ...
+    def end(self) -> None: ...
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def file_name(component: str, part: int, num_parts: int) -> str:
+    return f"{component}.tflite" if num_parts == 1 else f"{component}_part{part}.tflite"
+
+
+def _build_key(request: ConvertRequest, component: str, part_fields: dict) -> str:
+    identity = {
+        "sd2tflite": __version__,
+        "family": request.family,
+        "quant": request.quant,
+        "dims": request.dims.to_json(),
+        "component": component,
+        "weights": request.weights[component].identity,
+        "calibration": [request.calibration_samples, request.calibration_seed]
+        if RECIPES[request.quant].needs_calibration
+        else None,
+        **part_fields,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _plan_component(request: ConvertRequest, component: str, model):
+    """(planned artifacts, the Keras model of each, split plan or None) for one component."""
+    from .split import KerasGraph, plan_split
+
+    spec = COMPONENTS[component]
+    recipe = RECIPES[request.quant]
+    dims = request.dims
+    pipeline_inputs = {s.name: s for s in spec.input_specs(dims)}
+    output_spec = spec.output_spec(dims)
+
+    if not spec.splittable:
+        params = int(model.count_params())
+        key = _build_key(request, component, {"part": 0, "num_parts": 1})
+        artifact = PlannedArtifact(
+            component, 0, 1, file_name(component, 0, 1),
+            inputs=tuple(pipeline_inputs.values()), outputs=(output_spec,),
+            wiring={name: None for name in pipeline_inputs}, params=params,
+            estimated_bytes=estimate_file_bytes(params, recipe.bytes_per_weight), build_key=key,
+        )
+        return [artifact], [model], None
+
+    graph = KerasGraph(model)
+    output_names = {graph.summary.model_outputs[0]: spec.output_name}
+    plan: SplitPlan = plan_split(
+        graph.summary,
+        bytes_per_weight=recipe.bytes_per_weight,
+        max_part_bytes=request.max_part_bytes,
+        min_parts=request.unet_parts or 1,
+        output_names=output_names,
+    )
+    renamed_back = {v: k for k, v in output_names.items()}
+
+    def tensor_spec(name: str) -> TensorSpec:
+        if name in pipeline_inputs:
+            return pipeline_inputs[name]
+        if name == spec.output_name:
+            return output_spec
+        shape = graph.summary.tensor_shapes[renamed_back.get(name, name)]
+        dtype = graph.summary.tensor_dtypes[renamed_back.get(name, name)]
+        return TensorSpec(name, (dims.batch_size, *shape[1:]), dtype)
+
+    artifacts, part_models = [], []
+    n = len(plan.parts)
+    for part in plan.parts:
+        key = _build_key(request, component, {
+            "part": part.index, "num_parts": n, "nodes": [part.start, part.stop],
+            "inputs": list(part.inputs), "outputs": list(part.outputs),
+        })
+        artifacts.append(PlannedArtifact(
+            component, part.index, n, file_name(component, part.index, n),
+            inputs=tuple(tensor_spec(t) for t in part.inputs),
+            outputs=tuple(tensor_spec(t) for t in part.outputs),
+            wiring={t: plan.producer_of(t) for t in part.inputs},
+            params=part.params, estimated_bytes=part.estimated_bytes, build_key=key,
+        ))
+        part_models.append(graph.build_part(part, output_names))
+    return artifacts, part_models, plan
+
+
+def _split_summary(plan: SplitPlan | None) -> dict:
+    if plan is None:
+        return {}
+    return {
+        "max_part_bytes": plan.max_part_bytes,
+        "total_params": plan.total_params,
+        "parts": [
+            {"part": p.index, "nodes": [p.start, p.stop], "params": p.params,
+             "estimated_bytes": p.estimated_bytes, "inputs": list(p.inputs),
+             "outputs": list(p.outputs)}
+            for p in plan.parts
+        ],
+    }
+
+
+def plan_conversion(request: ConvertRequest) -> tuple[list[PlannedArtifact], dict]:
+    """The files a conversion would write, without converting (builds models, loads no weights)."""
+    from .models import build_component
+
+    planned, split = [], {}
+    for component in request.components:
+        model = build_component(request.family, component, request.dims)
+        artifacts, _, plan = _plan_component(request, component, model)
+        planned.extend(artifacts)
+        split = split or _split_summary(plan)
+        del model
+        gc.collect()
+    return planned, split
+
+
+def describe_plan(planned: list[PlannedArtifact], split: dict) -> str:
+    lines = []
+    for a in planned:
+        lines.append(
+            f"{a.file_name:28s} {a.params:>13,} params  ~{a.estimated_bytes / 2**20:9,.1f} MiB"
+        )
+        if a.num_parts > 1:
+            lines.append(f"    in:  {', '.join(f'{s.name}{list(s.shape)}' for s in a.inputs)}")
+            lines.append(f"    out: {', '.join(f'{s.name}{list(s.shape)}' for s in a.outputs)}")
+    if split:
+        lines.append(f"UNet cap per part: {split['max_part_bytes']:,} bytes")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- export stage
+
+
+def export_stage(request: ConvertRequest, reuse_keys: frozenset[str], work_dir: str):
+    """Builds, plans and exports every component; returns (planned artifacts, split summary)."""
+    from .weights import build_with_weights
+
+    planned_all, split = [], {}
+    for component in request.components:
+        model = build_with_weights(request.family, component, request.dims, request.weights[component])
+        artifacts, models, plan = _plan_component(request, component, model)
+        split = split or _split_summary(plan)
+        todo = [i for i, a in enumerate(artifacts) if a.build_key not in reuse_keys]
+        calibration = (
+            _calibration_per_part(request, component, artifacts, models)
+            if todo and RECIPES[request.quant].needs_calibration
+            else None
+        )
+        for i, artifact in enumerate(artifacts):
+            if i not in todo:
+                planned_all.append(artifact)
+                continue
+            saved_model = os.path.join(work_dir, artifact.file_name.replace(".tflite", ".savedmodel"))
+            export_saved_model(models[i], artifact, saved_model)
+            calib_file = None
+            if calibration is not None:
+                calib_file = os.path.join(work_dir, artifact.file_name.replace(".tflite", ".calib.npz"))
+                np.savez(calib_file, **calibration[i])
+            planned_all.append(replace(artifact, saved_model_dir=saved_model, calibration_file=calib_file))
+        del model, models
+        gc.collect()
+    return planned_all, split
+
+
+def export_saved_model(model, artifact: PlannedArtifact, directory: str) -> None:
+    """Keras 3 -> SavedModel with one named, static signature (the path that keeps weights)."""
+    import keras
+    import tensorflow as tf
+
+    output_names = [s.name for s in artifact.outputs]
+    specs = [tf.TensorSpec(s.shape, s.dtype, name=s.name) for s in artifact.inputs]
+
+    def serve(*args):
+        result = model(list(args) if len(args) > 1 else args[0])
+        flat = result if isinstance(result, (list, tuple)) else [result]
+        return dict(zip(output_names, flat))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SIGNATURE_KEY, serve, input_signature=specs)
+    archive.write_out(directory, verbose=False)
+
+
+def _calibration_per_part(request, component, artifacts, models, source: CalibrationSource = synthetic_samples):
+    """Samples for every part: part k sees what the float parts before it compute."""
+    samples = source(component, request.dims, request.calibration_samples, request.calibration_seed)
+    per_part: list[dict[str, np.ndarray]] = []
+    values = [dict(s) for s in samples]
+    for artifact, model in zip(artifacts, models):
+        names = [s.name for s in artifact.inputs]
+        per_part.append({n: np.stack([v[n] for v in values]) for n in names})
+        if artifact is artifacts[-1]:
+            break
+        for v in values:
+            outs = model([v[n] for n in names] if len(names) > 1 else v[names[0]])
+            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            v.update({s.name: np.asarray(o) for s, o in zip(artifact.outputs, outs)})
+    return per_part
+
+
+# ----------------------------------------------------------------------------- convert stage
+
+
+def convert_stage(artifact: PlannedArtifact, quant: str, out_dir: str) -> dict:
+    """SavedModel -> .tflite (atomic write). Returns sha256, bytes, seconds, peak RSS."""
+    import tensorflow as tf
+
+    start = time.monotonic()
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        artifact.saved_model_dir, signature_keys=[SIGNATURE_KEY]
+    )
+    # Conversion metadata costs a full in-memory copy of the model; it records nothing we need.
+    converter.exclude_conversion_metadata = True
+    representative = None
+    if artifact.calibration_file:
+        representative = _representative_dataset(artifact.calibration_file, artifact.inputs)
+    RECIPES[quant].configure(converter, representative)
+    try:
+        data = converter.convert()
+    except Exception as exc:
+        text = " ".join(str(exc).split())
+        hint = (
+            "the graph needs TensorFlow (Flex) ops that LiteRT does not ship"
+            if "Select TF" in text or "Flex" in text
+            else text[:300]
+        )
+        raise ConversionError(f"converting {artifact.file_name} failed: {hint}") from exc
+    if len(data) >= HARD_FLATBUFFER_LIMIT or b"buffer_location" in data:
+        raise ConversionError(
+            f"{artifact.file_name} came out at {len(data):,} bytes, too large for a plain "
+            "flatbuffer: lower --max-part-bytes or raise --unet-parts"
+        )
+    target = Path(out_dir) / artifact.file_name
+    write_bytes_atomic(target, data)
+    digest = hashlib.sha256(data).hexdigest()
+    size = len(data)
+    del data, converter
+    return {
+        "sha256": digest,
+        "bytes": size,
+        "seconds": round(time.monotonic() - start, 2),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+def _representative_dataset(path: str, inputs: tuple[TensorSpec, ...]):
+    def generate():
+        with np.load(path) as data:
+            count = len(data[inputs[0].name])
+            for i in range(count):
+                yield {s.name: data[s.name][i].astype(s.dtype) for s in inputs}
+
+    return generate
+
+
+def write_bytes_atomic(target: Path, data: bytes) -> None:
+    """Temp file beside the target, fsync, rename: a reader never sees a partial file."""
+    tmp = target.with_name(f".{target.name}{TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+
+def _run(isolate: bool, fn, *args):
+    """Runs fn in a fresh spawned process (memory goes back to the OS after) or inline."""
+    if not isolate:
+        return fn(*args)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        try:
+            return pool.submit(fn, *args).result()
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            raise ConversionError(
+                f"the worker process running {fn.__name__} died (out of memory?): "
+                "lower --max-part-bytes or raise --unet-parts, or free memory"
+            ) from exc
+
+
+def _previous_artifacts(out_dir: Path) -> list[Artifact]:
+    """Artifacts recorded by an earlier run (finished manifest or an interrupted run's progress)."""
+    found: list[Artifact] = []
+    try:
+        found.extend(load_manifest(out_dir).artifacts)
+    except SD2TFLiteError:
+        pass
+    progress = out_dir / PROGRESS_NAME
+    if progress.is_file():
+        try:
+            for item in json.loads(progress.read_text()):
+                safe_relative_path(item["path"])
+                found.append(Artifact.from_json(item))
+        except (ValueError, KeyError, TypeError, SD2TFLiteError):
+            pass
+    return found
+
+
+def check_output_dir(out_dir: Path, force: bool) -> None:
+    """Refuse a directory that holds anything but an earlier sd2tflite conversion."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputDirError(f"{out_dir} is a file, not a directory: choose another --output")
+    if not out_dir.exists() or force:
+        return
+    ours = {MANIFEST_NAME, PROGRESS_NAME} | {a.path for a in _previous_artifacts(out_dir)}
+    foreign = sorted(
+        name for name in os.listdir(out_dir)
+        if name not in ours and not name.startswith(WORK_PREFIX) and TMP_MARK not in name
+    )
+    if foreign:
+        raise OutputDirError(
+            f"{out_dir} holds files sd2tflite did not write ({', '.join(foreign[:3])}): "
+            "choose an empty directory, or pass --force to write into it anyway"
+        )
+
+
+def _clean_leftovers(out_dir: Path) -> None:
+    for entry in out_dir.iterdir():
+        if entry.name.startswith(WORK_PREFIX) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif TMP_MARK in entry.name and entry.is_file():
+            entry.unlink(missing_ok=True)
+
+
+def tool_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"sd2tflite": __version__, "python": sys.version.split()[0]}
+    for dist, key in (("tensorflow-cpu", "tensorflow"), ("tensorflow", "tensorflow"),
+                      ("keras", "keras"), ("keras-cv", "keras_cv"),
+                      ("ai-edge-litert", "ai_edge_litert")):
+        try:
+            versions.setdefault(key, metadata.version(dist))
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def convert(request: ConvertRequest, progress=None) -> ConvertResult:
+    """Runs the whole conversion; the manifest is written last."""
+    progress = progress or NullProgress()
+    out_dir = Path(request.out_dir)
+    check_output_dir(out_dir, request.force)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(out_dir)
+
+    previous = {} if request.force else {a.build_key: a for a in _previous_artifacts(out_dir)}
+    reusable = {
+        key: a for key, a in previous.items()
+        if (out_dir / a.path).is_file() and sha256_file(out_dir / a.path) == a.sha256
+    }
+    old_paths = {a.path for a in _previous_artifacts(out_dir)}
+    work_dir = out_dir / f"{WORK_PREFIX}{os.getpid()}"
+    work_dir.mkdir()
+    result_artifacts: list[Artifact] = []
+    reused, built = [], []
+    try:
+        progress.begin(1)
+        progress.step("building Keras models and exporting SavedModels")
+        planned, split = _run(request.isolate, export_stage, request, frozenset(reusable), str(work_dir))
+        progress.advance()
+        progress.begin(len(planned))
+        for artifact in planned:
+            if artifact.saved_model_dir is None:
+                result_artifacts.append(reusable[artifact.build_key])
+                reused.append(artifact.file_name)
+                progress.step(f"{artifact.file_name} (unchanged, reused)")
+                progress.advance()
+                continue
+            progress.step(f"converting {artifact.file_name} ({request.quant})")
+            stats = _run(request.isolate, convert_stage, artifact, request.quant, str(out_dir))
+            shutil.rmtree(artifact.saved_model_dir, ignore_errors=True)
+            result_artifacts.append(Artifact(
+                component=artifact.component, part=artifact.part, num_parts=artifact.num_parts,
+                path=artifact.file_name, sha256=stats["sha256"], bytes=stats["bytes"],
+                params=artifact.params, signature_key=SIGNATURE_KEY, inputs=artifact.inputs,
+                outputs=artifact.outputs, wiring=artifact.wiring,
+                conversion_seconds=stats["seconds"], peak_rss_bytes=stats["peak_rss_bytes"],
+                build_key=artifact.build_key,
+            ))
+            built.append(artifact.file_name)
+            # Lets an interrupted run resume: these files are complete and hashed.
+            write_json_atomic(out_dir / PROGRESS_NAME, [a.to_json() for a in result_artifacts])  # type: ignore[arg-type]
+            progress.advance()
+        manifest = Manifest(
+            family=request.family,
+            quant=request.quant,
+            dims=request.dims.to_json(),
+            weights={c: request.weights[c].identity for c in request.components},
+            artifacts=tuple(result_artifacts),
+            versions=tool_versions(),
+            command=request.command,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            split=split,
+        )
+        manifest_path = save_manifest(manifest, out_dir)
+        for stale in old_paths - {a.path for a in result_artifacts}:
+            (out_dir / stale).unlink(missing_ok=True)
+        (out_dir / PROGRESS_NAME).unlink(missing_ok=True)
+    finally:
+        progress.end()
+        shutil.rmtree(work_dir, ignore_errors=True)
+        _clean_leftovers(out_dir)
+    return ConvertResult(manifest, manifest_path, reused=reused, built=built)
+
+
+def default_isolation(family: str) -> bool:
+    """Full-size families convert in child processes; the tiny one inline (fast tests)."""
+    return family != "tiny"
+
+
+__all__ = [
+    "DEFAULT_MAX_PART_BYTES",
+    "ConvertRequest",
+    "ConvertResult",
+    "convert",
+    "default_isolation",
+    "describe_plan",
+    "plan_conversion",
+]
+
+
+def make_request(
+    *,
+    family: str,
+    quant: str,
+    components: str | None,
+    weights: str | None,
+    img_height: int,
+    img_width: int,
+    batch_size: int,
+    out_dir: str | None,
+    max_part_bytes: int,
+    unet_parts: int | None,
+    force: bool,
+    isolate: bool | None,
+    calibration_samples: int,
+    calibration_seed: int,
+    command: str = "",
+    resolve_weights: bool = True,
+) -> ConvertRequest:
+    """Validates user-facing options and resolves weights (downloading if needed)."""
+    from .components import FAMILIES, parse_components
+    from .errors import UsageError
+    from .quant import get_recipe
+    from .weights import parse_weights, resolve
+
+    if family not in FAMILIES:
+        raise UsageError(f"unknown model {family!r}: choose from {', '.join(FAMILIES)}")
+    get_recipe(quant)
+    for name, value in (("--img-height", img_height), ("--img-width", img_width)):
+        if value <= 0 or value % 128:
+            raise UsageError(f"{name} {value} is not a positive multiple of 128: use e.g. 256 or 512")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size} must be at least 1")
+    if not (1 << 20) <= max_part_bytes <= HARD_FLATBUFFER_LIMIT:
+        raise UsageError(
+            f"--max-part-bytes {max_part_bytes:,} is outside 1 MiB .. 2 GiB (the flatbuffer limit)"
+        )
+    if unet_parts is not None and unet_parts < 1:
+        raise UsageError(f"--unet-parts {unet_parts} must be at least 1")
+    if calibration_samples < 1:
+        raise UsageError(f"--calibration-samples {calibration_samples} must be at least 1")
+    model_family = FAMILIES[family]
+    names = parse_components(components)
+    source = parse_weights(weights, model_family)
+    if resolve_weights:
+        resolved = resolve(source, model_family, names)
+    else:  # planning only: the weights' identity does not change the plan
+        resolved = {c: ResolvedWeights(c, None, {"kind": "unresolved"}) for c in names}
+    return ConvertRequest(
+        family=family,
+        quant=quant,
+        components=tuple(names),
+        dims=model_family.dims(img_height, img_width, batch_size),
+        weights=resolved,
+        out_dir=Path(out_dir or f"models/sd-{family}-{quant}"),
+        max_part_bytes=max_part_bytes,
+        unet_parts=unet_parts,
+        force=force,
+        isolate=default_isolation(family) if isolate is None else isolate,
+        calibration_samples=calibration_samples,
+        calibration_seed=calibration_seed,
+        command=command,
+    )

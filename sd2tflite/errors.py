@@ -1,0 +1,43 @@
+"""Error types. Each carries a one-line message that names the problem and the fix, and the
+exit code the CLI uses for it. Library code raises these; only cli.py turns them into exits."""
+
+from __future__ import annotations
+
+
+class SD2TFLiteError(Exception):
+    """Base class: a problem the user can act on, reported without a traceback."""
+
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(SD2TFLiteError):
+    """Bad options or arguments."""
+
+    exit_code = 2
+
+
+class WeightsError(SD2TFLiteError):
+    """Weights missing, unreadable, corrupt or of the wrong shapes."""
+
+
+class OutputDirError(SD2TFLiteError):
+    """The output directory cannot be used without destroying something."""
+
+
+class PlanError(SD2TFLiteError):
+    """No split plan satisfies the constraints."""
+
+
+class ConversionError(SD2TFLiteError):
+    """The TFLite converter failed or produced an unusable file."""
+
+
+class ManifestError(SD2TFLiteError):
+    """A manifest is missing, unreadable or does not describe the files beside it."""

@@ -1,0 +1,70 @@
+"""Precisions: one table of recipes (converter settings, size model, parity tolerances).
+
+Adding a precision is one entry in RECIPES; tests parametrize over it. Imports TensorFlow only
+inside `configure`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    name: str
+    description: str
+    bytes_per_weight: float  # for planning parts and checking file sizes
+    needs_calibration: bool
+    # Parity against the float Keras model on seeded inputs (PSNR over the reference's range).
+    min_psnr_db: float
+    min_cosine: float
+
+    def configure(self, converter, representative_dataset: Callable[[], Iterable] | None = None):
+        """Applies this recipe to a tf.lite.TFLiteConverter."""
+        import tensorflow as tf
+
+        # Builtins only: ai-edge-litert ships no Flex kernels, so fail at conversion, not on device.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if self.name == "fp16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif self.name == "dynamic":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        elif self.name == "int8":
+            if representative_dataset is None:
+                raise ValueError("int8 needs a representative dataset")
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = representative_dataset
+            # Integer kernels where they exist, float fallback elsewhere; float inputs/outputs.
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                tf.lite.OpsSet.TFLITE_BUILTINS,
+            ]
+        elif self.name != "fp32":
+            raise KeyError(self.name)
+        return converter
+
+
+RECIPES: dict[str, QuantRecipe] = {
+    r.name: r
+    for r in (
+        QuantRecipe("fp32", "float32 weights and activations", 4.0, False,
+                    min_psnr_db=60.0, min_cosine=0.99999),
+        QuantRecipe("fp16", "float16 weights, float32 compute", 2.0, False,
+                    min_psnr_db=35.0, min_cosine=0.999),
+        QuantRecipe("dynamic", "int8 weights, float activations (dynamic range)", 1.0, False,
+                    min_psnr_db=20.0, min_cosine=0.98),
+        QuantRecipe("int8", "int8 weights and activations, float fallback, calibrated", 1.0, True,
+                    min_psnr_db=12.0, min_cosine=0.9),
+    )
+}
+
+
+def get_recipe(name: str) -> QuantRecipe:
+    from .errors import UsageError
+
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise UsageError(f"unknown precision {name!r}: choose from {', '.join(RECIPES)}") from None
