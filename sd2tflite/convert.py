@@ -268,22 +268,29 @@ def export_stage(request: ConvertRequest, reuse_keys: frozenset[str], work_dir: 
 
 
 def export_saved_model(model, artifact: PlannedArtifact, directory: str) -> None:
-    """Keras 3 -> SavedModel with one named, static signature (the path that keeps weights)."""
-    import keras
+    """Keras 3 -> SavedModel with one named, static signature.
+
+    The variables are tracked explicitly so the SavedModel carries the weights (tracing into
+    concrete functions alone drops them). Unlike keras.export.ExportArchive, this traces the
+    model once and saves no per-layer functions: several times faster on the UNet.
+    """
     import tensorflow as tf
 
     output_names = [s.name for s in artifact.outputs]
     specs = [tf.TensorSpec(s.shape, s.dtype, name=s.name) for s in artifact.inputs]
 
+    @tf.function(input_signature=specs, autograph=False)
     def serve(*args):
-        result = model(list(args) if len(args) > 1 else args[0])
+        result = model(list(args) if len(args) > 1 else args[0], training=False)
         flat = result if isinstance(result, (list, tuple)) else [result]
         return dict(zip(output_names, flat))
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(SIGNATURE_KEY, serve, input_signature=specs)
-    archive.write_out(directory, verbose=False)
+    module = tf.Module()
+    module.model_variables = [v.value for v in model.variables]
+    module.serve = serve
+    tf.saved_model.save(
+        module, directory, signatures={SIGNATURE_KEY: serve.get_concrete_function()}
+    )
 
 
 def _calibration_per_part(request, component, artifacts, models, source: CalibrationSource = synthetic_samples):

@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Full-size conversion benchmark: seconds, peak RSS (whole process tree) and bytes per file.
+
+    python scripts/bench_convert.py --quant fp32 --quant dynamic [--model v1] [--img 512]
+
+Runs `sd2tflite convert --weights random:0` (same shapes and sizes as the released weights) as a
+subprocess, samples the RSS of it and all its workers, and writes scripts/results/convert-*.json
+plus a Markdown table on stdout. Never run two of these at once on a 24 GB machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sd2tflite.bench import PeakTreeRSS  # noqa: E402
+from sd2tflite.manifest import load_manifest  # noqa: E402
+from sd2tflite.quant import RECIPES  # noqa: E402
+
+
+def run_one(model: str, quant: str, img: int, out_root: Path, extra: list[str]) -> dict:
+    out_dir = out_root / f"sd-{model}-{quant}-{img}"
+    cmd = [
+        sys.executable, "-m", "sd2tflite.cli", "convert", "--model", model, "--quant", quant,
+        "--weights", "random:0", "--img-height", str(img), "--img-width", str(img),
+        "-o", str(out_dir), "--force", "-q", *extra,
+    ]
+    print("$", " ".join(cmd), file=sys.stderr, flush=True)
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    with PeakTreeRSS(proc.pid) as rss:
+        code = proc.wait()
+    seconds = time.monotonic() - start
+    if code != 0:
+        raise SystemExit(f"conversion failed with exit code {code}")
+    manifest = load_manifest(out_dir)
+    bpw = RECIPES[quant].bytes_per_weight
+    files = [
+        {
+            "file": a.path,
+            "bytes": a.bytes,
+            "params": a.params,
+            "bytes_over_params_x_bpw": round(a.bytes / (a.params * bpw), 4),
+            "seconds": a.conversion_seconds,
+            "peak_rss_bytes": a.peak_rss_bytes,
+        }
+        for a in manifest.artifacts
+    ]
+    return {
+        "model": model,
+        "quant": quant,
+        "img": img,
+        "weights": "random:0",
+        "command": " ".join(cmd[2:]),
+        "total_seconds": round(seconds, 1),
+        "peak_tree_rss_bytes": rss.peak,
+        "files": files,
+        "versions": manifest.versions,
+    }
+
+
+def markdown(result: dict) -> str:
+    gb = 1e9
+    lines = [
+        f"**{result['model']} {result['quant']} {result['img']}×{result['img']}** (random weights): "
+        f"{result['total_seconds']:.0f} s total, peak RSS of the whole process tree "
+        f"{result['peak_tree_rss_bytes'] / gb:.2f} GB",
+        "",
+        "| file | bytes | parameters | bytes / (params × bytes per weight) | seconds | worker peak RSS |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for f in result["files"]:
+        lines.append(
+            f"| {f['file']} | {f['bytes']:,} | {f['params']:,} | {f['bytes_over_params_x_bpw']:.3f} "
+            f"| {f['seconds']:.1f} | {f['peak_rss_bytes'] / gb:.2f} GB |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="v1")
+    parser.add_argument("--quant", action="append", default=None)
+    parser.add_argument("--img", type=int, default=512)
+    parser.add_argument("--out", default=str(ROOT / "bench-out"))
+    parser.add_argument("extra", nargs="*", help="extra convert options after --")
+    args = parser.parse_args()
+    results_dir = ROOT / "scripts" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for quant in args.quant or ["fp32", "dynamic"]:
+        result = run_one(args.model, quant, args.img, Path(args.out), args.extra)
+        path = results_dir / f"convert-{args.model}-{quant}-{args.img}.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(markdown(result), flush=True)
+        print(f"(written to {path.relative_to(ROOT)})\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
