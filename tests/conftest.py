@@ -1,0 +1,84 @@
+"""Shared fixtures: the tiny model at 128x128, exported once and converted once per precision."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from sd2tflite.components import COMPONENTS, FAMILIES  # noqa: E402
+from sd2tflite.quant import RECIPES  # noqa: E402
+
+IMG = 128
+
+
+def tiny_request(out_dir: Path, quant: str = "fp32", components: str = "all", **overrides):
+    from sd2tflite.convert import DEFAULT_MAX_PART_BYTES, make_request
+
+    options = dict(
+        family="tiny", quant=quant, components=components, weights=None, img_height=IMG,
+        img_width=IMG, batch_size=1, out_dir=str(out_dir), max_part_bytes=DEFAULT_MAX_PART_BYTES,
+        unet_parts=None, force=False, isolate=False, calibration_samples=8, calibration_seed=0,
+    )
+    options.update(overrides)
+    return make_request(**options)
+
+
+@pytest.fixture(scope="session")
+def tiny_dims():
+    return FAMILIES["tiny"].dims(IMG, IMG)
+
+
+@pytest.fixture(scope="session")
+def keras_models(tiny_dims):
+    """The Keras reference for each component, with the same seeded random weights as convert."""
+    from sd2tflite.weights import build_with_weights, parse_weights, resolve
+
+    family = FAMILIES["tiny"]
+    resolved = resolve(parse_weights(None, family), family, list(COMPONENTS))
+    return {c: build_with_weights("tiny", c, tiny_dims, resolved[c]) for c in COMPONENTS}
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """One export stage (int8 request: SavedModels plus calibration samples) for all tests."""
+    from sd2tflite.convert import export_stage
+
+    root = tmp_path_factory.mktemp("export")
+    request = tiny_request(root / "unused", quant="int8")
+    planned, _ = export_stage(request, frozenset(), str(root))
+    return {a.component: a for a in planned}
+
+
+@pytest.fixture(scope="session")
+def converted(tiny_export, tmp_path_factory):
+    """quant -> component -> (artifact, path, stats); every precision from the same SavedModels."""
+    from sd2tflite.convert import convert_stage
+
+    result = {}
+    for quant in RECIPES:
+        out = tmp_path_factory.mktemp(quant)
+        result[quant] = {}
+        for component, artifact in tiny_export.items():
+            stats = convert_stage(artifact, quant, str(out))
+            result[quant][component] = (artifact, out / artifact.file_name, stats)
+    return result
+
+
+def seeded_inputs(component: str, dims, seed: int = 1234):
+    """Held-out inputs (the calibration data uses seed 0)."""
+    from sd2tflite.calibration import synthetic_samples
+
+    return synthetic_samples(component, dims, 2, seed)
+
+
+def keras_output(model, artifact, sample) -> np.ndarray:
+    names = [s.name for s in artifact.inputs]
+    out = model([sample[n] for n in names] if len(names) > 1 else sample[names[0]])
+    return np.asarray(out)

@@ -1,0 +1,223 @@
+"""The convert command end to end through Click: outputs, re-runs, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from sd2tflite.cli import main
+from sd2tflite.manifest import load_manifest
+
+from .conftest import IMG, seeded_inputs
+
+TINY = ["convert", "--model", "tiny", "--img-height", str(IMG), "--img-width", str(IMG), "-q"]
+
+
+def run(args, env=None):
+    return CliRunner().invoke(main, args, env=env)
+
+
+def assert_one_line_error(result, code, *fragments):
+    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_help_does_not_import_tensorflow():
+    code = (
+        "import sys; from click.testing import CliRunner; from sd2tflite.cli import main; "
+        "r = CliRunner().invoke(main, ['--help']); r2 = CliRunner().invoke(main, ['convert', '--help']); "
+        "assert r.exit_code == 0 and r2.exit_code == 0 and '--max-part-bytes' in r2.output; "
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
+@pytest.mark.parametrize(
+    "extra, code, fragment",
+    [
+        (["--model", "v9"], 2, "unknown model 'v9'"),
+        (["--quant", "int4"], 2, "unknown precision 'int4'"),
+        (["--img-height", "100"], 2, "multiple of 128"),
+        (["--batch-size", "0"], 2, "--batch-size 0"),
+        (["--components", "unet"], 2, "unknown component 'unet'"),
+        (["--unet-parts", "0"], 2, "--unet-parts 0"),
+        (["--max-part-bytes", "3GiB"], 2, "outside 1 MiB .. 2 GiB"),
+        (["--weights", "random:abc"], 2, "bad seed"),
+        (["--weights", "/no/such/dir"], 2, "is not 'hub'"),
+        (["--weights", "decoder=/no/such.h5", "--components", "decoder"], 1, "not found: /no/such.h5"),
+        (["--weights", "hub"], 2, "no released weights"),
+        (["--weights", "decoder=/x.h5", "--components", "text_encoder"], 2, "no weights for text_encoder"),
+    ],
+)
+def test_bad_options(tmp_path, extra, code, fragment):
+    out = tmp_path / "out"
+    result = run([*TINY, "-o", str(out), *extra])
+    assert_one_line_error(result, code, fragment)
+    assert not out.exists(), "nothing is written for a bad option"
+
+
+def test_bad_size_option_is_a_usage_error(tmp_path):
+    result = run([*TINY, "-o", str(tmp_path), "--max-part-bytes", "lots"])
+    assert result.exit_code == 2 and "not a size" in result.output
+
+
+def test_output_dir_with_foreign_files_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert_one_line_error(run([*TINY, "-o", str(out)]), 1, "notes.txt", "--force")
+    assert (out / "notes.txt").read_text() == "mine" and sorted(os.listdir(out)) == ["notes.txt"]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_one_line_error(run([*TINY, "-o", str(blocker)]), 1, "is a file")
+
+
+def test_hub_offline_without_cache_says_how_to_pass_files(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = run(["convert", "--model", "v1", "--components", "decoder", "-o", str(tmp_path / "o")], env=env)
+    assert_one_line_error(result, 1, "kcv_decoder.h5", "HF_HUB_OFFLINE", "--weights")
+
+
+def test_not_a_weights_file(tmp_path):
+    bogus = tmp_path / "decoder.h5"
+    bogus.write_text("hello")
+    result = run([*TINY, "-o", str(tmp_path / "o"), "--components", "decoder", "--weights", f"decoder={bogus}"])
+    assert_one_line_error(result, 1, str(bogus), "not a Keras weights file")
+
+
+@pytest.fixture(scope="module")
+def cli_set(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "sd-tiny"
+    result = run([*TINY, "-o", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return out, result
+
+
+def test_convert_writes_files_and_manifest(cli_set):
+    out, result = cli_set
+    manifest = load_manifest(out)
+    assert manifest.family == "tiny" and manifest.quant == "fp32"
+    assert manifest.components == ["text_encoder", "diffusion", "decoder", "image_encoder"]
+    assert {"tensorflow", "keras", "keras_cv", "sd2tflite"} <= set(manifest.versions)
+    assert manifest.weights["diffusion"] == {"kind": "random", "seed": 1}
+    listed = {a.path for a in manifest.artifacts}
+    assert set(os.listdir(out)) == listed | {"manifest.json"}, "no temp or work files left"
+    for a in manifest.artifacts:
+        from sd2tflite.weights import sha256_file
+
+        assert (out / a.path).stat().st_size == a.bytes
+        assert sha256_file(out / a.path) == a.sha256
+        assert a.conversion_seconds > 0 and a.peak_rss_bytes > 100 << 20 and a.params > 0
+    assert "manifest:" in result.output and "diffusion.tflite" in result.output
+
+
+def test_rerun_reuses_matching_files_and_rebuilds_tampered_ones(cli_set):
+    out, _ = cli_set
+    before = load_manifest(out)
+    mtimes = {a.path: (out / a.path).stat().st_mtime_ns for a in before.artifacts}
+    decoder = out / "decoder.tflite"
+    decoder.write_bytes(decoder.read_bytes()[:-10] + b"0123456789")  # tampered, same size
+    result = run([*TINY, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    after = load_manifest(out)
+    assert result.output.count("reused") == 3
+    assert "decoder.tflite" in result.output and "decoder" not in [l.split()[0] for l in result.output.splitlines() if "reused" in l]
+    for a in after.artifacts:
+        if a.path != "decoder.tflite":
+            assert (out / a.path).stat().st_mtime_ns == mtimes[a.path]
+    # Rebuilt: the manifest records the new file's hash, not the tampered one's. (Bytes may differ
+    # from the first build: Keras numbers layer names per process and they land in tensor names.)
+    from sd2tflite.weights import sha256_file
+
+    rebuilt = {a.path: a for a in after.artifacts}["decoder.tflite"]
+    assert sha256_file(decoder) == rebuilt.sha256 and decoder.stat().st_size == rebuilt.bytes
+
+
+def test_interrupted_run_leaves_no_partial_files_and_resumes(tmp_path):
+    from sd2tflite.convert import NullProgress, convert
+
+    from .conftest import tiny_request
+
+    class InterruptAfterFirstFile(NullProgress):
+        done = 0
+
+        def advance(self):
+            self.done += 1
+            if self.done == 2:  # export stage, then the first file
+                raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    request = tiny_request(out, components="decoder,image_encoder")
+    with pytest.raises(KeyboardInterrupt):
+        convert(request, progress=InterruptAfterFirstFile())
+    left = sorted(os.listdir(out))
+    assert left == [".sd2tflite-progress.json", "decoder.tflite"], left
+    result = convert(request)
+    assert result.reused == ["decoder.tflite"] and result.built == ["image_encoder.tflite"]
+    assert sorted(os.listdir(out)) == ["decoder.tflite", "image_encoder.tflite", "manifest.json"]
+
+
+def test_local_weight_files_convert_to_the_same_outputs(tmp_path, tiny_dims):
+    """Legacy .h5 (keras-cv's released layout) and Keras 3 .weights.h5 both load."""
+    import keras
+
+    from sd2tflite.models import build_component
+    from sd2tflite.runtime import load_component
+    from sd2tflite.verify import parity
+    from sd2tflite.weights import save_legacy_h5
+
+    keras.utils.set_random_seed(77)
+    decoder = build_component("tiny", "decoder", tiny_dims)
+    encoder = build_component("tiny", "image_encoder", tiny_dims)
+    save_legacy_h5(decoder, tmp_path / "decoder.h5")
+    encoder.save_weights(tmp_path / "encoder.weights.h5")
+    out = tmp_path / "out"
+    weights = f"decoder={tmp_path / 'decoder.h5'},image_encoder={tmp_path / 'encoder.weights.h5'}"
+    result = run([*TINY, "-o", str(out), "--components", "decoder,image_encoder", "--weights", weights])
+    assert result.exit_code == 0, (result.output, result.exception)
+    manifest = load_manifest(out)
+    assert manifest.weights["decoder"]["kind"] == "file"
+    assert len(manifest.weights["decoder"]["sha256"]) == 64
+    for model, component in ((decoder, "decoder"), (encoder, "image_encoder")):
+        runner = load_component(out, component)
+        sample = seeded_inputs(component, tiny_dims)[0]
+        expected = np.asarray(model(next(iter(sample.values()))))
+        actual = next(iter(runner(**sample).values()))
+        assert parity(expected, actual).psnr_db > 60
+
+
+def test_weights_of_the_wrong_shape_name_the_file_and_write_nothing(tmp_path, tiny_dims):
+    from sd2tflite.models import build_component
+    from sd2tflite.weights import save_legacy_h5
+
+    wrong = tmp_path / "encoder_as_decoder.h5"
+    save_legacy_h5(build_component("tiny", "image_encoder", tiny_dims), wrong)
+    out = tmp_path / "out"
+    result = run([*TINY, "-o", str(out), "--components", "decoder", "--weights", f"decoder={wrong}"])
+    assert_one_line_error(result, 1, str(wrong), "does not fit the decoder")
+    assert not any(p.suffix in (".tflite", ".json") for p in out.rglob("*")) if out.exists() else True
+
+
+def test_dry_run_prints_the_plan_without_writing(tmp_path):
+    out = tmp_path / "out"
+    result = run([*TINY, "-o", str(out), "--components", "diffusion", "--max-part-bytes", "6MiB", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "diffusion_part2.tflite" in result.output and "in:" in result.output and "out:" in result.output
+    assert not out.exists()
+
+
+def test_manifest_json_is_plain_json(cli_set):
+    out, _ = cli_set
+    data = json.loads((out / "manifest.json").read_text())
+    assert data["format_version"] == 1 and data["artifacts"][0]["signature_key"] == "serving_default"
