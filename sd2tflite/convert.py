@@ -12,6 +12,7 @@ part's converter memory is returned to the OS when its process ends.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import gc
 import hashlib
 import json
@@ -328,7 +329,8 @@ def convert_stage(artifact: PlannedArtifact, quant: str, out_dir: str) -> dict:
         representative = _representative_dataset(artifact.calibration_file, artifact.inputs)
     RECIPES[quant].configure(converter, representative)
     try:
-        data = converter.convert()
+        with _without_buffer_deduplication():
+            data = converter.convert()
     except Exception as exc:
         text = " ".join(str(exc).split())
         hint = (
@@ -353,6 +355,26 @@ def convert_stage(artifact: PlannedArtifact, quant: str, out_dir: str) -> dict:
         "seconds": round(time.monotonic() - start, 2),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
+
+
+@contextlib.contextmanager
+def _without_buffer_deduplication():
+    """Skips the converter's final read-only buffer deduplication while converting.
+
+    Measured on a 1.25 GB UNet part: conversion peaks at 4.9 GB without it and 8.3 GB with it,
+    and Stable Diffusion's weights have (next to) no identical buffers for it to merge.
+    """
+    from tensorflow.lite.python import lite
+
+    original = getattr(lite, "_deduplicate_readonly_buffers", None)
+    if original is None:  # a TensorFlow without the step: nothing to skip
+        yield
+        return
+    lite._deduplicate_readonly_buffers = lambda model: model
+    try:
+        yield
+    finally:
+        lite._deduplicate_readonly_buffers = original
 
 
 def _representative_dataset(path: str, inputs: tuple[TensorSpec, ...]):

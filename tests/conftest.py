@@ -78,7 +78,8 @@ def seeded_inputs(component: str, dims, seed: int = 1234):
     return synthetic_samples(component, dims, 2, seed)
 
 
-def keras_output(model, artifact, sample) -> np.ndarray:
-    names = [s.name for s in artifact.inputs]
-    out = model([sample[n] for n in names] if len(names) > 1 else sample[names[0]])
-    return np.asarray(out)
+def keras_output(model, sample) -> np.ndarray:
+    """Runs an unsplit Keras component on a sample dict, in the model's own input order."""
+    if len(model.inputs) == 1:
+        return np.asarray(model(next(iter(sample.values()))))
+    return np.asarray(model([sample[t.name] for t in model.inputs]))

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Fresh machine to test results in one command: venv, install with test extras, run pytest.
+# Extra arguments go to pytest (e.g. scripts/test.sh -m slow for the full-size tests).
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/_venv.sh" test
+cd "$ROOT"
+set +e
+"$VENV/bin/python" -m pytest -q "$@"
+code=$?
+set -e
+if [ "$code" -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi
+exit "$code"
