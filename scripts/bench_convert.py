@@ -2,6 +2,7 @@
 """Full-size conversion benchmark: seconds, peak RSS (whole process tree) and bytes per file.
 
     python scripts/bench_convert.py --quant fp32 --quant dynamic [--model v1] [--img 512]
+    python scripts/bench_convert.py --quant dynamic --tag budget8GB -- --memory-budget 8GB
 
 Runs `sd2tflite convert --weights random:0` (same shapes and sizes as the released weights) as a
 subprocess, samples the RSS of it and all its workers, and writes scripts/results/convert-*.json
@@ -25,8 +26,8 @@ from sd2tflite.manifest import load_manifest  # noqa: E402
 from sd2tflite.quant import RECIPES  # noqa: E402
 
 
-def run_one(model: str, quant: str, img: int, out_root: Path, extra: list[str]) -> dict:
-    out_dir = out_root / f"sd-{model}-{quant}-{img}"
+def run_one(model: str, quant: str, img: int, out_root: Path, extra: list[str], tag: str = "") -> dict:
+    out_dir = out_root / f"sd-{model}-{quant}-{img}{'-' + tag if tag else ''}"
     cmd = [
         sys.executable, "-m", "sd2tflite.cli", "convert", "--model", model, "--quant", quant,
         "--weights", "random:0", "--img-height", str(img), "--img-width", str(img),
@@ -90,13 +91,15 @@ def main() -> None:
     parser.add_argument("--quant", action="append", default=None)
     parser.add_argument("--img", type=int, default=512)
     parser.add_argument("--out", default=str(ROOT / "bench-out"))
+    parser.add_argument("--tag", default="", help="suffix for the result file (e.g. the extra options)")
     parser.add_argument("extra", nargs="*", help="extra convert options after --")
     args = parser.parse_args()
     results_dir = ROOT / "scripts" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     for quant in args.quant or ["fp32", "dynamic"]:
-        result = run_one(args.model, quant, args.img, Path(args.out), args.extra)
-        path = results_dir / f"convert-{args.model}-{quant}-{args.img}.json"
+        result = run_one(args.model, quant, args.img, Path(args.out), args.extra, args.tag)
+        suffix = f"-{args.tag}" if args.tag else ""
+        path = results_dir / f"convert-{args.model}-{quant}-{args.img}{suffix}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(markdown(result), flush=True)
         print(f"(written to {path.relative_to(ROOT)})\n", flush=True)

@@ -99,15 +99,16 @@ def _parse_bytes(_ctx, _param, value):
     if value is None:
         return None
     text = str(value).strip().lower()
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    binary = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    decimal = {"k": 10**3, "m": 10**6, "g": 10**9}
     try:
         if text[-3:] in ("kib", "mib", "gib"):
-            return int(float(text[:-3]) * units[text[-3]])
-        if text[-1:] in units:
-            return int(float(text[:-1]) * units[text[-1]])
+            return int(float(text[:-3]) * binary[text[-3]])
+        if text[-2:] in ("kb", "mb", "gb"):
+            return int(float(text[:-2]) * decimal[text[-2]])
         return int(text)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a size: use bytes or e.g. 1400MiB, 1.5GiB")
+        raise click.BadParameter(f"{value!r} is not a size: use bytes or e.g. 1400MiB, 1.5GiB, 8GB")
 
 
 @main.command()
@@ -126,6 +127,9 @@ def _parse_bytes(_ctx, _param, value):
 @click.option("--max-part-bytes", default=None, callback=_parse_bytes,
               help="Largest UNet part file (default 1400MiB: plain flatbuffers, under 2 GiB).")
 @click.option("--unet-parts", default=None, type=int, help="Split the UNet into at least N parts.")
+@click.option("--memory-budget", default=None, callback=_parse_bytes,
+              help="RAM one conversion worker may use (e.g. 8GB); splits the UNet to fit. "
+                   "Default: no bound (a one-part quantized v1 UNet needs ~17 GB).")
 @click.option("-o", "--output", "out_dir", default=None,
               help="Output directory (default models/sd-MODEL-QUANT).")
 @click.option("--force", is_flag=True, help="Rebuild every file; write into a non-empty directory.")
@@ -138,7 +142,7 @@ def _parse_bytes(_ctx, _param, value):
 @_verbosity
 @_handle_errors
 def convert(family, quant, weights, components, batch_size, img_height, img_width, max_part_bytes,
-            unet_parts, out_dir, force, dry_run, isolate, calibration_samples, seed, verbose, quiet):
+            unet_parts, memory_budget, out_dir, force, dry_run, isolate, calibration_samples, seed, verbose, quiet):
     """Convert the Stable Diffusion components to .tflite files plus manifest.json."""
     _quiet_tensorflow(verbose)
     from . import convert as conversion
@@ -147,7 +151,7 @@ def convert(family, quant, weights, components, batch_size, img_height, img_widt
         family=family, quant=quant, components=components, weights=weights,
         img_height=img_height, img_width=img_width, batch_size=batch_size, out_dir=out_dir,
         max_part_bytes=max_part_bytes or conversion.DEFAULT_MAX_PART_BYTES,
-        unet_parts=unet_parts, force=force, isolate=isolate,
+        unet_parts=unet_parts, memory_budget=memory_budget, force=force, isolate=isolate,
         calibration_samples=calibration_samples, calibration_seed=seed,
         command=shlex.join(["sd2tflite", *sys.argv[1:]]), resolve_weights=not dry_run,
     )

@@ -54,6 +54,20 @@ GIB = 1 << 30
 # buffer-offset format (needs TFLite >= 2.14, breaks plain flatbuffer tools). Stay below that.
 DEFAULT_MAX_PART_BYTES = 1400 * (1 << 20)
 HARD_FLATBUFFER_LIMIT = 2 * GIB
+# Converter peak RSS ~ base + factor x float32 weight bytes of the part, whatever the precision
+# (the converter holds the float graph). Fitted to v1 at 512x512 (scripts/results/): fp32 parts
+# of 1.13-1.25 GB peaked at 6.5-7.1 GB, the 3.44 GB single-part dynamic UNet at 17.1 GB.
+CONVERTER_RSS_BASE = 600 * 10**6
+CONVERTER_RSS_PER_FLOAT_BYTE = 5.3
+
+
+def estimate_converter_rss(params: int) -> int:
+    return int(CONVERTER_RSS_BASE + CONVERTER_RSS_PER_FLOAT_BYTE * 4 * params)
+
+
+def params_within_memory(budget: int) -> int:
+    """The most parameters one part may have for its conversion to fit `budget` bytes of RAM."""
+    return int((budget - CONVERTER_RSS_BASE) / (CONVERTER_RSS_PER_FLOAT_BYTE * 4))
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,7 @@ class ConvertRequest:
     out_dir: Path
     max_part_bytes: int = DEFAULT_MAX_PART_BYTES
     unet_parts: int | None = None
+    memory_budget: int | None = None  # bytes of RAM one conversion may use; None: no bound
     force: bool = False
     isolate: bool = False
     calibration_samples: int = 8
@@ -159,6 +174,7 @@ def _plan_component(request: ConvertRequest, component: str, model):
         bytes_per_weight=recipe.bytes_per_weight,
         max_part_bytes=request.max_part_bytes,
         min_parts=request.unet_parts or 1,
+        max_part_params=params_within_memory(request.memory_budget) if request.memory_budget else None,
         output_names=output_names,
     )
     renamed_back = {v: k for k, v in output_names.items()}
@@ -224,13 +240,15 @@ def describe_plan(planned: list[PlannedArtifact], split: dict) -> str:
     lines = []
     for a in planned:
         lines.append(
-            f"{a.file_name:28s} {a.params:>13,} params  ~{a.estimated_bytes / 2**20:9,.1f} MiB"
+            f"{a.file_name:28s} {a.params:>13,} params  ~{a.estimated_bytes / 2**20:9,.1f} MiB  "
+            f"~{estimate_converter_rss(a.params) / 1e9:5.1f} GB RAM to convert"
         )
         if a.num_parts > 1:
             lines.append(f"    in:  {', '.join(f'{s.name}{list(s.shape)}' for s in a.inputs)}")
             lines.append(f"    out: {', '.join(f'{s.name}{list(s.shape)}' for s in a.outputs)}")
     if split:
         lines.append(f"UNet cap per part: {split['max_part_bytes']:,} bytes")
+    lines.append("(RAM: estimate for one conversion worker; --memory-budget splits the UNet further)")
     return "\n".join(lines)
 
 
@@ -574,6 +592,7 @@ def make_request(
     unet_parts: int | None,
     force: bool,
     isolate: bool | None,
+    memory_budget: int | None = None,
     calibration_samples: int,
     calibration_seed: int,
     command: str = "",
@@ -599,6 +618,11 @@ def make_request(
         )
     if unet_parts is not None and unet_parts < 1:
         raise UsageError(f"--unet-parts {unet_parts} must be at least 1")
+    if memory_budget is not None and memory_budget <= CONVERTER_RSS_BASE + (1 << 28):
+        raise UsageError(
+            f"--memory-budget {memory_budget:,} is too small: a conversion worker alone needs about "
+            f"{CONVERTER_RSS_BASE / 1e9:.1f} GB; give at least 1GB"
+        )
     if calibration_samples < 1:
         raise UsageError(f"--calibration-samples {calibration_samples} must be at least 1")
     model_family = FAMILIES[family]
@@ -608,15 +632,19 @@ def make_request(
         resolved = resolve(source, model_family, names)
     else:  # planning only: the weights' identity does not change the plan
         resolved = {c: ResolvedWeights(c, None, {"kind": "unresolved"}) for c in names}
+    target = Path(out_dir or f"models/sd-{family}-{quant}")
+    if resolve_weights:
+        check_output_dir(target, force)  # before any download
     return ConvertRequest(
         family=family,
         quant=quant,
         components=tuple(names),
         dims=model_family.dims(img_height, img_width, batch_size),
         weights=resolved,
-        out_dir=Path(out_dir or f"models/sd-{family}-{quant}"),
+        out_dir=target,
         max_part_bytes=max_part_bytes,
         unet_parts=unet_parts,
+        memory_budget=memory_budget,
         force=force,
         isolate=default_isolation(family) if isolate is None else isolate,
         calibration_samples=calibration_samples,

@@ -95,9 +95,11 @@ def plan_split(
     bytes_per_weight: float,
     max_part_bytes: int,
     min_parts: int = 1,
+    max_part_params: int | None = None,
     output_names: dict[str, str] | None = None,
 ) -> SplitPlan:
-    """Fewest parts (at least `min_parts`) whose estimated file sizes are all under the cap.
+    """Fewest parts (at least `min_parts`) whose estimated file sizes are all under the cap and,
+    if given, whose parameter counts are all under `max_part_params` (a converter-memory bound).
 
     Cuts sit near equal shares of the parameters; within a small slack the cut with the fewest
     crossing tensors wins. `output_names` renames the model outputs (e.g. to 'noise_pred').
@@ -108,17 +110,22 @@ def plan_split(
     n_nodes = len(graph.nodes)
     if min_parts < 1:
         raise PlanError("the number of parts must be at least 1: pass --unet-parts 1 or more")
+    params_cap = max_part_params or total or 1
     biggest_node = max((n.params for n in graph.nodes), default=0)
-    if estimate_file_bytes(biggest_node, bytes_per_weight) > max_part_bytes:
+    if estimate_file_bytes(biggest_node, bytes_per_weight) > max_part_bytes or biggest_node > params_cap:
         raise PlanError(
-            f"one layer alone needs ~{estimate_file_bytes(biggest_node, bytes_per_weight):,} bytes, "
-            f"over --max-part-bytes {max_part_bytes:,}: raise the cap"
+            f"one layer alone has {biggest_node:,} parameters, more than one part may hold: "
+            "raise --max-part-bytes / --memory-budget"
         )
-    n_parts = max(min_parts, math.ceil(estimate_file_bytes(total, bytes_per_weight) / max_part_bytes))
+    n_parts = max(
+        min_parts,
+        math.ceil(estimate_file_bytes(total, bytes_per_weight) / max_part_bytes),
+        math.ceil(total / params_cap),
+    )
     while n_parts <= n_nodes:
         cuts = _choose_cuts(graph, n_parts)
         plan = _make_plan(graph, cuts, bytes_per_weight, max_part_bytes, output_names or {})
-        if all(p.estimated_bytes <= max_part_bytes for p in plan.parts):
+        if all(p.estimated_bytes <= max_part_bytes and p.params <= params_cap for p in plan.parts):
             return plan
         n_parts += 1
     raise PlanError(

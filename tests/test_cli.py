@@ -54,6 +54,7 @@ def test_help_does_not_import_tensorflow():
         (["--unet-parts", "0"], 2, "--unet-parts 0"),
         (["--max-part-bytes", "3GiB"], 2, "outside 1 MiB .. 2 GiB"),
         (["--weights", "random:abc"], 2, "bad seed"),
+        (["--memory-budget", "100MB"], 2, "--memory-budget 100,000,000 is too small"),
         (["--weights", "/no/such/dir"], 2, "is not 'hub'"),
         (["--weights", "decoder=/no/such.h5", "--components", "decoder"], 1, "not found: /no/such.h5"),
         (["--weights", "hub"], 2, "no released weights"),

@@ -38,6 +38,13 @@ def test_cap_forces_balanced_parts_under_cap():
     assert sum(p.params for p in plan.parts) == graph.total_params
 
 
+def test_parameter_bound_splits_a_part_that_fits_on_disk():
+    """A memory budget bounds parameters per part even when the file would fit the byte cap."""
+    graph = chain_graph([10_000_000] * 12)
+    plan = plan_split(graph, bytes_per_weight=1, max_part_bytes=1 << 30, max_part_params=50_000_000)
+    assert len(plan.parts) == 3 and max(p.params for p in plan.parts) <= 50_000_000
+
+
 def test_min_parts_and_wiring_with_skip_tensor():
     graph = chain_graph([1000] * 9, skip_from=0)
     plan = plan_split(graph, bytes_per_weight=4, max_part_bytes=1 << 30, min_parts=3,
@@ -56,7 +63,7 @@ def test_min_parts_and_wiring_with_skip_tensor():
 
 
 def test_impossible_cap_is_a_clear_error():
-    with pytest.raises(PlanError, match="raise the cap"):
+    with pytest.raises(PlanError, match="raise --max-part-bytes"):
         plan_split(chain_graph([50_000_000]), bytes_per_weight=4, max_part_bytes=10 << 20)
 
 
