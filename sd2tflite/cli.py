@@ -129,7 +129,7 @@ def _parse_bytes(_ctx, _param, value):
 @click.option("--unet-parts", default=None, type=int, help="Split the UNet into at least N parts.")
 @click.option("--memory-budget", default=None, callback=_parse_bytes,
               help="RAM one conversion worker may use (e.g. 8GB); splits the UNet to fit. "
-                   "Default: no bound (a one-part quantized v1 UNet needs ~17 GB).")
+                   "Default: 80% of this machine's RAM (a one-part quantized v1 UNet needs ~17 GB).")
 @click.option("-o", "--output", "out_dir", default=None,
               help="Output directory (default models/sd-MODEL-QUANT).")
 @click.option("--force", is_flag=True, help="Rebuild every file; write into a non-empty directory.")
