@@ -1,5 +1,5 @@
 # Sourced by demo.sh and test.sh: make (or reuse) .venv and install the project into it.
-# Usage: . scripts/_venv.sh [EXTRAS]   e.g. ". scripts/_venv.sh test"
+# Usage: EXTRAS=test . scripts/_venv.sh   (EXTRAS empty: the plain install)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
@@ -10,6 +10,6 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
 spec="$ROOT"
-if [ -n "${1:-}" ]; then spec="$ROOT[$1]"; fi
+if [ -n "${EXTRAS:-}" ]; then spec="$ROOT[$EXTRAS]"; fi
 echo ">> installing sd2tflite and its dependencies (first time: a few minutes)" >&2
 "$VENV/bin/python" -m pip install --quiet -e "$spec" >&2

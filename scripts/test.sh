@@ -2,7 +2,7 @@
 # Fresh machine to test results in one command: venv, install with test extras, run pytest.
 # Extra arguments go to pytest (e.g. scripts/test.sh -m slow for the full-size tests).
 set -euo pipefail
-. "$(dirname "${BASH_SOURCE[0]}")/_venv.sh" test
+EXTRAS=test . "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "$ROOT"
 set +e
 "$VENV/bin/python" -m pytest -q "$@"
