@@ -222,3 +222,20 @@ def test_manifest_json_is_plain_json(cli_set):
     out, _ = cli_set
     data = json.loads((out / "manifest.json").read_text())
     assert data["format_version"] == 1 and data["artifacts"][0]["signature_key"] == "serving_default"
+
+
+def test_isolated_workers_give_the_same_files(tmp_path, tiny_dims, keras_models):
+    """The spawn-per-stage path used for full-size models, exercised on the tiny decoder."""
+    from sd2tflite.convert import convert
+    from sd2tflite.runtime import load_component
+    from sd2tflite.verify import parity
+
+    from .conftest import keras_output, tiny_request
+
+    request = tiny_request(tmp_path / "out", components="decoder", isolate=True)
+    result = convert(request)
+    assert result.built == ["decoder.tflite"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["decoder.tflite", "manifest.json"]
+    sample = seeded_inputs("decoder", tiny_dims)[0]
+    actual = load_component(tmp_path / "out", "decoder")(**sample)["image"]
+    assert parity(keras_output(keras_models["decoder"], sample), actual).psnr_db > 90
