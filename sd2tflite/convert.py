@@ -472,7 +472,7 @@ def check_output_dir(out_dir: Path, force: bool) -> None:
     ours = {MANIFEST_NAME, PROGRESS_NAME} | {a.path for a in _previous_artifacts(out_dir)}
     foreign = sorted(
         name for name in os.listdir(out_dir)
-        if name not in ours and not name.startswith(WORK_PREFIX) and TMP_MARK not in name
+        if name not in ours and not name.startswith(WORK_PREFIX) and not _is_our_temp_file(name)
     )
     if foreign:
         raise OutputDirError(
@@ -481,11 +481,17 @@ def check_output_dir(out_dir: Path, force: bool) -> None:
         )
 
 
+def _is_our_temp_file(name: str) -> bool:
+    # write_bytes_atomic / write_json_atomic name temp files ".<target>.tmp-<pid>".
+    return name.startswith(".") and TMP_MARK in name
+
+
 def _clean_leftovers(out_dir: Path) -> None:
+    """Removes work folders and temp files of earlier (interrupted) runs; nothing else."""
     for entry in out_dir.iterdir():
         if entry.name.startswith(WORK_PREFIX) and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
-        elif TMP_MARK in entry.name and entry.is_file():
+        elif _is_our_temp_file(entry.name) and entry.is_file():
             entry.unlink(missing_ok=True)
 
 
@@ -561,8 +567,10 @@ def convert(request: ConvertRequest, progress=None) -> ConvertResult:
             split=split,
         )
         manifest_path = save_manifest(manifest, out_dir)
+        # Files of an earlier plan (e.g. more UNet parts) that this manifest no longer lists.
         for stale in old_paths - {a.path for a in result_artifacts}:
-            (out_dir / stale).unlink(missing_ok=True)
+            if stale.endswith(".tflite"):
+                (out_dir / stale).unlink(missing_ok=True)
         (out_dir / PROGRESS_NAME).unlink(missing_ok=True)
     finally:
         progress.end()
