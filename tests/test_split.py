@@ -111,3 +111,8 @@ def test_converted_three_parts_match_keras(tmp_path, keras_models, tiny_dims):
         )
         figures = parity(expected, unet(**sample)["noise_pred"])
         assert figures.psnr_db > 60 and figures.max_abs < 1e-3, figures
+    # Re-planned into one part: the old part files go, nothing else is touched.
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    rerun = convert(tiny_request(tmp_path / "out", components="diffusion", force=True))
+    assert [a.path for a in rerun.manifest.artifacts] == ["diffusion.tflite"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["diffusion.tflite", "manifest.json", "notes.txt"]
