@@ -297,9 +297,9 @@ def export_stage(request: ConvertRequest, reuse_keys: frozenset[str], work_dir: 
 def export_saved_model(model, artifact: PlannedArtifact, directory: str) -> None:
     """Keras 3 -> SavedModel with one named, static signature.
 
-    The variables are tracked explicitly so the SavedModel carries the weights (tracing into
+    The variables are tracked explicitly so the SavedModel carries the weights (converting
     concrete functions alone drops them). Unlike keras.export.ExportArchive, this traces the
-    model once and saves no per-layer functions: several times faster on the UNet.
+    model once and saves no per-layer functions (tiny UNet: 17.7 s instead of 20.4 s).
     """
     import tensorflow as tf
 
