@@ -441,7 +441,7 @@ def _run(isolate: bool, fn, *args):
         except concurrent.futures.process.BrokenProcessPool as exc:
             raise ConversionError(
                 f"the worker process running {fn.__name__} died (out of memory?): "
-                "lower --max-part-bytes or raise --unet-parts, or free memory"
+                "pass a lower --memory-budget (e.g. 8GB) to split the UNet further, or free memory"
             ) from exc
 
 
