@@ -514,6 +514,7 @@ def convert(request: ConvertRequest, progress=None) -> ConvertResult:
     progress = progress or NullProgress()
     out_dir = Path(request.out_dir)
     check_output_dir(out_dir, request.force)
+    created_out_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(out_dir)
 
@@ -576,6 +577,8 @@ def convert(request: ConvertRequest, progress=None) -> ConvertResult:
         progress.end()
         shutil.rmtree(work_dir, ignore_errors=True)
         _clean_leftovers(out_dir)
+        if created_out_dir and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a run that wrote nothing leaves nothing behind
     return ConvertResult(manifest, manifest_path, reused=reused, built=built)
 
 

@@ -17,7 +17,6 @@ from .errors import ManifestError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-PIPELINE_INPUT = None  # wiring source for tensors that come from the pipeline, not a part
 
 
 @dataclass(frozen=True)

@@ -70,20 +70,6 @@ class SplitPlan:
                 return part.index
         return None
 
-    def describe(self) -> str:
-        lines = [
-            f"{len(self.parts)} part(s), {self.total_params:,} parameters, "
-            f"cap {self.max_part_bytes / 2**30:.2f} GiB"
-        ]
-        for p in self.parts:
-            lines.append(
-                f"  part {p.index}: nodes {p.start}-{p.stop - 1}, {p.params:,} params, "
-                f"~{p.estimated_bytes / 2**20:,.1f} MiB, {len(p.inputs)} in / {len(p.outputs)} out"
-            )
-            lines.append(f"    in:  {', '.join(p.inputs)}")
-            lines.append(f"    out: {', '.join(p.outputs)}")
-        return "\n".join(lines)
-
 
 def estimate_file_bytes(params: int, bytes_per_weight: float) -> int:
     return int(params * bytes_per_weight * _FILE_OVERHEAD_RATIO) + _FILE_OVERHEAD_BYTES
