@@ -518,12 +518,13 @@ def convert(request: ConvertRequest, progress=None) -> ConvertResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(out_dir)
 
-    previous = {} if request.force else {a.build_key: a for a in _previous_artifacts(out_dir)}
+    earlier = _previous_artifacts(out_dir)
+    previous = {} if request.force else {a.build_key: a for a in earlier}
     reusable = {
         key: a for key, a in previous.items()
         if (out_dir / a.path).is_file() and sha256_file(out_dir / a.path) == a.sha256
     }
-    old_paths = {a.path for a in _previous_artifacts(out_dir)}
+    old_paths = {a.path for a in earlier}
     work_dir = out_dir / f"{WORK_PREFIX}{os.getpid()}"
     work_dir.mkdir()
     result_artifacts: list[Artifact] = []
