@@ -36,7 +36,9 @@ def _handle_errors(fn):
             return fn(*args, **kwargs)
         except SD2TFLiteError as exc:
             if verbose:
-                raise
+                import traceback
+
+                traceback.print_exc()
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
@@ -150,7 +152,7 @@ def convert(family, quant, weights, components, batch_size, img_height, img_widt
     request = conversion.make_request(
         family=family, quant=quant, components=components, weights=weights,
         img_height=img_height, img_width=img_width, batch_size=batch_size, out_dir=out_dir,
-        max_part_bytes=max_part_bytes or conversion.DEFAULT_MAX_PART_BYTES,
+        max_part_bytes=conversion.DEFAULT_MAX_PART_BYTES if max_part_bytes is None else max_part_bytes,
         unet_parts=unet_parts, memory_budget=memory_budget, force=force, isolate=isolate,
         calibration_samples=calibration_samples, calibration_seed=seed,
         command=shlex.join(["sd2tflite", *sys.argv[1:]]), resolve_weights=not dry_run,

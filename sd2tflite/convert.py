@@ -524,7 +524,7 @@ def convert(request: ConvertRequest, progress=None) -> ConvertResult:
         key: a for key, a in previous.items()
         if (out_dir / a.path).is_file() and sha256_file(out_dir / a.path) == a.sha256
     }
-    old_paths = {a.path for a in earlier}
+    old_files = {a.path: a.component for a in earlier}
     work_dir = out_dir / f"{WORK_PREFIX}{os.getpid()}"
     work_dir.mkdir()
     result_artifacts: list[Artifact] = []
@@ -557,11 +557,23 @@ def convert(request: ConvertRequest, progress=None) -> ConvertResult:
             # Lets an interrupted run resume: these files are complete and hashed.
             write_json_atomic(out_dir / PROGRESS_NAME, [a.to_json() for a in result_artifacts])  # type: ignore[arg-type]
             progress.advance()
+        # Components this run did not touch stay in the set if it is the same model and precision.
+        kept: list[Artifact] = []
+        try:
+            before = load_manifest(out_dir)
+            if (before.family, before.quant, before.dims) == (request.family, request.quant, request.dims.to_json()):
+                kept = [a for a in before.artifacts if a.component not in request.components
+                        and (out_dir / a.path).is_file()]
+        except SD2TFLiteError:
+            pass
+        weights = {c: before.weights[c] for c in {a.component for a in kept}} if kept else {}
+        weights.update({c: request.weights[c].identity for c in request.components})
+        result_artifacts = kept + result_artifacts
         manifest = Manifest(
             family=request.family,
             quant=request.quant,
             dims=request.dims.to_json(),
-            weights={c: request.weights[c].identity for c in request.components},
+            weights=weights,
             artifacts=tuple(result_artifacts),
             versions=tool_versions(),
             command=request.command,
@@ -570,8 +582,9 @@ def convert(request: ConvertRequest, progress=None) -> ConvertResult:
         )
         manifest_path = save_manifest(manifest, out_dir)
         # Files of an earlier plan (e.g. more UNet parts) that this manifest no longer lists.
-        for stale in old_paths - {a.path for a in result_artifacts}:
-            if stale.endswith(".tflite"):
+        current = {a.path for a in result_artifacts}
+        for stale, component in old_files.items():
+            if stale not in current and stale.endswith(".tflite") and component in request.components:
                 (out_dir / stale).unlink(missing_ok=True)
         (out_dir / PROGRESS_NAME).unlink(missing_ok=True)
     finally:
@@ -649,13 +662,12 @@ def make_request(
     model_family = FAMILIES[family]
     names = parse_components(components)
     source = parse_weights(weights, model_family)
-    if resolve_weights:
-        resolved = resolve(source, model_family, names)
-    else:  # planning only: the weights' identity does not change the plan
-        resolved = {c: ResolvedWeights(c, None, {"kind": "unresolved"}) for c in names}
     target = Path(out_dir or f"models/sd-{family}-{quant}")
     if resolve_weights:
         check_output_dir(target, force)  # before any download
+        resolved = resolve(source, model_family, names)
+    else:  # planning only: the weights' identity does not change the plan
+        resolved = {c: ResolvedWeights(c, None, {"kind": "unresolved"}) for c in names}
     return ConvertRequest(
         family=family,
         quant=quant,

@@ -53,6 +53,7 @@ def test_help_does_not_import_tensorflow():
         (["--components", "unet"], 2, "unknown component 'unet'"),
         (["--unet-parts", "0"], 2, "--unet-parts 0"),
         (["--max-part-bytes", "3GiB"], 2, "outside 1 MiB .. 2 GiB"),
+        (["--max-part-bytes", "0"], 2, "outside 1 MiB .. 2 GiB"),
         (["--weights", "random:abc"], 2, "bad seed"),
         (["--memory-budget", "100MB"], 2, "--memory-budget 100,000,000 is too small"),
         (["--weights", "/no/such/dir"], 2, "is not 'hub'"),
@@ -133,7 +134,7 @@ def test_rerun_reuses_matching_files_and_rebuilds_tampered_ones(cli_set):
     assert result.exit_code == 0, result.output
     after = load_manifest(out)
     assert result.output.count("reused") == 3
-    assert "decoder.tflite" in result.output and "decoder" not in [l.split()[0] for l in result.output.splitlines() if "reused" in l]
+    assert "decoder.tflite" in result.output and "decoder.tflite" not in [l.split()[0] for l in result.output.splitlines() if "reused" in l]
     for a in after.artifacts:
         if a.path != "decoder.tflite":
             assert (out / a.path).stat().st_mtime_ns == mtimes[a.path]
@@ -143,6 +144,22 @@ def test_rerun_reuses_matching_files_and_rebuilds_tampered_ones(cli_set):
 
     rebuilt = {a.path: a for a in after.artifacts}["decoder.tflite"]
     assert sha256_file(decoder) == rebuilt.sha256 and decoder.stat().st_size == rebuilt.bytes
+
+
+def test_converting_one_component_keeps_the_others(cli_set):
+    out, _ = cli_set
+    before = {a.path: a.sha256 for a in load_manifest(out).artifacts}
+    result = run([*TINY, "-o", str(out), "--components", "decoder", "--force"])
+    assert result.exit_code == 0, result.output
+    after = load_manifest(out)
+    assert {a.path for a in after.artifacts} == set(before)
+    assert all((out / p).is_file() for p in before)
+    assert set(after.components) == {"text_encoder", "diffusion", "decoder", "image_encoder"}
+
+
+def test_verbose_keeps_the_exit_code(tmp_path):
+    result = run([*TINY, "-o", str(tmp_path / "o"), "--model", "v9", "-v"])
+    assert result.exit_code == 2 and "unknown model" in result.stderr
 
 
 def test_interrupted_run_leaves_no_partial_files_and_resumes(tmp_path):
