@@ -221,4 +221,10 @@ def load_manifest(directory: Path) -> Manifest:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{path} is not valid JSON ({exc}): convert again") from exc
-    return Manifest.from_json(data)
+    try:
+        return Manifest.from_json(data)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # unknown keys, bad wiring
+        raise ManifestError(
+            f"{path} does not describe a converted set ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:120]}): convert again"
+        ) from exc
