@@ -168,5 +168,50 @@ def convert(family, quant, weights, components, batch_size, img_height, img_widt
     click.echo(f"manifest: {result.manifest_path}")
 
 
+def model_dir_argument(text, token=None):
+    """A converted set's folder: TEXT, or hf://OWNER/REPO[@REVISION] downloaded (cached) and checked."""
+    from .hub import resolve_model_dir
+
+    return resolve_model_dir(text, token)
+
+
+@main.command("push-hub")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--repo-id", required=True, help="OWNER/NAME on the Hub; created if missing.")
+@click.option("--private", is_flag=True, help="Create the repo private (refuses an existing public one).")
+@click.option("--revision", default="main", show_default=True, help="Branch to commit to (created if missing).")
+@click.option("--commit-message", default=None, help="Commit summary (default: family, precision, file count).")
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
+@click.option("--token", default=None,
+              help="Hub token with write access (default: HF_TOKEN, then `hf auth login`). Never printed.")
+@click.option("--verify-report", default=None, type=click.Path(dir_okay=False),
+              help="`sd2tflite verify --json` output for the card (default: DIRECTORY/verify.json if present).")
+@click.option("--dry-run", is_flag=True, help="Print the model card and the operations; no network.")
+@_verbosity
+@_handle_errors
+def push_hub(directory, repo_id, private, revision, commit_message, create_pr, token, verify_report, dry_run,
+             verbose, quiet):
+    """Publish a converted set (files, manifest, model card) to the Hugging Face Hub in one commit."""
+    _quiet_tensorflow(verbose)
+    from . import hub
+
+    if not dry_run and not verbose:
+        from huggingface_hub.utils import disable_progress_bars, logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # its retry warnings would break the one-line errors
+        if quiet:
+            disable_progress_bars()
+    say = None if quiet else (lambda message: click.echo(message, err=True))
+    result = hub.push(directory, repo_id, token=token, private=private, revision=revision,
+                      commit_message=commit_message, create_pr=create_pr, dry_run=dry_run,
+                      verify_report=verify_report, progress=say)
+    if dry_run:
+        click.echo(result.plan.card)
+        click.echo("# dry run: nothing was sent; the push would:")
+        click.echo(result.plan.describe())
+        return
+    click.echo(result.url)
+
+
 if __name__ == "__main__":
     main()

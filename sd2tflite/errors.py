@@ -41,3 +41,7 @@ class ConversionError(SD2TFLiteError):
 
 class ManifestError(SD2TFLiteError):
     """A manifest is missing, unreadable or does not describe the files beside it."""
+
+
+class HubError(SD2TFLiteError):
+    """The Hugging Face Hub refused, could not be reached, or has no usable set at the address."""

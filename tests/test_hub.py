@@ -1,0 +1,646 @@
+"""push-hub and hf:// against a local fake Hub: the real huggingface_hub client, a real (tiny) LiteRT set.
+
+The fake Hub (127.0.0.1, ephemeral port, one per test) implements what huggingface_hub 2.x calls for
+create_repo, create_branch, the README metadata check, preupload, the LFS batch API, LFS PUTs, the
+commit, model info, the tree listing and file resolve, and records every request. Xet is switched off
+for these tests (its CAS protocol is not emulated), so uploads take the LFS path.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import shutil
+import socket
+import threading
+import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from sd2tflite import hub
+from sd2tflite.cli import main, model_dir_argument
+from sd2tflite.errors import HubError, ManifestError, UsageError
+
+TOKEN = "hf_testTOKEN0123456789abcdefSECRET"
+REPO = "someone/sd-v1-tflite-dynamic"
+
+
+# --------------------------------------------------------------------------------------------------
+# A fake Hub
+
+
+def _git_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+class FakeHub:
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.failures: list[dict] = []
+        self.repos: dict[str, dict] = {}
+        self.lfs: dict[str, bytes] = {}  # sha256 -> content
+        self.commits: list[dict] = []  # commits made through the commit endpoint
+        self.lock = threading.Lock()
+        self.url = ""
+
+    def fail(self, method: str, pattern: str, action, times: int = 1) -> None:
+        """Answer the next `times` matching requests with an HTTP status, or "drop" the connection."""
+        self.failures.append({"method": method, "pattern": re.compile(pattern), "action": action, "times": times})
+
+    def tree(self, repo_id: str, rev: str = "main") -> dict[str, dict]:
+        repo = self.repos[repo_id]
+        sha = repo["branches"].get(rev, rev)
+        return repo["trees"][sha]
+
+    def content(self, entry: dict) -> bytes:
+        return self.lfs[entry["sha256"]] if entry["lfs"] else entry["data"]
+
+    def posts(self, pattern: str) -> list[dict]:
+        return [r for r in self.requests if re.search(pattern, r["path"])]
+
+
+def _new_tree_commit(repo: dict, parent: str | None, tree: dict, summary: str) -> str:
+    sha = hashlib.sha1(f"{parent}:{summary}:{sorted((p, e['oid']) for p, e in tree.items())}".encode()).hexdigest()
+    repo["trees"][sha] = tree
+    return sha
+
+
+def _entry(data: bytes, lfs: bool) -> dict:
+    if lfs:
+        sha = hashlib.sha256(data).hexdigest()
+        return {"lfs": True, "sha256": sha, "size": len(data), "oid": _git_sha1(b"lfs pointer " + sha.encode())}
+    return {"lfs": False, "data": data, "size": len(data), "oid": _git_sha1(data)}
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "FakeHub/1"
+    hub: FakeHub  # set per server
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_GET(self):
+        self._handle()
+
+    do_HEAD = do_POST = do_PUT = do_GET
+
+    # -- plumbing
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _send(self, status: int, payload=None, headers: dict | None = None, raw: bytes | None = None):
+        body = raw if raw is not None else (b"" if payload is None else json.dumps(payload).encode())
+        self.send_response(status)
+        if raw is None:
+            self.send_header("Content-Type", "application/json")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _error(self, status: int, message: str, code: str | None = None):
+        headers = {"X-Error-Message": message}
+        if code:
+            headers["X-Error-Code"] = code
+        self._send(status, {"error": message}, headers)
+
+    def _handle(self):
+        hub = self.hub
+        body = self._body()
+        path = urlsplit(self.path).path
+        with hub.lock:
+            hub.requests.append({"method": self.command, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                                 "body": body})
+            failure = next((f for f in hub.failures if f["times"] > 0 and f["method"] == self.command
+                            and f["pattern"].search(path)), None)
+            if failure:
+                failure["times"] -= 1
+        if failure:
+            if failure["action"] == "drop":  # half way: the bytes arrived, no answer ever comes
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            return self._error(failure["action"], "injected failure")
+        if not path.startswith("/lfs-upload/"):  # presigned storage URLs take no token
+            auth = self.headers.get("Authorization")
+            if auth is not None and auth != f"Bearer {TOKEN}":
+                return self._error(401, "Invalid credentials in Authorization header")
+            if auth is None and (self.command in ("POST", "PUT")):
+                return self._error(401, "Invalid credentials in Authorization header")
+        try:
+            self._route(path, body)
+        except Exception as exc:  # a bug in the fake: make it visible as a 500
+            self._error(500, f"fake hub bug: {exc!r}")
+            raise
+
+    # -- endpoints
+    def _route(self, path: str, body: bytes):
+        hub, method = self.hub, self.command
+        if method == "POST" and path == "/api/repos/create":
+            data = json.loads(body)
+            repo_id = f"{data['organization']}/{data['name']}"
+            with hub.lock:
+                if repo_id in hub.repos:  # the Hub's 409 carries the url; huggingface_hub reads it
+                    return self._send(409, {"error": "You already created this model repo",
+                                            "url": f"{hub.url}/{repo_id}"})
+                repo = {"private": data.get("visibility") == "private", "branches": {}, "trees": {}}
+                init = {".gitattributes": _entry(b"*.tflite filter=lfs diff=lfs merge=lfs -text\n", False)}
+                repo["branches"]["main"] = _new_tree_commit(repo, None, init, "initial commit")
+                hub.repos[repo_id] = repo
+            return self._send(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id})
+        if method == "POST" and path == "/api/validate-yaml":
+            content = json.loads(body)["content"]
+            front = content.split("---\n")[1] if content.startswith("---\n") else ""
+            try:
+                meta = yaml.safe_load(front)
+                assert isinstance(meta, dict)
+            except Exception as exc:  # noqa: BLE001
+                return self._send(400, {"errors": [{"message": f"bad metadata: {exc}"}]})
+            return self._send(200, {"errors": [], "warnings": []})
+
+        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/(revision|preupload|commit|branch|tree)/(.+))?", path)
+        if m:
+            repo_id, action, rest = m.group(1), m.group(2), unquote(m.group(3) or "")
+            repo = hub.repos.get(repo_id)
+            if repo is None or (repo["private"] and self.headers.get("Authorization") is None):
+                return self._error(404, "Repository not found", "RepoNotFound")
+            if action in (None, "revision") and method == "GET":
+                rev = rest or "main"
+                sha = repo["branches"].get(rev, rev)
+                if sha not in repo["trees"]:
+                    return self._error(404, "Invalid rev id", "RevisionNotFound")
+                return self._send(200, {"id": repo_id, "sha": sha, "private": repo["private"],
+                                        "siblings": [{"rfilename": p} for p in repo["trees"][sha]]})
+            if action == "tree" and method == "GET":
+                rev = rest.split("/")[0]
+                sha = repo["branches"].get(rev, rev)
+                if sha not in repo["trees"]:
+                    return self._error(404, "Invalid rev id", "RevisionNotFound")
+                entries = []
+                for p, e in sorted(repo["trees"][sha].items()):
+                    item = {"type": "file", "oid": e["oid"], "size": e["size"], "path": p}
+                    if e["lfs"]:
+                        item["lfs"] = {"oid": e["sha256"], "size": e["size"], "pointerSize": 134}
+                    entries.append(item)
+                return self._send(200, entries)
+            if action == "branch" and method == "POST":
+                if rest in repo["branches"]:
+                    return self._error(409, "Reference already exists")
+                repo["branches"][rest] = repo["branches"]["main"]
+                return self._send(200, {})
+            if action == "preupload" and method == "POST":
+                tree = repo["trees"][repo["branches"].get(rest, repo["branches"]["main"])]
+                files = []
+                for f in json.loads(body)["files"]:
+                    sample = base64.b64decode(f["sample"])
+                    try:
+                        sample.decode()
+                        text = True
+                    except UnicodeDecodeError:
+                        text = False
+                    lfs = f["path"].endswith(".tflite") or not text or f["size"] > 10_000_000
+                    old = tree.get(f["path"])
+                    oid = None if old is None else (old["sha256"] if old["lfs"] else old["oid"])
+                    files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular",
+                                  "shouldIgnore": False, "oid": oid})
+                return self._send(200, {"files": files, "commitOid": repo["branches"]["main"]})
+            if action == "commit" and method == "POST":
+                return self._commit(repo_id, repo, rest, body)
+        m = re.fullmatch(r"/([^/]+/[^/]+)\.git/info/lfs/objects/batch", path)
+        if m and method == "POST":
+            objects = []
+            for obj in json.loads(body)["objects"]:
+                if obj["oid"] in hub.lfs:  # already stored: nothing to do (this is what makes re-runs cheap)
+                    objects.append({"oid": obj["oid"], "size": obj["size"]})
+                else:
+                    objects.append({"oid": obj["oid"], "size": obj["size"], "actions": {
+                        "upload": {"href": f"{hub.url}/lfs-upload/{obj['oid']}", "header": {}}}})
+            return self._send(200, {"transfer": "basic", "objects": objects})
+        m = re.fullmatch(r"/lfs-upload/([0-9a-f]{64})", path)
+        if m and method == "PUT":
+            if hashlib.sha256(body).hexdigest() != m.group(1):
+                return self._error(400, "content does not match its oid")
+            with hub.lock:
+                hub.lfs[m.group(1)] = body
+            return self._send(200, {})
+        m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        if m and method in ("GET", "HEAD"):
+            repo_id, rev, file = m.group(1), unquote(m.group(2)), unquote(m.group(3))
+            repo = hub.repos.get(repo_id)
+            if repo is None:
+                return self._error(404, "Repository not found", "RepoNotFound")
+            sha = repo["branches"].get(rev, rev)
+            entry = repo["trees"].get(sha, {}).get(file)
+            if entry is None:
+                return self._error(404, "Entry not found", "EntryNotFound")
+            etag = entry["sha256"] if entry["lfs"] else entry["oid"]
+            return self._send(200, raw=hub.content(entry), headers={
+                "X-Repo-Commit": sha, "ETag": f'"{etag}"', "Content-Type": "application/octet-stream"})
+        return self._error(404, f"fake hub has no {method} {path}")
+
+    def _commit(self, repo_id: str, repo: dict, revision: str, body: bytes):
+        hub = self.hub
+        lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+        header = next(item["value"] for item in lines if item["key"] == "header")
+        base = repo["branches"].get(revision)
+        if base is None:
+            return self._error(404, "Invalid rev id", "RevisionNotFound")
+        tree = dict(repo["trees"][base])
+        for item in lines:
+            value = item["value"]
+            if item["key"] == "file":
+                tree[value["path"]] = _entry(base64.b64decode(value["content"]), False)
+            elif item["key"] == "lfsFile":
+                if value["oid"] not in hub.lfs:
+                    return self._error(400, f"LFS object {value['oid']} was never uploaded")
+                tree[value["path"]] = _entry(hub.lfs[value["oid"]], True)
+        sha = _new_tree_commit(repo, base, tree, header["summary"])
+        pr = "create_pr=1" in self.path
+        with hub.lock:
+            hub.commits.append({"repo": repo_id, "revision": revision, "summary": header["summary"], "sha": sha,
+                                "paths": sorted(v["value"]["path"] for v in lines if v["key"] != "header"),
+                                "pr": pr})
+            number = sum(1 for c in hub.commits if c["pr"])
+        answer = {"commitUrl": f"{hub.url}/{repo_id}/commit/{sha}", "commitOid": sha}
+        if pr:
+            repo["branches"][f"refs/pr/{number}"] = sha
+            answer["pullRequestUrl"] = f"{hub.url}/{repo_id}/discussions/{number}"
+        else:
+            repo["branches"][revision] = sha
+        return self._send(200, answer)
+
+
+@pytest.fixture
+def fake_hub():
+    state = FakeHub()
+    handler = type("BoundHandler", (Handler,), {"hub": state})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def hub_env(fake_hub, tmp_path, monkeypatch):
+    """No real login, no real cache, no Xet, this test's fake Hub, fast retries."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _http
+
+    for name in ("HF_TOKEN", "HF_OIDC_RESOURCE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
+    monkeypatch.setattr(hub, "RETRY", hub.Retry(attempts=3, first_wait=0.01))
+    # huggingface_hub's own backoff (1, 2, 4, 8 s) would make the failure tests slow.
+    fast_time = types.SimpleNamespace(**{k: getattr(_http.time, k) for k in dir(_http.time) if not k.startswith("_")})
+    fast_time.sleep = lambda _seconds: None
+    monkeypatch.setattr(_http, "time", fast_time)
+    _http.close_session()
+    yield
+    _http.close_session()
+
+
+# --------------------------------------------------------------------------------------------------
+# A real converted set: two tiny LiteRT files and a manifest that describes them
+
+
+def _tflite(seed: int) -> bytes:
+    import tempfile
+
+    import tensorflow as tf
+
+    weight = tf.constant(np.random.default_rng(seed).standard_normal((4, 2048)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32, name="a"),
+                                  tf.TensorSpec([1, 4], tf.float32, name="b")])
+    def add_then_project(a, b):
+        return {"out": tf.matmul(a + b, weight)}
+
+    module = tf.Module()
+    module.fn = add_then_project
+    with tempfile.TemporaryDirectory() as saved:
+        tf.saved_model.save(module, saved, signatures={"serving_default": add_then_project.get_concrete_function()})
+        return tf.lite.TFLiteConverter.from_saved_model(saved).convert()
+
+
+@pytest.fixture(scope="module")
+def source_set(tmp_path_factory):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from sd2tflite.components import TensorSpec
+    from sd2tflite.manifest import Artifact, Manifest, save_manifest
+
+    directory = tmp_path_factory.mktemp("set")
+    artifacts = []
+    for seed, component in enumerate(("text_encoder", "decoder")):
+        path = directory / f"{component}.tflite"
+        path.write_bytes(_tflite(seed))
+        runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
+        spec = lambda details: tuple(  # noqa: E731
+            TensorSpec(name, tuple(int(d) for d in v["shape"]), np.dtype(v["dtype"]).name)
+            for name, v in sorted(details.items()))
+        inputs, outputs = spec(runner.get_input_details()), spec(runner.get_output_details())
+        artifacts.append(Artifact(
+            component=component, part=0, num_parts=1, path=path.name,
+            sha256=hashlib.sha256(path.read_bytes()).hexdigest(), bytes=path.stat().st_size, params=8192,
+            signature_key="serving_default", inputs=inputs, outputs=outputs,
+            wiring={s.name: None for s in inputs}, conversion_seconds=1.5, peak_rss_bytes=10**9, build_key="k"))
+    weights = {c: {"kind": "hub", "repo_id": "fchollet/stable-diffusion", "filename": f"kcv_{c}.h5",
+                   "sha256": "ab" * 32} for c in ("text_encoder", "decoder")}
+    manifest = Manifest(family="v1", quant="dynamic", dims={"img_height": 128, "img_width": 128, "batch_size": 1},
+                        weights=weights, artifacts=tuple(artifacts),
+                        versions={"sd2tflite": "0.1.0", "tensorflow": "2.21.0", "ai-edge-litert": "2.3.0"},
+                        command="sd2tflite convert --quant dynamic --img-height 128 --img-width 128",
+                        created="2026-01-01T00:00:00Z")
+    save_manifest(manifest, directory)
+    return directory
+
+
+@pytest.fixture
+def model_set(source_set, tmp_path):
+    directory = tmp_path / "sd-v1-dynamic"
+    shutil.copytree(source_set, directory)
+    return directory
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def run(args, env=None):
+    return CliRunner().invoke(main, args, env=env)
+
+
+def assert_one_line_error(result, code, *fragments):
+    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def assert_token_only_in_auth_headers(fake_hub, tmp_path, *outputs):
+    api = [r for r in fake_hub.requests if not r["path"].startswith("/lfs-upload/")]
+    assert api and all(r["headers"].get("authorization") == f"Bearer {TOKEN}" for r in api
+                       if r["method"] in ("POST", "PUT"))
+    for r in fake_hub.requests:
+        assert TOKEN not in r["path"] and TOKEN.encode() not in r["body"]
+        others = {k: v for k, v in r["headers"].items() if k.lower() != "authorization"}
+        assert TOKEN not in json.dumps(others)
+    # storage URLs never see it
+    assert all("authorization" not in r["headers"] for r in fake_hub.requests if r["path"].startswith("/lfs-upload/"))
+    for text in outputs:
+        assert TOKEN not in text
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+
+
+# --------------------------------------------------------------------------------------------------
+# Push
+
+
+def test_push_uploads_files_and_card_in_one_commit(fake_hub, model_set, tmp_path):
+    before = snapshot(model_set)
+    result = run(["push-hub", str(model_set), "--repo-id", REPO, "--token", TOKEN, "-q"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.stdout.strip() == f"{fake_hub.url}/{REPO}"
+
+    assert len(fake_hub.commits) == 1 and fake_hub.commits[0]["revision"] == "main"
+    tree = fake_hub.tree(REPO)
+    for name in ("text_encoder.tflite", "decoder.tflite", "manifest.json"):
+        assert fake_hub.content(tree[name]) == (model_set / name).read_bytes(), name
+    assert tree["text_encoder.tflite"]["lfs"] and tree["decoder.tflite"]["lfs"]
+    # Each LFS object went up exactly once, as the bytes of the file.
+    puts = [r for r in fake_hub.requests if r["method"] == "PUT"]
+    assert sorted(r["body"] for r in puts) == sorted((model_set / n).read_bytes()
+                                                     for n in ("text_encoder.tflite", "decoder.tflite"))
+
+    card = fake_hub.content(tree["README.md"]).decode()
+    from sd2tflite.manifest import load_manifest
+
+    assert card == hub.model_card(model_set, load_manifest(model_set), None, REPO)
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["library_name"] == "sd2tflite"
+    assert meta["license"] == "creativeml-openrail-m"
+    assert {"tflite", "litert", "stable-diffusion", "keras-cv", "dynamic"} <= set(meta["tags"])
+    assert meta["base_model"] == ["fchollet/stable-diffusion"]
+    manifest = load_manifest(model_set)
+    for a in manifest.artifacts:
+        assert f"`{a.path}`" in card and f"{a.bytes:,}" in card and a.sha256 in card
+    assert "`a` float32[1, 4], `b` float32[1, 4] -> `out` float32[1, 2048]" in card
+    assert "not verified" in card and f"sd2tflite verify hf://{REPO}" in card
+    assert f"sd2tflite generate hf://{REPO}" in card
+    assert manifest.command in card and "tensorflow 2.21.0" in card
+
+    assert snapshot(model_set) == before  # nothing written into the user's folder (no README.md)
+    assert_token_only_in_auth_headers(fake_hub, tmp_path, result.output)
+
+
+def test_card_shows_verify_figures_and_uploads_the_report(fake_hub, model_set):
+    report = {"passed": True, "checks": [
+        {"group": "parity", "name": "decoder", "passed": True, "detail": "matches Keras",
+         "figures": {"psnr_db": 52.0123, "cosine": 0.99991}},
+        {"group": "integrity", "name": "manifest.json", "passed": True},  # keys missing: tolerated
+        "not a check",
+    ]}
+    (model_set / "verify.json").write_text(json.dumps(report))
+    result = hub.push(model_set, REPO, token=TOKEN)
+    card = fake_hub.content(fake_hub.tree(REPO)["README.md"]).decode()
+    assert "**passed** (3 checks)" in card
+    assert "| parity | decoder | pass | matches Keras | psnr_db=52.01, cosine=0.9999 |" in card
+    assert "| integrity | manifest.json | pass |  |  |" in card
+    assert "not verified" not in card
+    assert fake_hub.content(fake_hub.tree(REPO)["verify.json"]) == (model_set / "verify.json").read_bytes()
+    assert result.attempts == 1 and len(fake_hub.commits) == 1
+
+
+def test_dry_run_prints_card_and_operations_and_sends_nothing(fake_hub, model_set):
+    result = run(["push-hub", str(model_set), "--repo-id", REPO, "--dry-run", "--private", "--create-pr"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert fake_hub.requests == []
+    out = result.stdout
+    assert out.startswith("---\nlibrary_name: sd2tflite\n")
+    assert f"create repo {REPO}" in out and "(private)" in out and "a pull request against main" in out
+    for name in ("text_encoder.tflite", "decoder.tflite", "manifest.json", "README.md"):
+        assert re.search(rf"add {re.escape(name)}\s+[\d,]+ bytes", out), name
+    assert "token: none found" in out and "hf auth login" in out
+
+
+def test_tampered_set_is_refused_before_any_request(fake_hub, model_set):
+    data = bytearray((model_set / "decoder.tflite").read_bytes())
+    data[-1] ^= 0xFF
+    (model_set / "decoder.tflite").write_bytes(bytes(data))
+    result = run(["push-hub", str(model_set), "--repo-id", REPO, "--token", TOKEN])
+    assert_one_line_error(result, 1, "decoder.tflite", "sha256")
+    assert fake_hub.requests == []
+
+
+@pytest.mark.parametrize("repo_id", ["noslash", "a/b/c", "own er/x", "-bad/x", "a/b..c", "a/" + "x" * 97])
+def test_invalid_repo_id_is_a_usage_error(fake_hub, model_set, repo_id):
+    result = run(["push-hub", str(model_set), "--repo-id", repo_id, "--token", TOKEN])
+    assert_one_line_error(result, 2, "OWNER/NAME")
+    assert fake_hub.requests == []
+
+
+def test_no_token_says_how_to_log_in(fake_hub, model_set):
+    result = run(["push-hub", str(model_set), "--repo-id", REPO, "-q"])
+    assert_one_line_error(result, 1, "no Hugging Face token", "hf auth login", "HF_TOKEN")
+    assert fake_hub.requests == []
+
+
+def test_token_from_hf_token_env(fake_hub, model_set, tmp_path):
+    result = run(["push-hub", str(model_set), "--repo-id", REPO, "-q"], env={"HF_TOKEN": TOKEN})
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert len(fake_hub.commits) == 1
+    assert_token_only_in_auth_headers(fake_hub, tmp_path, result.output)
+
+
+def test_rejected_token_is_one_line_401(fake_hub, model_set):
+    wrong = "hf_wrongTOKENwrongTOKENwrong"
+    result = run(["push-hub", str(model_set), "--repo-id", REPO, "--token", wrong, "-q"])
+    line = assert_one_line_error(result, 1, "401", "hf auth login")
+    assert wrong not in result.output
+    assert fake_hub.commits == [] and "rejected the token" in line
+
+
+def test_server_errors_are_retried_then_succeed(fake_hub, model_set):
+    fake_hub.fail("POST", r"^/api/repos/create$", 503, times=2)
+    fake_hub.fail("POST", r"/commit/main$", 500, times=1)
+    result = run(["push-hub", str(model_set), "--repo-id", REPO, "--token", TOKEN])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "retrying" in result.stderr
+    assert len(fake_hub.posts(r"^/api/repos/create$")) == 3
+    assert len(fake_hub.posts(r"/commit/main$")) == 2 and len(fake_hub.commits) == 1
+    # The retried commit did not send the files again: the Hub already had them.
+    assert len([r for r in fake_hub.requests if r["method"] == "PUT"]) == 2
+    assert fake_hub.content(fake_hub.tree(REPO)["decoder.tflite"]) == (model_set / "decoder.tflite").read_bytes()
+
+
+def test_connection_refused_gives_up_clearly(model_set, monkeypatch):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    result = run(["push-hub", str(model_set), "--repo-id", REPO, "--token", TOKEN, "-q"])
+    assert_one_line_error(result, 1, "could not reach", "after 3 attempts", "re-run")
+
+
+def test_interrupted_upload_is_finished_by_a_rerun(fake_hub, model_set, tmp_path):
+    before = snapshot(model_set)
+    decoder_oid = hashlib.sha256((model_set / "decoder.tflite").read_bytes()).hexdigest()
+    fake_hub.fail("PUT", rf"^/lfs-upload/{decoder_oid}$", "drop", times=1000)
+    first = run(["push-hub", str(model_set), "--repo-id", REPO, "--token", TOKEN, "-q"])
+    assert_one_line_error(first, 1, "re-run the same command")
+    assert fake_hub.commits == [] and set(fake_hub.tree(REPO)) == {".gitattributes"}  # main did not move
+    assert snapshot(model_set) == before
+    uploaded_before = len(fake_hub.requests)
+
+    fake_hub.failures.clear()
+    second = run(["push-hub", str(model_set), "--repo-id", REPO, "--token", TOKEN, "-q"])
+    assert second.exit_code == 0, (second.output, second.exception)
+    puts = [r for r in fake_hub.requests[uploaded_before:] if r["method"] == "PUT"]
+    assert [r["path"] for r in puts] == [f"/lfs-upload/{decoder_oid}"]  # only what was missing
+    assert len(fake_hub.commits) == 1
+    tree = fake_hub.tree(REPO)
+    for name in ("text_encoder.tflite", "decoder.tflite", "manifest.json"):
+        assert fake_hub.content(tree[name]) == (model_set / name).read_bytes()
+    assert snapshot(model_set) == before
+    assert_token_only_in_auth_headers(fake_hub, tmp_path, first.output, second.output)
+
+
+def test_private_and_branch_and_pull_request(fake_hub, model_set):
+    hub.push(model_set, REPO, token=TOKEN, private=True, revision="v1")
+    assert fake_hub.repos[REPO]["private"]
+    assert fake_hub.commits[-1]["revision"] == "v1" and set(fake_hub.tree(REPO, "main")) == {".gitattributes"}
+    result = hub.push(model_set, REPO, token=TOKEN, create_pr=True, commit_message="again")
+    assert result.url == f"{fake_hub.url}/{REPO}/discussions/1"
+    assert fake_hub.commits[-1]["pr"] and fake_hub.commits[-1]["summary"] == "again"
+    assert set(fake_hub.tree(REPO, "main")) == {".gitattributes"}  # a PR does not move main
+    assert "decoder.tflite" in fake_hub.tree(REPO, "refs/pr/1")
+
+
+def test_private_refuses_an_existing_public_repo(fake_hub, model_set):
+    hub.push(model_set, REPO, token=TOKEN)
+    with pytest.raises(HubError, match="already exists and is public"):
+        hub.push(model_set, REPO, token=TOKEN, private=True)
+    assert len(fake_hub.commits) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# hf:// downloads
+
+
+def test_hf_uri_downloads_checks_and_caches_the_set(fake_hub, model_set, monkeypatch):
+    hub.push(model_set, REPO, token=TOKEN)
+    path = model_dir_argument(f"hf://{REPO}")
+    assert path.is_dir() and "hf-home" in str(path)
+    for name in ("text_encoder.tflite", "decoder.tflite", "manifest.json"):
+        assert (path / name).read_bytes() == (model_set / name).read_bytes()
+    assert (path / "README.md").is_file()
+    assert hub.resolve_model_dir(f"hf://{REPO}@main") == path
+    # Offline now: the cached snapshot is still found (and checked again).
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    assert hub.resolve_model_dir(f"hf://{REPO}") == path
+
+
+def test_hf_uri_refuses_files_that_do_not_match_the_manifest(fake_hub, model_set):
+    hub.push(model_set, REPO, token=TOKEN)
+    entry = fake_hub.tree(REPO)["decoder.tflite"]
+    data = bytearray(fake_hub.lfs[entry["sha256"]])
+    data[-1] ^= 0xFF
+    fake_hub.lfs[entry["sha256"]] = bytes(data)  # the Hub now serves different bytes
+    with pytest.raises(ManifestError, match="decoder.tflite"):
+        hub.resolve_model_dir(f"hf://{REPO}")
+
+
+def test_hf_uri_errors(fake_hub, monkeypatch):
+    with pytest.raises(HubError, match="does not exist or is private"):
+        hub.resolve_model_dir("hf://someone/missing")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(HubError, match="not in the Hugging Face cache"):
+        hub.resolve_model_dir("hf://someone/other")
+
+
+@pytest.mark.parametrize("text", ["hf://noslash", "hf://a/b@", "hf://a/b/c", "hf://"])
+def test_bad_hf_uri_is_a_usage_error(fake_hub, text):
+    with pytest.raises(UsageError, match="hf://OWNER/REPO"):
+        hub.resolve_model_dir(text)
+    assert fake_hub.requests == []
+
+
+def test_plain_paths_are_not_touched(fake_hub):
+    assert hub.resolve_model_dir("models/sd-v1-dynamic") == Path("models/sd-v1-dynamic")
+    assert fake_hub.requests == []
