@@ -200,9 +200,11 @@ def model_card(directory: Path, manifest: Manifest, verify_report: dict | None, 
     """README.md for the Hub: YAML metadata, then files, signatures, verify figures, usage, provenance."""
     family = FAMILIES.get(manifest.family)
     license_ = family.license if family else None
-    tags = ["tflite", "litert", "stable-diffusion", "keras-cv", "text-to-image", manifest.quant]
+    tags = ["tflite", "litert", "stable-diffusion", "keras-cv", "text-to-image", "sd2tflite", manifest.quant]
     base = _base_models(manifest)
-    meta = ["---", "library_name: sd2tflite"]
+    # "litert" is the Hub's library key for LiteRT: it labels the repo and counts downloads of *.tflite
+    # (huggingface.js model-libraries.ts); an unknown key would count none.
+    meta = ["---", "library_name: litert"]
     if license_:
         meta.append(f"license: {license_}")
     meta += ["pipeline_tag: text-to-image", "tags:"] + [f"- {_yaml_str(t)}" for t in tags]
@@ -247,7 +249,7 @@ def model_card(directory: Path, manifest: Manifest, verify_report: dict | None, 
         "## Use",
         "",
         "```sh",
-        "pip install sd2tflite",
+        "# with sd2tflite installed (it needs ai-edge-litert, not TensorFlow, to run the files)",
         f"sd2tflite generate hf://{repo_id} \"a photograph of an astronaut riding a horse\" -o astronaut.png",
         f"sd2tflite verify hf://{repo_id}",
         "```",
@@ -367,6 +369,10 @@ def push(directory: Path | str, repo_id: str, *, token: str | None = None, priva
         return PushResult(plan, None, None, None, 0)
     if not token:
         raise HubError(f"no Hugging Face token to upload with: {LOGIN_HINT}")
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        raise HubError("HF_HUB_OFFLINE is set, so nothing can be uploaded: unset it, or use --dry-run")
     say = progress or (lambda _message: None)
 
     from huggingface_hub import HfApi
@@ -451,11 +457,17 @@ def _status(exc: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
+# Network failures by class name: huggingface_hub 2.x raises httpx2's, 1.x httpx's, 0.x requests'.
+_TRANSIENT_NAMES = {"TransportError", "ConnectionError", "TimeoutError", "Timeout", "TimeoutException"}
+
+
 def _is_transient(exc: BaseException) -> bool:
-    import httpx2
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
     for cause in _causes(exc):
-        if isinstance(cause, (httpx2.TransportError, ConnectionError, TimeoutError)):
+        if isinstance(cause, OfflineModeIsEnabled):
+            return False
+        if any(c.__name__ in _TRANSIENT_NAMES for c in type(cause).__mro__):
             return True
         status = _status(cause)
         if status is not None and (status >= 500 or status in (408, 429)):

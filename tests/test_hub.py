@@ -450,7 +450,7 @@ def test_push_uploads_files_and_card_in_one_commit(fake_hub, model_set, tmp_path
 
     assert card == hub.model_card(model_set, load_manifest(model_set), None, REPO)
     meta = yaml.safe_load(card.split("---\n")[1])
-    assert meta["library_name"] == "sd2tflite"
+    assert meta["library_name"] == "litert"
     assert meta["license"] == "creativeml-openrail-m"
     assert {"tflite", "litert", "stable-diffusion", "keras-cv", "dynamic"} <= set(meta["tags"])
     assert meta["base_model"] == ["fchollet/stable-diffusion"]
@@ -489,7 +489,7 @@ def test_dry_run_prints_card_and_operations_and_sends_nothing(fake_hub, model_se
     assert result.exit_code == 0, (result.output, result.exception)
     assert fake_hub.requests == []
     out = result.stdout
-    assert out.startswith("---\nlibrary_name: sd2tflite\n")
+    assert out.startswith("---\nlibrary_name: litert\n")
     assert f"create repo {REPO}" in out and "(private)" in out and "a pull request against main" in out
     for name in ("text_encoder.tflite", "decoder.tflite", "manifest.json", "README.md"):
         assert re.search(rf"add {re.escape(name)}\s+[\d,]+ bytes", out), name
@@ -644,3 +644,23 @@ def test_bad_hf_uri_is_a_usage_error(fake_hub, text):
 def test_plain_paths_are_not_touched(fake_hub):
     assert hub.resolve_model_dir("models/sd-v1-dynamic") == Path("models/sd-v1-dynamic")
     assert fake_hub.requests == []
+
+
+def test_offline_mode_refuses_to_push(fake_hub, model_set):
+    result = run(["push-hub", str(model_set), "--repo-id", REPO, "--token", TOKEN, "-q"],
+                 env={"HF_HUB_OFFLINE": "1"})
+    assert_one_line_error(result, 1, "HF_HUB_OFFLINE")
+    assert fake_hub.requests == []
+
+
+def test_card_of_a_set_without_released_weights(model_set):
+    import dataclasses
+
+    from sd2tflite.manifest import load_manifest
+
+    manifest = dataclasses.replace(load_manifest(model_set), family="tiny", quant="fp16",
+                                   weights={"decoder": {"kind": "random", "seed": 3}})
+    card = hub.model_card(model_set, manifest, None, REPO)
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert "license" not in meta and "base_model" not in meta and "fp16" in meta["tags"]
+    assert "random weights, seed 3" in card and "carry no license" in card
