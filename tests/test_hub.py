@@ -128,8 +128,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self._body()
         path = urlsplit(self.path).path
         with hub.lock:
-            hub.requests.append({"method": self.command, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
-                                 "body": body})
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            hub.requests.append({"method": self.command, "path": self.path, "headers": headers, "body": body})
             failure = next((f for f in hub.failures if f["times"] > 0 and f["method"] == self.command
                             and f["pattern"].search(path)), None)
             if failure:
