@@ -8,28 +8,40 @@ what the float parts before them compute from these samples (convert.py does tha
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
 
-from .components import COMPONENTS, TIMESTEP_EMBEDDING_DIM, ModelDims
+from .components import COMPONENTS, ModelDims
+from .schedule import NUM_TRAIN_TIMESTEPS, timestep_embedding
+from .tokenizer import END_TOKEN, START_TOKEN
 
 CalibrationSource = Callable[[str, ModelDims, int, int], list[dict[str, np.ndarray]]]
 
-START_TOKEN = 49406
-END_TOKEN = 49407
-NUM_TRAIN_TIMESTEPS = 1000
+
+def synthetic_images(dims: ModelDims, count: int, seed: int) -> list[np.ndarray]:
+    """Smooth, photo-like images in [-1, 1]: a few low-frequency waves plus a little grain."""
+    rng = np.random.default_rng(seed)
+    b, h, w = dims.batch_size, dims.img_height, dims.img_width
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    images = []
+    for _ in range(count):
+        img = np.zeros((b, h, w, 3), np.float32)
+        for _ in range(4):
+            fy, fx, phase = rng.uniform(0.5, 4, 2).tolist() + [rng.uniform(0, 6.3)]
+            img += (np.sin(2 * np.pi * (fy * y + fx * x) + phase)[None, :, :, None]
+                    * rng.uniform(-0.4, 0.4, 3)).astype(np.float32)
+        img += rng.normal(0, 0.03, img.shape).astype(np.float32)
+        images.append(np.clip(img, -1, 1))
+    return images
 
 
-def timestep_embedding(timestep: float, batch_size: int, dim: int = TIMESTEP_EMBEDDING_DIM,
-                       max_period: int = 10000) -> np.ndarray:
-    """keras-cv's `_get_timestep_embedding`, in numpy."""
-    half = dim // 2
-    freqs = np.exp(-math.log(max_period) * np.arange(0, half, dtype=np.float32) / half)
-    args = np.float32(timestep) * freqs
-    embedding = np.concatenate([np.cos(args), np.sin(args)]).astype(np.float32)
-    return np.repeat(embedding[None, :], batch_size, axis=0)
+def smooth_latents(shape: tuple[int, ...], rng: np.random.Generator, scale: float = 0.8) -> np.ndarray:
+    """Spatially correlated latents, like encoded images: low-resolution noise, upsampled."""
+    b, h, w, c = shape
+    coarse = rng.standard_normal((b, max(1, h // 8), max(1, w // 8), c))
+    up = np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2)[:, :h, :w]
+    return (scale * up + 0.2 * rng.standard_normal(shape)).astype(np.float32)
 
 
 def synthetic_samples(component: str, dims: ModelDims, count: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -61,11 +73,14 @@ def synthetic_samples(component: str, dims: ModelDims, count: int, seed: int) ->
                 "context": context,
             })
         elif component == "decoder":
-            latent = rng.standard_normal(specs["latent"].shape).astype(np.float32) * np.float32(0.8)
+            # Mostly image-like latents, some still noisy (intermediate steps).
+            if i % 3 == 2:
+                latent = rng.standard_normal(specs["latent"].shape).astype(np.float32)
+            else:
+                latent = smooth_latents(specs["latent"].shape, rng)
             samples.append({"latent": latent})
         elif component == "image_encoder":
-            image = rng.uniform(-1.0, 1.0, specs["image"].shape).astype(np.float32)
-            samples.append({"image": image})
+            samples.append({"image": synthetic_images(dims, 1, int(rng.integers(1 << 31)))[0]})
         else:
             raise KeyError(component)
     return samples

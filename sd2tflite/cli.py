@@ -24,6 +24,16 @@ def _quiet_tensorflow(verbose: bool) -> None:
         os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         warnings.filterwarnings("ignore")
+        # TensorFlow's native start-up lines (absl, oneDNN) ignore TF_CPP_MIN_LOG_LEVEL: import it
+        # once with file descriptor 2 pointed at /dev/null. Python errors still propagate.
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 2)
+                import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _handle_errors(fn):
@@ -166,6 +176,112 @@ def convert(family, quant, weights, components, batch_size, img_height, img_widt
         state = "reused" if a.path in result.reused else f"{a.conversion_seconds:7.1f} s"
         click.echo(f"{a.path:28s} {a.bytes / 2**20:10,.1f} MiB  {a.params:>13,} params  {state}")
     click.echo(f"manifest: {result.manifest_path}")
+
+
+def _threads(_ctx, _param, value):
+    if value is not None and value < 1:
+        raise click.BadParameter(f"{value} must be at least 1 (default: all {os.cpu_count()} cores)")
+    return value
+
+
+_THREADS_HELP = "Threads for every LiteRT interpreter (default: all cores)."
+
+
+@main.command()
+@click.argument("model_dir")
+@click.argument("prompt")
+@click.option("-o", "--output", default="out.png", show_default=True, type=click.Path(dir_okay=False),
+              help="PNG to write (a batch writes out.png, out-1.png, ...).")
+@click.option("--steps", default=25, show_default=True, type=int)
+@click.option("--guidance", default=7.5, show_default=True, type=float, help="Classifier-free guidance scale.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the starting noise.")
+@click.option("--negative-prompt", default=None, help="What to steer away from (default: the empty prompt).")
+@click.option("--noise", "noise_file", default=None, type=click.Path(dir_okay=False),
+              help="Starting latent noise (.npy) instead of the seed: reproduce another implementation's run.")
+@click.option("--image", "image_file", default=None, type=click.Path(dir_okay=False),
+              help="Input image: image-to-image, or inpainting with --mask.")
+@click.option("--mask", "mask_file", default=None, type=click.Path(dir_okay=False),
+              help="Inpainting mask, the size of --image: white is repainted, black kept.")
+@click.option("--strength", default=None, type=float,
+              help="With --image: how much of the schedule to run (0-1; default 1.0).")
+@click.option("--resize/--no-resize", default=True, show_default=True,
+              help="Resize an --image of another size to the set's size (else refuse).")
+@click.option("--save-latents", default=None, type=click.Path(dir_okay=False),
+              help="Also write the final latents (.npy).")
+@click.option("--vocab", default=None, type=click.Path(dir_okay=False),
+              help="CLIP vocabulary (bpe_simple_vocab_16e6.txt.gz) for offline use.")
+@click.option("--threads", default=None, type=int, callback=_threads, help=_THREADS_HELP)
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@_verbosity
+@_handle_errors
+def generate(model_dir, prompt, output, steps, guidance, seed, negative_prompt, noise_file, image_file,
+             mask_file, strength, resize, save_latents, vocab, threads, force, verbose, quiet):
+    """Text-to-image, image-to-image and inpainting from a converted set, on LiteRT only."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from .generate import GenerateRequest
+    from .generate import generate as run_generate
+    from .pipeline import GenerateSettings
+
+    opt = lambda p: Path(p) if p else None  # noqa: E731
+    request = GenerateRequest(
+        model_dir=model_dir_argument(model_dir), output=Path(output),
+        settings=GenerateSettings(prompt, steps=steps, guidance=guidance, seed=seed,
+                                  negative_prompt=negative_prompt, strength=strength),
+        noise_file=opt(noise_file), image_file=opt(image_file), mask_file=opt(mask_file),
+        resize=resize, threads=threads, vocab=opt(vocab), save_latents=opt(save_latents), force=force,
+    )
+    with tqdm(total=None, disable=quiet, file=sys.stderr, unit="step", desc="denoising") as bar:
+        def on_step(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        outcome = run_generate(request, on_step=on_step)
+    for note in outcome.notes:
+        click.echo(f"note: {note}", err=True)
+    for path in outcome.paths:
+        click.echo(str(path))
+    if save_latents:
+        click.echo(str(save_latents))
+
+
+@main.command()
+@click.argument("model_dir")
+@click.option("--weights", default=None,
+              help="Reference weights (same forms as convert). Default: the ones the manifest records.")
+@click.option("--steps", default=3, show_default=True, type=int, help="End-to-end diffusion steps.")
+@click.option("--end-to-end/--no-end-to-end", default=True, show_default=True,
+              help="Also compare whole images against keras-cv's pipeline.")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the report as JSON (MODEL_DIR/verify.json is what push-hub's card shows).")
+@click.option("--vocab", default=None, type=click.Path(dir_okay=False),
+              help="CLIP vocabulary (bpe_simple_vocab_16e6.txt.gz) for offline use.")
+@click.option("--threads", default=None, type=int, callback=_threads, help=_THREADS_HELP)
+@_verbosity
+@_handle_errors
+def verify(model_dir, weights, steps, end_to_end, json_path, vocab, threads, verbose, quiet):
+    """Check a set: integrity, each component against Keras, and whole images against keras-cv.
+
+    Exit code 0 when every check passes, 1 when any fails, 2 for usage errors.
+    """
+    from pathlib import Path
+
+    from .manifest import write_json_atomic
+    from .verify import verify as run_verify
+
+    _quiet_tensorflow(verbose)
+    report = run_verify(
+        model_dir_argument(model_dir), weights=weights, vocab=Path(vocab) if vocab else None, steps=steps,
+        end_to_end=end_to_end, threads=threads,
+        on_stage=(lambda text: None) if quiet else (lambda text: click.echo(f"… {text}", err=True)),
+    )
+    click.echo(report.table())
+    if json_path:
+        write_json_atomic(Path(json_path), report.to_json())
+        click.echo(f"report: {json_path}")
+    sys.exit(0 if report.passed else 1)
 
 
 def model_dir_argument(text, token=None):

@@ -34,6 +34,7 @@ from .components import COMPONENTS, ModelDims, TensorSpec
 from .errors import ConversionError, OutputDirError, SD2TFLiteError
 from .manifest import (
     MANIFEST_NAME,
+    VERIFY_REPORT_NAME,
     Artifact,
     Manifest,
     load_manifest,
@@ -430,6 +431,18 @@ def write_bytes_atomic(target: Path, data: bytes) -> None:
 # ----------------------------------------------------------------------------- orchestration
 
 
+def built_artifact(artifact: PlannedArtifact, stats: dict) -> Artifact:
+    """The manifest entry for a file convert_stage wrote."""
+    return Artifact(
+        component=artifact.component, part=artifact.part, num_parts=artifact.num_parts,
+        path=artifact.file_name, sha256=stats["sha256"], bytes=stats["bytes"],
+        params=artifact.params, signature_key=SIGNATURE_KEY, inputs=artifact.inputs,
+        outputs=artifact.outputs, wiring=artifact.wiring,
+        conversion_seconds=stats["seconds"], peak_rss_bytes=stats["peak_rss_bytes"],
+        build_key=artifact.build_key,
+    )
+
+
 def _run(isolate: bool, fn, *args):
     """Runs fn in a fresh spawned process (memory goes back to the OS after) or inline."""
     if not isolate:
@@ -469,7 +482,7 @@ def check_output_dir(out_dir: Path, force: bool) -> None:
         raise OutputDirError(f"{out_dir} is a file, not a directory: choose another --output")
     if not out_dir.exists() or force:
         return
-    ours = {MANIFEST_NAME, PROGRESS_NAME} | {a.path for a in _previous_artifacts(out_dir)}
+    ours = {MANIFEST_NAME, PROGRESS_NAME, VERIFY_REPORT_NAME} | {a.path for a in _previous_artifacts(out_dir)}
     foreign = sorted(
         name for name in os.listdir(out_dir)
         if name not in ours and not name.startswith(WORK_PREFIX) and not _is_our_temp_file(name)
@@ -545,14 +558,7 @@ def convert(request: ConvertRequest, progress=None) -> ConvertResult:
             progress.step(f"converting {artifact.file_name} ({request.quant})")
             stats = _run(request.isolate, convert_stage, artifact, request.quant, str(out_dir))
             shutil.rmtree(artifact.saved_model_dir, ignore_errors=True)
-            result_artifacts.append(Artifact(
-                component=artifact.component, part=artifact.part, num_parts=artifact.num_parts,
-                path=artifact.file_name, sha256=stats["sha256"], bytes=stats["bytes"],
-                params=artifact.params, signature_key=SIGNATURE_KEY, inputs=artifact.inputs,
-                outputs=artifact.outputs, wiring=artifact.wiring,
-                conversion_seconds=stats["seconds"], peak_rss_bytes=stats["peak_rss_bytes"],
-                build_key=artifact.build_key,
-            ))
+            result_artifacts.append(built_artifact(artifact, stats))
             built.append(artifact.file_name)
             # Lets an interrupted run resume: these files are complete and hashed.
             write_json_atomic(out_dir / PROGRESS_NAME, [a.to_json() for a in result_artifacts])  # type: ignore[arg-type]

@@ -14,10 +14,6 @@ import numpy as np
 from .errors import ManifestError, SD2TFLiteError
 from .manifest import MANIFEST_NAME, Manifest, load_manifest, safe_relative_path
 
-# Files a set may hold besides the ones its manifest lists.
-ALLOWED_EXTRA = {MANIFEST_NAME, "README.md", ".gitattributes"}
-
-
 @dataclass(frozen=True)
 class Check:
     """One verify line: what was checked, whether it passed, and the numbers or the reason."""

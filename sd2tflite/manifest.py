@@ -17,6 +17,7 @@ from .errors import ManifestError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+VERIFY_REPORT_NAME = "verify.json"  # where `verify --json` reports go when kept with the set
 
 
 @dataclass(frozen=True)

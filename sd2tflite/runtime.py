@@ -6,6 +6,7 @@ File names, signatures and the wiring between UNet parts come from the manifest 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from .errors import ManifestError
 from .manifest import Artifact, Manifest, load_manifest, safe_relative_path
 
 
-def _interpreter(path: Path, num_threads: int | None):
+def interpreter(path: Path, num_threads: int | None = None):
     from ai_edge_litert.interpreter import Interpreter
 
     return Interpreter(model_path=str(path), num_threads=num_threads or os.cpu_count() or 1)
@@ -32,7 +33,7 @@ class LiteRTComponent:
             path = Path(directory) / safe_relative_path(part.path)
             if not path.is_file():
                 raise ManifestError(f"{path} is missing: convert again or copy the whole set")
-            self.runners.append(_interpreter(path, num_threads).get_signature_runner(part.signature_key))
+            self.runners.append(interpreter(path, num_threads).get_signature_runner(part.signature_key))
 
     @property
     def input_specs(self):
@@ -57,3 +58,28 @@ def load_component(directory: Path, component: str, manifest: Manifest | None = 
                    num_threads: int | None = None) -> LiteRTComponent:
     manifest = manifest or load_manifest(Path(directory))
     return LiteRTComponent(Path(directory), manifest.parts_of(component), num_threads)
+
+
+class LiteRTComponents(Mapping):
+    """component name -> LiteRTComponent, each loaded on first use (text-to-image never loads
+    the image encoder)."""
+
+    def __init__(self, directory: Path, manifest: Manifest, num_threads: int | None = None):
+        self.directory, self.manifest, self.num_threads = Path(directory), manifest, num_threads
+        self._loaded: dict[str, LiteRTComponent] = {}
+
+    def __getitem__(self, component: str) -> LiteRTComponent:
+        if component not in self._loaded:
+            if component not in self.manifest.components:
+                raise ManifestError(
+                    f"{self.directory} has no {component}: convert it with "
+                    f"sd2tflite convert --components {component}"
+                )
+            self._loaded[component] = load_component(self.directory, component, self.manifest, self.num_threads)
+        return self._loaded[component]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.manifest.components)
+
+    def __len__(self) -> int:
+        return len(self.manifest.components)

@@ -162,6 +162,27 @@ def _download(family: ModelFamily, component: str) -> ResolvedWeights:
     )
 
 
+def from_identity(identity: dict, family: ModelFamily, component: str) -> ResolvedWeights:
+    """The weights a manifest says a component was converted from, found again (verify)."""
+    kind = identity.get("kind")
+    if kind == "random" and isinstance(identity.get("seed"), int):
+        return ResolvedWeights(component, None, dict(identity))
+    if kind == "hub" and family.hub_files is not None:
+        return _download(family, component)
+    if kind == "file":
+        path = Path(identity.get("path", ""))
+        if not path.is_file() or sha256_file(path) != identity.get("sha256"):
+            raise WeightsError(
+                f"the {component} weights this set was converted from ({path}) are gone or changed: "
+                f"pass them with --weights {component}=PATH"
+            )
+        return ResolvedWeights(component, path, dict(identity))
+    raise WeightsError(
+        f"the manifest does not say where the {component} weights came from ({identity!r}): "
+        "pass --weights"
+    )
+
+
 def load_into(model, weights: ResolvedWeights) -> None:
     """Loads `weights` into a freshly built Keras model (random weights: nothing to load)."""
     if weights.path is None:
@@ -202,6 +223,7 @@ __all__ = [
     "ResolvedWeights",
     "WeightsSource",
     "build_with_weights",
+    "from_identity",
     "load_into",
     "parse_weights",
     "resolve",

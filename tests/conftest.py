@@ -47,28 +47,37 @@ def keras_models(tiny_dims):
 
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory):
-    """One export stage (int8 request: SavedModels plus calibration samples) for all tests."""
+    """One export stage (int8 request: SavedModels plus calibration samples) for all tests.
+
+    The UNet is cut into two parts so every set exercises the chained runtime.
+    """
     from sd2tflite.convert import export_stage
 
     root = tmp_path_factory.mktemp("export")
-    request = tiny_request(root / "unused", quant="int8")
-    planned, _ = export_stage(request, frozenset(), str(root))
-    return {a.component: a for a in planned}
+    request = tiny_request(root / "unused", quant="int8", unet_parts=2)
+    planned, split = export_stage(request, frozenset(), str(root))
+    return request, planned, split
 
 
 @pytest.fixture(scope="session")
-def converted(tiny_export, tmp_path_factory):
-    """quant -> component -> (artifact, path, stats); every precision from the same SavedModels."""
-    from sd2tflite.convert import convert_stage
+def tiny_sets(tiny_export, tmp_path_factory):
+    """quant -> directory of a complete converted set (files + manifest.json), all precisions
+    converted from the same SavedModels."""
+    from sd2tflite.convert import built_artifact, convert_stage, tool_versions
+    from sd2tflite.manifest import Manifest, save_manifest
 
-    result = {}
+    request, planned, split = tiny_export
+    sets = {}
     for quant in RECIPES:
-        out = tmp_path_factory.mktemp(quant)
-        result[quant] = {}
-        for component, artifact in tiny_export.items():
-            stats = convert_stage(artifact, quant, str(out))
-            result[quant][component] = (artifact, out / artifact.file_name, stats)
-    return result
+        out = tmp_path_factory.mktemp(f"set-{quant}")
+        artifacts = tuple(built_artifact(a, convert_stage(a, quant, str(out))) for a in planned)
+        save_manifest(Manifest(
+            family="tiny", quant=quant, dims=request.dims.to_json(),
+            weights={c: w.identity for c, w in request.weights.items()}, artifacts=artifacts,
+            versions=tool_versions(), command="tests/conftest.py", split=split,
+        ), out)
+        sets[quant] = out
+    return sets
 
 
 def seeded_inputs(component: str, dims, seed: int = 1234):

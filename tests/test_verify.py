@@ -1,0 +1,103 @@
+"""verify: every precision passes with its stated figures; damage is caught, all of it, by name."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sd2tflite.manifest import load_manifest
+from sd2tflite.quant import RECIPES
+
+from .test_cli import assert_one_line_error, run
+
+
+@pytest.fixture(scope="module")
+def reports(tiny_sets):
+    from sd2tflite.verify import verify
+
+    return {quant: verify(tiny_sets[quant], steps=2) for quant in RECIPES}
+
+
+@pytest.mark.parametrize("quant", list(RECIPES))
+def test_every_precision_passes_verify(reports, quant):
+    report = reports[quant]
+    print("\n" + report.table())
+    assert report.passed, report.table()
+    groups = [c.group for c in report.checks]
+    assert groups.count("parity") == 4 and groups.count("end-to-end") == 1
+    assert groups.count("integrity") == 3 + 5  # manifest, structure, no extras + 5 files (2 UNet parts)
+    for check in report.checks:
+        if check.group == "parity":
+            min_psnr, min_cosine = RECIPES[quant].tolerance(check.name)
+            assert check.figures["psnr_db"] >= min_psnr and check.figures["cosine"] >= min_cosine
+        if check.group == "end-to-end":
+            assert check.figures["psnr_db"] >= RECIPES[quant].min_image_psnr_db
+
+
+def test_fp32_is_near_exact(reports):
+    figures = {c.name: c.figures for c in reports["fp32"].checks if c.figures}
+    assert all(figures[c]["psnr_db"] > 110 for c in ("text_encoder", "diffusion", "decoder", "image_encoder"))
+    end_to_end = next(c for c in reports["fp32"].checks if c.group == "end-to-end").figures
+    assert end_to_end["max_abs"] <= 2  # uint8 pixels: rounding only
+
+
+def test_precisions_order_by_fidelity(reports):
+    def unet(quant):
+        return next(c.figures["psnr_db"] for c in reports[quant].checks if c.name == "diffusion")
+
+    assert unet("fp32") > unet("fp16") > unet("dynamic") > unet("int8")
+
+
+def test_cli_report_json_and_exit_code(tiny_sets, tmp_path):
+    result = run(["verify", str(tiny_sets["fp16"]), "--steps", "1", "--no-end-to-end", "--json", str(tmp_path / "r.json"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "✓ parity     diffusion" in result.output and "PASSED" in result.output
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["passed"] is True and data["quant"] == "fp16"
+    assert {c["group"] for c in data["checks"]} == {"integrity", "parity"}
+
+
+def test_damage_is_collected_and_named(tiny_sets, tmp_path):
+    """Two damaged files, an unlisted file and a wrong hash: every one reported, exit 1."""
+    set_dir = Path(shutil.copytree(tiny_sets["dynamic"], tmp_path / "set"))
+    manifest = load_manifest(set_dir)
+    decoder = set_dir / manifest.parts_of("decoder")[0].path
+    decoder.write_bytes(decoder.read_bytes()[:1000])  # truncated
+    part = set_dir / manifest.parts_of("diffusion")[0].path
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
+    part.write_bytes(bytes(data))
+    (set_dir / "stray.tflite").write_bytes(b"x")
+    raw = json.loads((set_dir / "manifest.json").read_text())
+    raw["artifacts"][0]["sha256"] = "0" * 64  # the text encoder's recorded hash is wrong
+    (set_dir / "manifest.json").write_text(json.dumps(raw))
+
+    result = run(["verify", str(set_dir), "--steps", "1", "-q", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 1, result.output
+    failed = {c["name"]: c["detail"] for c in json.loads((tmp_path / "r.json").read_text())["checks"]
+              if not c["passed"]}
+    assert "1,000 bytes" in failed["decoder.tflite"]
+    assert "sha256" in failed[part.name] and "sha256" in failed["text_encoder.tflite"]
+    assert "stray.tflite" in failed["no unlisted .tflite files"]
+    # Components with damaged files are not compared; the end-to-end run needs them.
+    assert "not run" in failed["decoder"] and "not run" in failed["diffusion"]
+    assert "not run" in failed["pipeline"]
+    assert "✓ parity     image_encoder" in result.output
+    assert "✗ integrity  decoder.tflite" in result.output
+
+
+def test_escaping_manifest_path_fails_verify(tiny_sets, tmp_path):
+    set_dir = Path(shutil.copytree(tiny_sets["fp32"], tmp_path / "set"))
+    raw = json.loads((set_dir / "manifest.json").read_text())
+    raw["artifacts"][1]["path"] = "/etc/passwd"
+    (set_dir / "manifest.json").write_text(json.dumps(raw))
+    result = run(["verify", str(set_dir), "-q"])
+    assert result.exit_code == 1
+    assert "outside the model directory" in result.output and "✗" in result.output
+
+
+def test_usage_errors_exit_2(tiny_sets):
+    assert_one_line_error(run(["verify", str(tiny_sets["fp32"]), "--steps", "0", "-q"]), 2, "--steps")
