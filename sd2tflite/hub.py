@@ -27,11 +27,10 @@ from . import __version__
 from .components import FAMILIES
 from .errors import HubError, ManifestError, SD2TFLiteError, UsageError
 from .integrity import ensure_intact
-from .manifest import MANIFEST_NAME, Manifest
+from .manifest import MANIFEST_NAME, VERIFY_REPORT_NAME, Manifest
 
 HF_SCHEME = "hf://"
 CARD_NAME = "README.md"
-VERIFY_REPORT_NAME = "verify.json"  # `sd2tflite verify --json` output, when kept with the set
 DEFAULT_ENDPOINT = "https://huggingface.co"
 LOGIN_HINT = "run `hf auth login` (or `huggingface-cli login`), set HF_TOKEN, or pass --token"
 
