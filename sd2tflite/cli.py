@@ -284,6 +284,65 @@ def verify(model_dir, weights, steps, end_to_end, json_path, vocab, threads, ver
     sys.exit(0 if report.passed else 1)
 
 
+def _thread_list(_ctx, _param, value):
+    try:
+        threads = tuple(int(t) for t in value.split(",")) if value else ()
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of thread counts, e.g. 1,2,4")
+    return threads
+
+
+@main.command()
+@click.argument("model_dirs", nargs=-1, required=True)
+@click.option("--threads", default=None, callback=_thread_list,
+              help="Comma-separated thread counts, one case each (default: all cores).")
+@click.option("--repeats", default=10, show_default=True, type=int, help="Timed calls per component.")
+@click.option("--warmup", default=1, show_default=True, type=int, help="Untimed calls after the first.")
+@click.option("--steps", default=3, show_default=True, type=int, help="Diffusion steps per image.")
+@click.option("--image-repeats", default=1, show_default=True, type=int, help="Timed images (after a first one).")
+@click.option("--compare", multiple=True, help="Also time 'keras': keras-cv's jit_compile off and on.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the inputs and the noise.")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Write the report (JSON).")
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
+              help="Draw latency and size bars (PNG; needs the 'plot' extra: matplotlib).")
+@click.option("--vocab", default=None, type=click.Path(dir_okay=False),
+              help="CLIP vocabulary (bpe_simple_vocab_16e6.txt.gz); without it a generated one is used.")
+@_verbosity
+@_handle_errors
+def bench(model_dirs, threads, repeats, warmup, steps, image_repeats, compare, seed, json_path, plot_path,
+          vocab, verbose, quiet):
+    """Latency, peak RSS and file sizes of converted sets, per UNet part, component, step and image.
+
+    Several MODEL_DIRS are measured side by side; each case runs in its own process.
+    """
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from . import bench as benchmark
+    from .manifest import write_json_atomic
+
+    if plot_path:
+        benchmark.require_matplotlib()
+    request = benchmark.BenchRequest(
+        model_dirs=tuple(model_dir_argument(d) for d in model_dirs), threads=threads, repeats=repeats,
+        warmup=warmup, steps=steps, image_repeats=image_repeats, compare=tuple(compare), seed=seed,
+        vocab=Path(vocab) if vocab else None)
+    with tqdm(total=None, disable=quiet, file=sys.stderr, unit="case", desc="bench") as bar:
+        def on_case(done, total, case):
+            bar.total = total
+            bar.set_description_str(f"bench {case.get('backend', 'done')} {case.get('directory', '')}"[:60])
+            bar.update(done - bar.n)
+
+        report = benchmark.bench(request, on_case=on_case)
+    click.echo(benchmark.markdown(report["cases"]))
+    if json_path:
+        write_json_atomic(Path(json_path), report)
+        click.echo(f"report: {json_path}")
+    if plot_path:
+        click.echo(f"plot: {benchmark.plot(report['cases'], Path(plot_path))}")
+
+
 def model_dir_argument(text, token=None):
     """A converted set's folder: TEXT, or hf://OWNER/REPO[@REVISION] downloaded (cached) and checked."""
     from .hub import resolve_model_dir

@@ -1,0 +1,68 @@
+#!/usr/bin/env python
+"""Full-size inference benchmark: `sd2tflite bench` over converted sets, vs keras-cv, plus the
+conversion cost recorded by scripts/bench_convert.py, in one Markdown table.
+
+    python scripts/bench_generate.py /work/bench-out/sd-v1-{fp32,fp16,dynamic,int8}-256 --tag v1-256
+    python scripts/bench_generate.py --convert-only          # the conversion rows alone
+
+Writes scripts/results/bench-TAG.json (the bench report, conversion cases added), bench-TAG.md and
+bench-TAG.png. Run it on a quiet machine: every case is timed, and Keras needs the full model in RAM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sd2tflite.bench import conversion_case, markdown, validate_bench_json  # noqa: E402
+
+RESULTS = ROOT / "scripts" / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dirs", nargs="*", help="converted sets to benchmark")
+    parser.add_argument("--tag", default="v1", help="result file suffix, e.g. v1-256")
+    parser.add_argument("--threads", default=None, help="e.g. 1,2 (default: all cores)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--no-keras", action="store_true", help="LiteRT only")
+    parser.add_argument("--convert", default="convert-*.json",
+                        help="glob under scripts/results for conversion rows ('' for none)")
+    parser.add_argument("--convert-only", action="store_true", help="only the conversion rows")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"bench-{args.tag}"
+
+    cases = []
+    if not args.convert_only:
+        if not args.dirs:
+            parser.error("give the converted sets' directories (or --convert-only)")
+        cmd = [sys.executable, "-m", "sd2tflite.cli", "bench", *args.dirs, "--repeats", str(args.repeats),
+               "--steps", str(args.steps), "--json", f"{out}.json", "--plot", f"{out}.png"]
+        cmd += [] if args.no_keras else ["--compare", "keras"]
+        cmd += ["--threads", args.threads] if args.threads else []
+        print("$", " ".join(cmd), file=sys.stderr, flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        report = json.loads(Path(f"{out}.json").read_text())
+        cases = report["cases"]
+    conversions = [conversion_case(json.loads(p.read_text()))
+                   for p in sorted(RESULTS.glob(args.convert))] if args.convert else []
+    if not args.convert_only:
+        report["cases"] = cases + conversions
+        validate_bench_json(report)
+        Path(f"{out}.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(cases + conversions)
+    Path(f"{out}.md").write_text(table + "\n")
+    print(table)
+    print(f"(written to {out.relative_to(ROOT)}.json / .md / .png)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

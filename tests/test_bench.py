@@ -1,0 +1,181 @@
+"""sd2tflite bench on the tiny sets: the numbers exist and are positive, the report validates
+against BENCH_SCHEMA, the table and the picture cover every part and component. No timings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from sd2tflite.bench import BENCH_SCHEMA, conversion_case, markdown, schema_problems, validate_bench_json
+from sd2tflite.errors import SD2TFLiteError
+from sd2tflite.manifest import load_manifest
+
+from .test_cli import assert_one_line_error, run
+
+FAST = ["--repeats", "2", "--steps", "1", "-q"]
+TIMED = ("median_seconds", "p90_seconds", "peak_rss_bytes")
+
+
+@pytest.fixture(scope="module")
+def litert_report(tiny_sets, tmp_path_factory):
+    """fp32 and dynamic side by side, LiteRT only, with --json and --plot."""
+    out = tmp_path_factory.mktemp("bench")
+    result = run(["bench", str(tiny_sets["fp32"]), str(tiny_sets["dynamic"]), *FAST, "--threads", "1,2",
+                  "--json", str(out / "report.json"), "--plot", str(out / "bench.png")])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result, json.loads((out / "report.json").read_text()), out
+
+
+@pytest.fixture(scope="module")
+def keras_report(tiny_sets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-keras") / "report.json"
+    result = run(["bench", str(tiny_sets["fp32"]), *FAST, "--threads", "2", "--compare", "keras",
+                  "--json", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result, json.loads(out.read_text())
+
+
+def expected_stages(directory, with_parts=True) -> set[str]:
+    manifest = load_manifest(directory)
+    parts = {f"diffusion_part{a.part}" for a in manifest.parts_of("diffusion")} if with_parts else set()
+    return set(manifest.components) | parts | {"unet_step", "image"}
+
+
+def assert_positive_figures(case):
+    assert case["peak_rss_bytes"] > 0 and case["wall_seconds"] > 0
+    for stage in case["stages"]:
+        for key in TIMED + ("load_seconds",):
+            assert stage[key] > 0, (case["backend"], stage["name"], key, stage[key])
+        assert stage["times"] and all(t > 0 for t in stage["times"])
+        if stage["kind"] != "step":
+            assert stage["first_seconds"] > 0
+        assert stage["median_seconds"] <= stage["p90_seconds"] + 1e-12
+
+
+def test_report_validates_and_every_number_is_positive(litert_report, tiny_sets):
+    _, report, _ = litert_report
+    validate_bench_json(report)
+    assert report["settings"]["threads"] == [1, 2] and report["settings"]["repeats"] == 2
+    assert report["machine"]["cpu_count"] >= 1 and report["machine"]["ram_bytes"] > 0
+    assert "ai-edge-litert" in report["versions"] and "tensorflow" not in report["versions"]
+    assert [(c["quant"], c["threads"]) for c in report["cases"]] == [
+        ("fp32", 1), ("fp32", 2), ("dynamic", 1), ("dynamic", 2)]
+    for case in report["cases"]:
+        assert case["backend"] == "litert"
+        assert {s["name"] for s in case["stages"]} == expected_stages(tiny_sets["fp32"])
+        assert_positive_figures(case)
+        stages = {s["name"]: s for s in case["stages"]}
+        manifest = load_manifest(case["directory"])
+        for a in manifest.artifacts:  # file bytes come from the manifest, parts add up
+            name = f"{a.component}_part{a.part}" if a.num_parts > 1 else a.component
+            assert stages[name]["bytes"] == a.bytes
+        assert stages["diffusion"]["bytes"] == sum(a.bytes for a in manifest.parts_of("diffusion"))
+        assert len(stages["image"]["times"]) == 1 and len(stages["unet_step"]["times"]) == 1
+
+
+def test_table_lists_every_stage_of_every_set(litert_report, tiny_sets):
+    result, report, _ = litert_report
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == sum(len(c["stages"]) + 1 for c in report["cases"])  # + the whole-process row
+    for quant in ("fp32", "dynamic"):
+        listed = {r[2].strip() for r in rows if r[0].strip().startswith(quant)}
+        assert expected_stages(tiny_sets[quant]) | {"(whole process)"} == listed
+    assert "keras / this" not in result.stdout
+
+
+def test_plot_is_a_png(litert_report):
+    result, _, out = litert_report
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "bench.png").stat().st_size > 10_000
+    assert f"plot: {out / 'bench.png'}" in result.stdout
+
+
+def test_compare_keras_adds_both_jit_modes_and_ratios(keras_report, tiny_sets):
+    result, report = keras_report
+    validate_bench_json(report)
+    assert [c["backend"] for c in report["cases"]] == ["litert", "keras", "keras-xla"]
+    assert "tensorflow" in report["versions"] or "tensorflow-cpu" in report["versions"]
+    for case in report["cases"]:
+        assert_positive_figures(case)
+    keras = report["cases"][1]
+    assert {s["name"] for s in keras["stages"]} == expected_stages(tiny_sets["fp32"], with_parts=False)
+    assert all(s["bytes"] is None for s in keras["stages"])
+    header = next(line for line in result.stdout.splitlines() if line.startswith("| case"))
+    assert "keras / this" in header and "keras-xla / this" in header
+    litert_rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if "| litert |" in line]
+    for row in litert_rows:
+        stage = row[2].strip()
+        if stage in ("diffusion", "unet_step", "image", "decoder", "text_encoder"):
+            ratios = [float(cell.strip().rstrip("×")) for cell in row[-2:]]
+            assert all(r > 0 for r in ratios), row
+
+
+def test_litert_worker_imports_no_tensorflow(tiny_sets):
+    case = {"directory": str(tiny_sets["fp32"]), "backend": "litert", "threads": 1, "quant": "fp32",
+            "family": "tiny", "dims": {}, "reference": None, "repeats": 1, "warmup": 0, "steps": 1,
+            "image_repeats": 1, "seed": 0, "vocab": None}
+    code = ("import json, sys; from sd2tflite.bench import run_case; "
+            f"r = run_case(json.loads({json.dumps(json.dumps(case))})); "
+            "print(len(r['stages']), 'tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[1:] == ["False", "False"]
+
+
+def test_schema_rejects_broken_reports(litert_report):
+    _, report, _ = litert_report
+    broken = json.loads(json.dumps(report))
+    broken["cases"][0]["stages"][0]["median_seconds"] = "fast"
+    del broken["settings"]["repeats"]
+    problems = schema_problems(broken, BENCH_SCHEMA)
+    assert any("median_seconds should be number" in p for p in problems)
+    assert any("settings.repeats is missing" in p for p in problems)
+    with pytest.raises(SD2TFLiteError, match="not an sd2tflite bench report"):
+        validate_bench_json(broken)
+
+
+def test_conversion_figures_print_in_the_same_table():
+    result = {"model": "v1", "quant": "dynamic", "img": 512, "command": "convert ...", "total_seconds": 424.0,
+              "peak_tree_rss_bytes": 6_416_138_240,
+              "files": [{"file": "diffusion_part0.tflite", "bytes": 284_311_576, "params": 1, "seconds": 63.67,
+                         "peak_rss_bytes": 6_092_644_352}]}
+    case = conversion_case(result)
+    assert not schema_problems(case, BENCH_SCHEMA["properties"]["cases"]["items"])
+    table = markdown([case])
+    assert "| dynamic 512x512 | convert | diffusion_part0 | 271.1 | – | – | 63.670 |" in table
+    assert "6.42" in table  # the whole conversion's peak RSS, GB
+
+
+@pytest.mark.parametrize("extra, code, fragment", [
+    (["--threads", "0"], 2, "--threads 0 must be at least 1"),
+    (["--threads", "two"], 2, None),
+    (["--repeats", "0"], 2, "--repeats 0 must be at least 1"),
+    (["--steps", "0"], 2, "--steps 0 must be at least 1"),
+    (["--compare", "torch"], 2, "--compare 'torch' is unknown"),
+])
+def test_bad_options(tiny_sets, extra, code, fragment):
+    result = run(["bench", str(tiny_sets["fp32"]), "-q", *extra])
+    if fragment is None:  # Click's own usage error
+        assert result.exit_code == 2 and "comma-separated" in result.output
+    else:
+        assert_one_line_error(result, code, fragment)
+
+
+def test_no_manifest_and_tampered_set_are_one_line_errors(tiny_sets, tmp_path):
+    assert_one_line_error(run(["bench", str(tmp_path), "-q"]), 1, "no manifest.json")
+    tampered = tmp_path / "set"
+    shutil.copytree(tiny_sets["fp32"], tampered)
+    with open(tampered / "decoder.tflite", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02\x03")
+    assert_one_line_error(run(["bench", str(tampered), "-q"]), 1, "decoder.tflite", "modified")
+
+
+def test_plot_without_matplotlib_is_a_one_line_error(tiny_sets, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = run(["bench", str(tiny_sets["fp32"]), "-q", "--plot", str(tmp_path / "x.png")])
+    assert_one_line_error(result, 2, "pip install 'sd2tflite[plot]'")
+    assert not (tmp_path / "x.png").exists()
