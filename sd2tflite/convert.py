@@ -141,7 +141,8 @@ def file_name(component: str, part: int, num_parts: int) -> str:
 
 def _build_key(request: ConvertRequest, component: str, part_fields: dict) -> str:
     identity = {
-        "sd2tflite": __version__,
+        # Another TensorFlow / Keras / keras-cv can convert differently: rebuild, don't reuse.
+        "versions": {k: v for k, v in tool_versions().items() if k != "python"},
         "family": request.family,
         "quant": request.quant,
         "dims": request.dims.to_json(),

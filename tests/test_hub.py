@@ -315,6 +315,8 @@ def hub_env(fake_hub, tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    # Read at import: an earlier test that imported huggingface_hub under HF_HUB_OFFLINE=1 froze it.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
     monkeypatch.setattr(hub, "RETRY", hub.Retry(attempts=3, first_wait=0.01))
     # huggingface_hub's own backoff (1, 2, 4, 8 s) would make the failure tests slow.
