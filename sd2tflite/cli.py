@@ -127,7 +127,8 @@ def _parse_bytes(_ctx, _param, value):
 @click.option("--model", "family", default="v1", show_default=True,
               help="Model family: v1 (SD 1.4), v2 (SD 2.1) or tiny (small widths, for tests).")
 @click.option("--quant", default="fp32", show_default=True,
-              help="Precision: fp32, fp16, dynamic (int8 weights) or int8 (calibrated).")
+              help="Precision: fp32, fp16, dynamic (int8 weights), int8 (calibrated, float fallback), "
+                   "int8-strict (integer-only) or int16x8 (int16 activations).")
 @click.option("--weights", default=None,
               help="hub | DIR (Hub file names) | COMPONENT=PATH,... | random[:SEED]. "
                    "Default: hub for v1/v2, random for tiny.")
@@ -148,13 +149,30 @@ def _parse_bytes(_ctx, _param, value):
 @click.option("--dry-run", is_flag=True, help="Print the plan (parts, params, bytes, crossing tensors) only.")
 @click.option("--isolate/--no-isolate", default=None,
               help="Convert each part in its own process (default: on for v1/v2, off for tiny).")
-@click.option("--calibration-samples", default=8, show_default=True, type=int,
-              help="int8: number of representative samples per component.")
+@click.option("--calibration", default="recorded", show_default=True,
+              type=click.Choice(["recorded", "synthetic"]),
+              help="int8: record real inputs from Keras pipeline runs (cached), or seeded synthetic ones.")
+@click.option("--calibration-prompts", default=None, type=click.Path(dir_okay=False),
+              help="int8: prompt file, one per line (default: the built-in varied set).")
+@click.option("--calibration-prompt-count", default=8, show_default=True, type=int,
+              help="int8: how many prompts to run.")
+@click.option("--calibration-steps", default=10, show_default=True, type=int,
+              help="int8: pipeline steps per prompt (UNet inputs over the whole schedule, both branches).")
+@click.option("--calibration-samples", default=32, show_default=True, type=int,
+              help="int8: representative samples kept per component.")
+@click.option("--calibration-images", default=None, type=click.Path(file_okay=False),
+              help="int8: images for the image encoder (default: the decoded pipeline outputs).")
+@click.option("--keep-float", default=None,
+              help="int8: keep operators in float: op types (SOFTMAX), tensor-name globs (*attention*), "
+                   "and/or auto[:SNR_DB] (the worst layers by the quantization debugger until the part "
+                   "reaches that SNR on held-out samples; default 20).")
 @click.option("--seed", default=0, show_default=True, type=int, help="int8: calibration data seed.")
 @_verbosity
 @_handle_errors
 def convert(family, quant, weights, components, batch_size, img_height, img_width, max_part_bytes,
-            unet_parts, memory_budget, out_dir, force, dry_run, isolate, calibration_samples, seed, verbose, quiet):
+            unet_parts, memory_budget, out_dir, force, dry_run, isolate, calibration, calibration_prompts,
+            calibration_prompt_count, calibration_steps, calibration_samples, calibration_images, keep_float,
+            seed, verbose, quiet):
     """Convert the Stable Diffusion components to .tflite files plus manifest.json."""
     _quiet_tensorflow(verbose)
     from . import convert as conversion
@@ -164,7 +182,9 @@ def convert(family, quant, weights, components, batch_size, img_height, img_widt
         img_height=img_height, img_width=img_width, batch_size=batch_size, out_dir=out_dir,
         max_part_bytes=conversion.DEFAULT_MAX_PART_BYTES if max_part_bytes is None else max_part_bytes,
         unet_parts=unet_parts, memory_budget=memory_budget, force=force, isolate=isolate,
-        calibration_samples=calibration_samples, calibration_seed=seed,
+        calibration_samples=calibration_samples, calibration_seed=seed, calibration=calibration,
+        calibration_prompts=calibration_prompts, calibration_prompt_count=calibration_prompt_count,
+        calibration_steps=calibration_steps, calibration_images=calibration_images, keep_float=keep_float,
         command=shlex.join(["sd2tflite", *sys.argv[1:]]), resolve_weights=not dry_run,
     )
     if dry_run:

@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .calibration import CalibrationSource, synthetic_samples
+from .calibration import synthetic_samples
+from .recording import RecordingSettings
+from .selective import KeepFloat
 from .components import COMPONENTS, ModelDims, TensorSpec
 from .errors import ConversionError, OutputDirError, SD2TFLiteError
 from .manifest import (
@@ -60,6 +62,21 @@ HARD_FLATBUFFER_LIMIT = 2 * GIB
 # of 1.13-1.25 GB peaked at 6.5-7.1 GB, the 3.44 GB single-part dynamic UNet at 17.1 GB.
 CONVERTER_RSS_BASE = 600 * 10**6
 CONVERTER_RSS_PER_FLOAT_BYTE = 5.3
+
+
+# Calibrating holds the float part plus an instrumented copy (~8 bytes per parameter); past ~1.5 GiB
+# the converter writes it in the buffer-offset format. Measured: a 282.8M-parameter int8 part of the
+# v1 UNet came out in that format. Keep calibrated parts under ~1.5 GiB / 8 bytes.
+CALIBRATED_MAX_PART_PARAMS = 190_000_000
+
+
+def _max_part_params(request: "ConvertRequest") -> int | None:
+    limits = []
+    if request.memory_budget:
+        limits.append(params_within_memory(request.memory_budget))
+    if RECIPES[request.quant].needs_calibration:
+        limits.append(CALIBRATED_MAX_PART_PARAMS)
+    return min(limits) if limits else None
 
 
 def estimate_converter_rss(params: int) -> int:
@@ -94,6 +111,9 @@ class ConvertRequest:
     isolate: bool = False
     calibration_samples: int = 8
     calibration_seed: int = 0
+    # int8: None calibrates on synthetic samples; settings record them from Keras pipeline runs.
+    recording: RecordingSettings | None = None
+    keep_float: KeepFloat | None = None  # int8 modes: operators kept in float (selective.py)
     command: str = ""
 
 
@@ -113,6 +133,7 @@ class PlannedArtifact:
     build_key: str
     saved_model_dir: str | None = None  # set by the export stage; None when reused
     calibration_file: str | None = None
+    calibration: dict | None = None  # provenance of the calibration data (int8)
 
 
 @dataclass
@@ -148,12 +169,24 @@ def _build_key(request: ConvertRequest, component: str, part_fields: dict) -> st
         "dims": request.dims.to_json(),
         "component": component,
         "weights": request.weights[component].identity,
-        "calibration": [request.calibration_samples, request.calibration_seed]
-        if RECIPES[request.quant].needs_calibration
-        else None,
+        "calibration": calibration_identity(request),
+        "keep_float": request.keep_float.to_json() if request.keep_float else None,
         **part_fields,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def calibration_identity(request: ConvertRequest) -> dict | None:
+    """What the int8 calibration data of a request is, for build keys and the manifest."""
+    if not RECIPES[request.quant].needs_calibration:
+        return None
+    if request.recording is None:
+        return {"source": "synthetic", "samples": request.calibration_samples, "seed": request.calibration_seed}
+    from .recording import cache_key, pipeline_weights
+
+    key = cache_key(request.family, request.dims, pipeline_weights(request.weights), request.recording)
+    return {"source": "recorded", "key": key,
+            **request.recording.describe()}
 
 
 def _plan_component(request: ConvertRequest, component: str, model):
@@ -184,7 +217,7 @@ def _plan_component(request: ConvertRequest, component: str, model):
         bytes_per_weight=recipe.bytes_per_weight,
         max_part_bytes=request.max_part_bytes,
         min_parts=request.unet_parts or 1,
-        max_part_params=params_within_memory(request.memory_budget) if request.memory_budget else None,
+        max_part_params=_max_part_params(request),
         output_names=output_names,
     )
     renamed_back = {v: k for k, v in output_names.items()}
@@ -270,16 +303,19 @@ def export_stage(request: ConvertRequest, reuse_keys: frozenset[str], work_dir: 
     from .weights import build_with_weights
 
     planned_all, split = [], {}
+    recorded = None
+    if RECIPES[request.quant].needs_calibration and request.recording is not None:
+        recorded = _recorded_samples(request)
     for component in request.components:
         model = build_with_weights(request.family, component, request.dims, request.weights[component])
         artifacts, models, plan = _plan_component(request, component, model)
         split = split or _split_summary(plan)
         todo = [i for i, a in enumerate(artifacts) if a.build_key not in reuse_keys]
-        calibration = (
-            _calibration_per_part(request, component, artifacts, models)
-            if todo and RECIPES[request.quant].needs_calibration
-            else None
-        )
+        calibration = None
+        if todo and RECIPES[request.quant].needs_calibration:
+            samples = recorded[component] if recorded is not None else synthetic_samples(
+                component, request.dims, request.calibration_samples, request.calibration_seed)
+            calibration = _calibration_per_part(artifacts, models, samples)
         for i, artifact in enumerate(artifacts):
             if i not in todo:
                 planned_all.append(artifact)
@@ -290,7 +326,8 @@ def export_stage(request: ConvertRequest, reuse_keys: frozenset[str], work_dir: 
             if calibration is not None:
                 calib_file = os.path.join(work_dir, artifact.file_name.replace(".tflite", ".calib.npz"))
                 np.savez(calib_file, **calibration[i])
-            planned_all.append(replace(artifact, saved_model_dir=saved_model, calibration_file=calib_file))
+            planned_all.append(replace(artifact, saved_model_dir=saved_model, calibration_file=calib_file,
+                                       calibration=calibration_identity(request) if calib_file else None))
         del model, models
         gc.collect()
     return planned_all, split
@@ -322,9 +359,8 @@ def export_saved_model(model, artifact: PlannedArtifact, directory: str) -> None
     )
 
 
-def _calibration_per_part(request, component, artifacts, models, source: CalibrationSource = synthetic_samples):
+def _calibration_per_part(artifacts, models, samples: list[dict[str, np.ndarray]]):
     """Samples for every part: part k sees what the float parts before it compute."""
-    samples = source(component, request.dims, request.calibration_samples, request.calibration_seed)
     per_part: list[dict[str, np.ndarray]] = []
     values = [dict(s) for s in samples]
     for artifact, model in zip(artifacts, models):
@@ -339,11 +375,18 @@ def _calibration_per_part(request, component, artifacts, models, source: Calibra
     return per_part
 
 
+def _recorded_samples(request: ConvertRequest) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Calibration inputs recorded from Keras pipeline runs: from the cache, or recorded now."""
+    from .recording import load_or_record
+
+    return load_or_record(request.family, request.dims, request.weights, request.recording)
+
+
 # ----------------------------------------------------------------------------- convert stage
 
 
-def convert_stage(artifact: PlannedArtifact, quant: str, out_dir: str) -> dict:
-    """SavedModel -> .tflite (atomic write). Returns sha256, bytes, seconds, peak RSS."""
+def convert_stage(artifact: PlannedArtifact, quant: str, out_dir: str, keep_float=None) -> dict:
+    """SavedModel -> .tflite (atomic write). Returns sha256, bytes, seconds, peak RSS, op stats."""
     import tensorflow as tf
 
     start = time.monotonic()
@@ -352,21 +395,24 @@ def convert_stage(artifact: PlannedArtifact, quant: str, out_dir: str) -> dict:
     )
     # Conversion metadata costs a full in-memory copy of the model; it records nothing we need.
     converter.exclude_conversion_metadata = True
-    representative = None
-    if artifact.calibration_file:
-        representative = _representative_dataset(artifact.calibration_file, artifact.inputs)
-    RECIPES[quant].configure(converter, representative)
+    samples = _load_samples(artifact.calibration_file, artifact.inputs) if artifact.calibration_file else None
+    selective = None
     try:
         with _without_buffer_deduplication():
-            data = converter.convert()
+            if keep_float is None:
+                RECIPES[quant].configure(converter, (lambda: iter(samples)) if samples else None)
+                data = converter.convert()
+            else:
+                from .selective import quantize_keeping_float, split_held_out
+
+                calibration = split_held_out(samples)[0] if keep_float.auto_target_db is not None else samples
+                RECIPES[quant].configure(converter, lambda: iter(calibration))
+                result = quantize_keeping_float(converter, keep_float, samples)
+                data, selective = result.model, result.summary()
+    except SD2TFLiteError:
+        raise
     except Exception as exc:
-        text = " ".join(str(exc).split())
-        hint = (
-            "the graph needs TensorFlow (Flex) ops that LiteRT does not ship"
-            if "Select TF" in text or "Flex" in text
-            else text[:300]
-        )
-        raise ConversionError(f"converting {artifact.file_name} failed: {hint}") from exc
+        raise ConversionError(f"converting {artifact.file_name} failed: {_conversion_hint(exc, quant)}") from exc
     if len(data) >= HARD_FLATBUFFER_LIMIT or b"buffer_location" in data:
         raise ConversionError(
             f"{artifact.file_name} came out at {len(data):,} bytes, too large for a plain "
@@ -376,10 +422,19 @@ def convert_stage(artifact: PlannedArtifact, quant: str, out_dir: str) -> dict:
     write_bytes_atomic(target, data)
     digest = hashlib.sha256(data).hexdigest()
     size = len(data)
+    op_stats = quantized_op_stats(data)
+    if quant == "int8-strict" and op_stats["float_ops"]:
+        # The converter lets some float kernels through even with only the int8 op set.
+        named = ", ".join(f"{op} ×{n}" for op, n in op_stats["float_ops"].items())
+        raise ConversionError(
+            f"{artifact.file_name}: no integer-only kernel for {named}: use --quant int8 (float fallback)")
+    if selective is not None:
+        op_stats["kept_float"] = selective
     del data, converter
     return {
         "sha256": digest,
         "bytes": size,
+        "op_stats": op_stats,
         "seconds": round(time.monotonic() - start, 2),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
@@ -406,14 +461,57 @@ def _without_buffer_deduplication():
         lite._deduplicate_readonly_buffers = original
 
 
-def _representative_dataset(path: str, inputs: tuple[TensorSpec, ...]):
-    def generate():
-        with np.load(path) as data:
-            count = len(data[inputs[0].name])
-            for i in range(count):
-                yield {s.name: data[s.name][i].astype(s.dtype) for s in inputs}
+def quantized_op_stats(data: bytes) -> dict:
+    """How many operators run with integer (int8 / int16) activations. Reads the flatbuffer in
+    place: the object API would copy every weight buffer."""
+    from tensorflow.lite.python import schema_py_generated as schema
 
-    return generate
+    integer_types = {schema.TensorType.INT8, schema.TensorType.INT16, schema.TensorType.UINT8}
+    model = schema.Model.GetRootAsModel(data, 0)
+    builtin = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [builtin.get(max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode()), "?")
+             for i in range(model.OperatorCodesLength())]
+    total = quantized = 0
+    float_ops: dict[str, int] = {}
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            code = codes[op.OpcodeIndex()]
+            if code in ("QUANTIZE", "DEQUANTIZE"):
+                continue
+            total += 1
+            first = op.Inputs(0) if op.InputsLength() else (op.Outputs(0) if op.OutputsLength() else -1)
+            if first >= 0 and graph.Tensors(first).Type() in integer_types:
+                quantized += 1
+            else:
+                float_ops[code] = float_ops.get(code, 0) + 1
+    return {"ops": total, "quantized_ops": quantized, "float_ops": dict(sorted(float_ops.items()))}
+
+
+def _load_samples(path: str, inputs: tuple[TensorSpec, ...]) -> list[dict[str, np.ndarray]]:
+    with np.load(path) as data:
+        count = len(data[inputs[0].name])
+        return [{s.name: data[s.name][i].astype(s.dtype) for s in inputs} for i in range(count)]
+
+
+def _conversion_hint(exc: Exception, quant: str) -> str:
+    """The converter's wall of text, cut to what the user can act on."""
+    import re
+
+    text = " ".join(str(exc).split())
+    if "Select TF" in text or "Flex" in text:
+        return "the graph needs TensorFlow (Flex) ops that LiteRT does not ship"
+    if quant == "int16x8" and "Empty min/max" in text:
+        return ("int16x8 cannot calibrate this component's integer inputs (a TensorFlow quantizer "
+                "limit; the text encoder's token positions hit it): use --quant int8 for it")
+    if quant == "int8-strict":
+        ops = sorted(set(re.findall(r"op[: ]+'?(?:tfl\.)?([A-Za-z_0-9]+)'? (?:is not|not)", text))
+                     | set(re.findall(r"'tfl\.([a-z_0-9]+)'", text)))
+        named = f" (ops: {', '.join(ops[:8])})" if ops else ""
+        return (f"some operators have no integer-only kernel{named}: use --quant int8 (float fallback) "
+                f"or keep them in float with --keep-float; converter said: {text[:200]}")
+    return text[:300]
 
 
 def write_bytes_atomic(target: Path, data: bytes) -> None:
@@ -440,7 +538,8 @@ def built_artifact(artifact: PlannedArtifact, stats: dict) -> Artifact:
         params=artifact.params, signature_key=SIGNATURE_KEY, inputs=artifact.inputs,
         outputs=artifact.outputs, wiring=artifact.wiring,
         conversion_seconds=stats["seconds"], peak_rss_bytes=stats["peak_rss_bytes"],
-        build_key=artifact.build_key,
+        build_key=artifact.build_key, calibration=artifact.calibration,
+        op_stats=stats.get("op_stats"),
     )
 
 
@@ -557,7 +656,7 @@ def convert(request: ConvertRequest, progress=None) -> ConvertResult:
                 progress.advance()
                 continue
             progress.step(f"converting {artifact.file_name} ({request.quant})")
-            stats = _run(request.isolate, convert_stage, artifact, request.quant, str(out_dir))
+            stats = _run(request.isolate, convert_stage, artifact, request.quant, str(out_dir), request.keep_float)
             shutil.rmtree(artifact.saved_model_dir, ignore_errors=True)
             result_artifacts.append(built_artifact(artifact, stats))
             built.append(artifact.file_name)
@@ -636,6 +735,12 @@ def make_request(
     memory_budget: int | None = None,
     calibration_samples: int,
     calibration_seed: int,
+    calibration: str = "synthetic",
+    calibration_prompts: str | None = None,
+    calibration_prompt_count: int | None = None,
+    calibration_steps: int = 10,
+    calibration_images: str | None = None,
+    keep_float: str | None = None,
     command: str = "",
     resolve_weights: bool = True,
 ) -> ConvertRequest:
@@ -666,13 +771,31 @@ def make_request(
         )
     if calibration_samples < 1:
         raise UsageError(f"--calibration-samples {calibration_samples} must be at least 1")
+    recording = None
+    if calibration not in ("recorded", "synthetic"):
+        raise UsageError(f"--calibration {calibration!r}: choose recorded or synthetic")
+    if calibration == "recorded" and get_recipe(quant).needs_calibration:
+        from .recording import RecordingSettings, read_prompts
+
+        if calibration_steps < 1:
+            raise UsageError(f"--calibration-steps {calibration_steps} must be at least 1")
+        recording = RecordingSettings(
+            prompts=read_prompts(Path(calibration_prompts) if calibration_prompts else None,
+                                 calibration_prompt_count),
+            steps=calibration_steps, samples=calibration_samples, seed=calibration_seed,
+            images_dir=str(Path(calibration_images).resolve()) if calibration_images else None)
+    keep = KeepFloat.parse(keep_float)
+    if keep is not None and quant != "int8":
+        raise UsageError(f"--keep-float works with --quant int8 (float fallback), not {quant}")
     model_family = FAMILIES[family]
     names = parse_components(components)
     source = parse_weights(weights, model_family)
     target = Path(out_dir or f"models/sd-{family}-{quant}")
     if resolve_weights:
         check_output_dir(target, force)  # before any download
-        resolved = resolve(source, model_family, names)
+        # Recording runs the whole pipeline, so it needs the other components' weights too.
+        needed = [c for c in COMPONENTS if c in names or (recording and c in ("text_encoder", "diffusion", "decoder"))]
+        resolved = resolve(source, model_family, needed)
     else:  # planning only: the weights' identity does not change the plan
         resolved = {c: ResolvedWeights(c, None, {"kind": "unresolved"}) for c in names}
     return ConvertRequest(
@@ -689,5 +812,7 @@ def make_request(
         isolate=default_isolation(family) if isolate is None else isolate,
         calibration_samples=calibration_samples,
         calibration_seed=calibration_seed,
+        recording=recording,
+        keep_float=keep,
         command=command,
     )

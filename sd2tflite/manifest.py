@@ -39,6 +39,10 @@ class Artifact:
     conversion_seconds: float
     peak_rss_bytes: int
     build_key: str  # hash of everything that determines the file; re-runs reuse on a match
+    # int8: where the calibration data came from (source, cache key, prompts, steps, samples, seed)
+    calibration: dict | None = None
+    # {"ops": operators (without QUANTIZE / DEQUANTIZE), "quantized_ops": those with integer activations}
+    op_stats: dict | None = None
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -141,6 +145,8 @@ MANIFEST_SCHEMA = {
                     "conversion_seconds": {"type": "number"},
                     "peak_rss_bytes": {"type": "integer"},
                     "build_key": {"type": "string"},
+                    "calibration": {"type": "object", "nullable": True},
+                    "op_stats": {"type": "object", "nullable": True},
                 },
             },
         },
@@ -158,6 +164,8 @@ _TYPES = {
 
 def _check(value, schema: dict, where: str) -> None:
     """A small validator for the subset of JSON Schema that MANIFEST_SCHEMA uses."""
+    if value is None and schema.get("nullable"):
+        return
     expected = _TYPES[schema["type"]]
     if not isinstance(value, expected) or (schema["type"] in ("integer", "number") and isinstance(value, bool)):
         raise ManifestError(f"manifest field {where} should be {schema['type']}: regenerate the set with sd2tflite convert")

@@ -41,16 +41,17 @@ class QuantRecipe:
             converter.target_spec.supported_types = [tf.float16]
         elif self.name == "dynamic":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        elif self.name == "int8":
+        elif self.needs_calibration:
             if representative_dataset is None:
-                raise ValueError("int8 needs a representative dataset")
+                raise ValueError(f"{self.name} needs a representative dataset")
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = representative_dataset
-            # Integer kernels where they exist, float fallback elsewhere; float inputs/outputs.
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                tf.lite.OpsSet.TFLITE_BUILTINS,
-            ]
+            integer = (tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+                       if self.name == "int16x8" else tf.lite.OpsSet.TFLITE_BUILTINS_INT8)
+            # Integer kernels where they exist; float fallback elsewhere unless integer-only.
+            # Inputs and outputs stay float32 either way (the pipeline feeds floats).
+            converter.target_spec.supported_ops = (
+                [integer] if self.name == "int8-strict" else [integer, tf.lite.OpsSet.TFLITE_BUILTINS])
         elif self.name != "fp32":
             raise KeyError(self.name)
         return converter
@@ -75,6 +76,12 @@ RECIPES: dict[str, QuantRecipe] = {
                     # whole images 9.6 dB. These bars catch outright garbage only; calibration on
                     # recorded pipeline data is the int8 quality issue's job.
                     overrides=(("text_encoder", 15.0, 0.5), ("decoder", 20.0, 0.6))),
+        QuantRecipe("int8-strict", "int8 weights and activations, integer-only (fails naming any op "
+                    "without an int8 kernel)", 1.0, True,
+                    min_psnr_db=22.0, min_cosine=0.95, min_image_psnr_db=8.0,
+                    overrides=(("text_encoder", 15.0, 0.5), ("decoder", 20.0, 0.6))),
+        QuantRecipe("int16x8", "int8 weights, int16 activations, float fallback", 1.0, True,
+                    min_psnr_db=30.0, min_cosine=0.99, min_image_psnr_db=15.0),
     )
 }
 

@@ -42,6 +42,7 @@ class Parity:
     mean_abs: float
     psnr_db: float  # over the reference's value range unless a peak is given
     cosine: float
+    snr_db: float = float("inf")  # reference power over error power
 
     def passes(self, min_psnr_db: float, min_cosine: float) -> bool:
         return self.psnr_db >= min_psnr_db and self.cosine >= min_cosine
@@ -62,7 +63,9 @@ def parity(reference: np.ndarray, actual: np.ndarray, peak: float | None = None)
     psnr = float("inf") if rmse == 0 else float(20.0 * np.log10(peak / rmse))
     denom = float(np.linalg.norm(ref) * np.linalg.norm(out))
     cosine = float(ref @ out / denom) if denom else float(rmse == 0)
-    return Parity(float(np.abs(err).max()), float(np.abs(err).mean()), psnr, cosine)
+    signal = float(np.mean(ref**2))
+    snr = float("inf") if rmse == 0 else float(10.0 * np.log10(max(signal, 1e-30) / rmse**2))
+    return Parity(float(np.abs(err).max()), float(np.abs(err).mean()), psnr, cosine, snr)
 
 
 @dataclass
@@ -71,6 +74,7 @@ class VerifyReport:
     manifest: Manifest | None
     checks: list[Check] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    quality: dict = field(default_factory=dict)  # calibrated precisions: quality.quality_report
 
     @property
     def passed(self) -> bool:
@@ -86,6 +90,7 @@ class VerifyReport:
             "passed": self.passed,
             "settings": self.settings,
             "checks": [c.to_json() for c in self.checks],
+            "quality": self.quality,
         }
 
     def table(self) -> str:
@@ -94,6 +99,11 @@ class VerifyReport:
         lines = [f"verify {self.directory} ({title})"]
         for c in self.checks:
             lines.append(f"  {'✓' if c.passed else '✗'} {c.group:10s} {c.name:26s} {c.detail}")
+        if self.quality:
+            from .quality import describe
+
+            lines.append("  int8 quality against float Keras on held-out pipeline inputs (report):")
+            lines.extend(describe(self.quality))
         failed = sum(not c.passed for c in self.checks)
         lines.append("PASSED" if self.passed else f"FAILED: {failed} of {len(self.checks)} checks")
         return "\n".join(lines)
@@ -116,9 +126,9 @@ def parity_inputs(dims: ModelDims, tokenizer, keras: dict, seed: int = 7) -> dic
         "text_encoder": [{"tokens": t, "positions": positions} for t in tokens],
         "image_encoder": [{"image": image} for image in images],
     }
-    contexts = [_keras(keras["text_encoder"], s) for s in inputs["text_encoder"]] if "text_encoder" in keras \
+    contexts = [run_keras(keras["text_encoder"], s) for s in inputs["text_encoder"]] if "text_encoder" in keras \
         else [rng.standard_normal((b, length, dims.context_dim)).astype(np.float32) for _ in tokens]
-    clean = [_keras(keras["image_encoder"], s) for s in inputs["image_encoder"]] if "image_encoder" in keras \
+    clean = [run_keras(keras["image_encoder"], s) for s in inputs["image_encoder"]] if "image_encoder" in keras \
         else [0.8 * rng.standard_normal(dims.latent_shape).astype(np.float32) for _ in images]
     table = alphas_cumprod()
     unet = []
@@ -133,7 +143,7 @@ def parity_inputs(dims: ModelDims, tokenizer, keras: dict, seed: int = 7) -> dic
     return inputs
 
 
-def _keras(model, sample: dict) -> np.ndarray:
+def run_keras(model, sample: dict) -> np.ndarray:
     """Runs a Keras component on named inputs, in the model's own input order."""
     if len(model.inputs) == 1:
         return np.asarray(model(next(iter(sample.values())), training=False))
@@ -147,7 +157,7 @@ def component_check(component: str, keras_model, litert, samples: list[dict], qu
     from .quant import RECIPES
 
     output = COMPONENTS[component].output_name
-    expected = np.stack([_keras(keras_model, s) for s in samples])
+    expected = np.stack([run_keras(keras_model, s) for s in samples])
     actual = np.stack([litert(**s)[output] for s in samples])
     figures = parity(expected, actual)
     min_psnr, min_cosine = RECIPES[quant].tolerance(component)
@@ -205,6 +215,7 @@ def verify(directory: Path, weights: str | None = None, vocab: Path | None = Non
            on_stage: Callable[[str], None] = lambda text: None) -> VerifyReport:
     from .errors import UsageError
     from .pipeline import Pipeline
+    from .quant import RECIPES
     from .runtime import LiteRTComponents
     from .tokenizer import load_tokenizer
 
@@ -240,8 +251,14 @@ def verify(directory: Path, weights: str | None = None, vocab: Path | None = Non
         on_stage(f"parity: {component}")
         report.checks.append(component_check(component, keras[component], litert[component],
                                              samples[component], manifest.quant))
+    pipeline_parts = {"text_encoder", "diffusion", "decoder"}
+    if RECIPES[manifest.quant].needs_calibration and pipeline_parts <= set(manifest.components) - broken:
+        from .quality import held_out_inputs, quality_report
+
+        on_stage("int8 quality: recording held-out inputs from the Keras pipeline")
+        report.quality = quality_report(manifest, keras, litert, held_out_inputs(keras, dims, tokenizer))
     if end_to_end:
-        needed = {"text_encoder", "diffusion", "decoder"}
+        needed = pipeline_parts
         missing = needed - set(manifest.components)
         if missing or needed & broken:
             report.checks.append(Check("end-to-end", "pipeline", False,

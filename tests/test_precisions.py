@@ -10,14 +10,14 @@ from sd2tflite.manifest import load_manifest
 from sd2tflite.quant import RECIPES
 from sd2tflite.verify import parity
 
-from .conftest import keras_output, seeded_inputs
+from .conftest import SET_PRECISIONS, keras_output, seeded_inputs
 
 
 def _bytes(set_dir, component):
     return sum(a.bytes for a in load_manifest(set_dir).parts_of(component))
 
 
-@pytest.mark.parametrize("quant", list(RECIPES))
+@pytest.mark.parametrize("quant", SET_PRECISIONS)
 @pytest.mark.parametrize("component", list(COMPONENTS))
 def test_component_matches_keras(component, quant, tiny_sets, keras_models, tiny_dims):
     from sd2tflite.runtime import load_component

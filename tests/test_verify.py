@@ -11,6 +11,7 @@ import pytest
 from sd2tflite.manifest import load_manifest
 from sd2tflite.quant import RECIPES
 
+from .conftest import SET_PRECISIONS
 from .test_cli import assert_one_line_error, run
 
 
@@ -18,10 +19,10 @@ from .test_cli import assert_one_line_error, run
 def reports(tiny_sets):
     from sd2tflite.verify import verify
 
-    return {quant: verify(tiny_sets[quant], steps=2) for quant in RECIPES}
+    return {quant: verify(tiny_sets[quant], steps=2) for quant in SET_PRECISIONS}
 
 
-@pytest.mark.parametrize("quant", list(RECIPES))
+@pytest.mark.parametrize("quant", SET_PRECISIONS)
 def test_every_precision_passes_verify(reports, quant):
     report = reports[quant]
     print("\n" + report.table())

@@ -1,0 +1,143 @@
+"""int8 that holds up: calibration recorded from pipeline runs, the cache, selective quantization,
+the integer-only and 16x8 modes. Quality is measured on held-out pipeline inputs (other prompts,
+other seeds) against the float Keras model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sd2tflite.manifest import load_manifest
+
+from .conftest import tiny_request
+from .test_cli import assert_one_line_error, run
+
+RECORDING = dict(calibration="recorded", calibration_prompt_count=4, calibration_steps=6, calibration_samples=16)
+
+
+@pytest.fixture(scope="module")
+def held_out(keras_models, tiny_dims):
+    from sd2tflite.quality import held_out_inputs
+    from sd2tflite.tokenizer import load_tokenizer
+
+    return held_out_inputs(keras_models, tiny_dims, load_tokenizer("tiny"))
+
+
+def quality(set_dir, keras_models, held_out):
+    from sd2tflite.quality import quality_report
+    from sd2tflite.runtime import LiteRTComponents
+
+    manifest = load_manifest(set_dir)
+    return quality_report(manifest, keras_models, LiteRTComponents(set_dir, manifest), held_out)
+
+
+@pytest.fixture(scope="module")
+def recorded_set(tmp_path_factory):
+    from sd2tflite.convert import convert
+
+    out = tmp_path_factory.mktemp("recorded") / "set"
+    convert(tiny_request(out, quant="int8", unet_parts=2, **RECORDING))
+    return out
+
+
+def test_recorded_calibration_beats_synthetic_on_held_out_inputs(recorded_set, tiny_sets, keras_models, held_out):
+    recorded = quality(recorded_set, keras_models, held_out)
+    synthetic = quality(tiny_sets["int8"], keras_models, held_out)
+    for component in ("diffusion", "decoder", "image_encoder"):
+        print(f"\n{component}: recorded {recorded[component]['snr_db']:.1f} dB, "
+              f"synthetic {synthetic[component]['snr_db']:.1f} dB")
+        assert recorded[component]["snr_db"] > synthetic[component]["snr_db"] + 3, component
+    assert recorded["diffusion"]["quantized_op_share"] > 0.8
+
+
+def test_manifest_records_the_calibration_and_the_cache_is_reused(recorded_set, tmp_path, monkeypatch):
+    from sd2tflite import recording
+    from sd2tflite.convert import convert
+
+    calibration = load_manifest(recorded_set).parts_of("diffusion")[1].calibration
+    assert calibration["source"] == "recorded" and calibration["prompts"] == 4 and calibration["steps"] == 6
+    cached = recording.cache_dir() / f"{calibration['key']}.npz"
+    provenance = json.loads(cached.with_suffix(".json").read_text())
+    assert provenance["family"] == "tiny" and provenance["settings"]["prompts"][0] == recording.DEFAULT_PROMPTS[0]
+    assert provenance["weights"]["diffusion"] == {"kind": "random", "seed": 1}
+
+    def must_not_record(*args, **kwargs):
+        raise AssertionError("the cached recording should have been used")
+
+    monkeypatch.setattr(recording, "record", must_not_record)
+    result = convert(tiny_request(tmp_path / "again", quant="int8", components="decoder", **RECORDING))
+    assert result.manifest.artifacts[0].calibration["key"] == calibration["key"]
+    # Other settings are another recording.
+    with pytest.raises(AssertionError, match="cached recording"):
+        convert(tiny_request(tmp_path / "other", quant="int8", components="decoder",
+                             **{**RECORDING, "calibration_steps": 5}))
+
+
+def test_automatic_selective_quantization_rescues_the_text_encoder(recorded_set, tmp_path, keras_models, held_out):
+    from sd2tflite.convert import convert
+
+    convert(tiny_request(tmp_path / "auto", quant="int8", components="text_encoder",
+                         keep_float="auto:20", **RECORDING))
+    plain = quality(recorded_set, keras_models, held_out)["text_encoder"]
+    selective = quality(tmp_path / "auto", keras_models, held_out)["text_encoder"]
+    print(f"\ntext encoder held-out SNR: plain int8 {plain['snr_db']:.1f} dB, auto {selective['snr_db']:.1f} dB")
+    assert plain["snr_db"] < 10 and selective["snr_db"] > 20
+    kept = load_manifest(tmp_path / "auto").artifacts[0].op_stats["kept_float"]
+    assert "SOFTMAX" in kept["kept_ops"] and "FULLY_CONNECTED" not in kept["kept_ops"]
+    assert kept["held_out_snr_db"] >= 20 and len(kept["tried"]) > 2
+    assert selective["quantized_op_share"] > 0.3  # the big matmuls stay int8
+
+
+def test_keep_float_by_op_type(tmp_path):
+    from sd2tflite.convert import convert
+
+    result = convert(tiny_request(tmp_path / "keep", quant="int8", components="decoder", keep_float="CONV_2D",
+                                  calibration="synthetic"))
+    stats = result.manifest.artifacts[0].op_stats
+    assert stats["kept_float"]["kept_ops"] == ["CONV_2D"]
+    assert stats["quantized_ops"] <= stats["ops"] - 20  # the decoder's 20 convolutions run in float
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["--quant", "fp16", "--keep-float", "SOFTMAX"], 2, "--quant int8"),
+    (["--quant", "int8", "--keep-float", "auto:lots"], 2, "auto:SNR_DB"),
+    (["--quant", "int8", "--keep-float", "NO_SUCH_THING", "--components", "decoder", "--calibration", "synthetic"],
+     2, "matches no operator"),
+    (["--quant", "int8", "--calibration-prompts", "/nonexistent/prompts.txt"], 2, "one prompt per line"),
+    (["--quant", "int16x8", "--components", "text_encoder", "--calibration", "synthetic"], 1, "--quant int8"),
+])
+def test_int8_option_errors(tmp_path, args, code, fragment):
+    from .test_cli import TINY
+
+    result = run([*TINY, "-o", str(tmp_path / "o"), *args])
+    assert_one_line_error(result, code, fragment)
+    assert not (tmp_path / "o").exists()
+
+
+def test_integer_only_mode_names_the_float_operators(tmp_path):
+    from .test_cli import TINY
+
+    result = run([*TINY, "-o", str(tmp_path / "o"), "--quant", "int8-strict", "--components", "decoder",
+                  "--calibration", "synthetic"])
+    # GroupNormalization lowers to NEG and SQUARE, which have no int8 kernel in TF 2.21's converter.
+    assert_one_line_error(result, 1, "decoder.tflite", "NEG", "SQUARE", "--quant int8")
+
+
+def test_16x8_mode_converts_and_matches(tmp_path, keras_models, tiny_dims):
+    from sd2tflite.convert import convert
+    from sd2tflite.quant import RECIPES
+    from sd2tflite.runtime import load_component
+    from sd2tflite.verify import parity
+
+    from .conftest import keras_output, seeded_inputs
+
+    result = convert(tiny_request(tmp_path / "s", quant="int16x8", components="decoder", calibration="synthetic"))
+    stats = result.manifest.artifacts[0].op_stats
+    assert stats["quantized_ops"] > stats["ops"] // 2
+    decoder = load_component(Path(tmp_path / "s"), "decoder")
+    sample = seeded_inputs("decoder", tiny_dims)[0]
+    figures = parity(keras_output(keras_models["decoder"], sample), decoder(**sample)["image"])
+    print(f"\nint16x8 decoder: {figures}")
+    assert figures.passes(*RECIPES["int16x8"].tolerance("decoder"))
