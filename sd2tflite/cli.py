@@ -387,7 +387,6 @@ def model_dir_argument(text, token=None):
 def push_hub(directory, repo_id, private, revision, commit_message, create_pr, token, verify_report, dry_run,
              verbose, quiet):
     """Publish a converted set (files, manifest, model card) to the Hugging Face Hub in one commit."""
-    _quiet_tensorflow(verbose)
     from . import hub
 
     if not dry_run and not verbose:

@@ -418,16 +418,16 @@ def convert_stage(artifact: PlannedArtifact, quant: str, out_dir: str, keep_floa
             f"{artifact.file_name} came out at {len(data):,} bytes, too large for a plain "
             "flatbuffer: lower --max-part-bytes or raise --unet-parts"
         )
-    target = Path(out_dir) / artifact.file_name
-    write_bytes_atomic(target, data)
-    digest = hashlib.sha256(data).hexdigest()
-    size = len(data)
     op_stats = quantized_op_stats(data)
     if quant == "int8-strict" and op_stats["float_ops"]:
         # The converter lets some float kernels through even with only the int8 op set.
         named = ", ".join(f"{op} ×{n}" for op, n in op_stats["float_ops"].items())
         raise ConversionError(
             f"{artifact.file_name}: no integer-only kernel for {named}: use --quant int8 (float fallback)")
+    target = Path(out_dir) / artifact.file_name
+    write_bytes_atomic(target, data)
+    digest = hashlib.sha256(data).hexdigest()
+    size = len(data)
     if selective is not None:
         op_stats["kept_float"] = selective
     del data, converter
@@ -693,6 +693,8 @@ def convert(request: ConvertRequest, progress=None) -> ConvertResult:
             if stale not in current and stale.endswith(".tflite") and component in request.components:
                 (out_dir / stale).unlink(missing_ok=True)
         (out_dir / PROGRESS_NAME).unlink(missing_ok=True)
+        if built:  # a verify report of the earlier files would describe files that are gone
+            (out_dir / VERIFY_REPORT_NAME).unlink(missing_ok=True)
     finally:
         progress.end()
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -787,6 +789,11 @@ def make_request(
     keep = KeepFloat.parse(keep_float)
     if keep is not None and quant != "int8":
         raise UsageError(f"--keep-float works with --quant int8 (float fallback), not {quant}")
+    if keep is not None:
+        keep.check()
+    if recording is None and (calibration_prompts or calibration_images):
+        raise UsageError("--calibration-prompts / --calibration-images need a calibrated precision (int8, "
+                         "int8-strict, int16x8) with --calibration recorded")
     model_family = FAMILIES[family]
     names = parse_components(components)
     source = parse_weights(weights, model_family)

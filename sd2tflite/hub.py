@@ -114,6 +114,14 @@ def load_verify_report(directory: Path, path: Path | str | None = None) -> tuple
     if not isinstance(data, dict):
         raise UsageError(f"{path} is not a verify report (not a JSON object): run sd2tflite verify DIR "
                          f"--json {path} again")
+    recorded = data.get("manifest_sha256")
+    current = Path(directory) / MANIFEST_NAME
+    if recorded and current.is_file():
+        from .weights import sha256_file
+
+        if sha256_file(current) != recorded:
+            raise UsageError(f"{path} reports on other files than {directory} holds now: run sd2tflite "
+                             f"verify {directory} --json {path} again")
     return data, path
 
 
@@ -488,17 +496,17 @@ def _with_retries(action, token, where, say, count=False, download=False):
                 raise _hub_error(exc, token, where, attempt if transient else 0, download) from exc
             wait = RETRY.wait(attempt)
             root = list(_causes(exc))[-1]
-            reason = _one_line(exc) + (f" ({_one_line(root)})" if root is not exc else "")
+            reason = _one_line(exc, token) + (f" ({_one_line(root, token)})" if root is not exc else "")
             say(f"{_scrub(reason, token)[:200]}: retrying in {wait:g} s "
                 f"(attempt {attempt + 1}/{RETRY.attempts})")
             time.sleep(wait)
             attempt += 1
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, token: str | None = None) -> str:
     server = getattr(exc, "server_message", None)
     text = server or str(exc) or type(exc).__name__
-    return " ".join(text.split())
+    return _scrub(" ".join(text.split()), token)  # before any caller cuts it short
 
 
 def _scrub(text: str, token: str | None) -> str:
@@ -517,7 +525,7 @@ def _hub_error(exc: BaseException, token: str | None, where: str, attempts: int,
         message = f"the Hub kept failing for {where} (HTTP {status}, {attempts} attempts): it may be down or " \
                   f"overloaded; wait a little, then {again}"
     elif attempts:
-        what = f"{type(root).__name__}: {_one_line(root)[:100]}"
+        what = f"{type(root).__name__}: {_one_line(root, token)[:100]}"
         message = f"could not reach {where} ({what}) after {attempts} attempts: check the network or HF_ENDPOINT, " \
                   f"then {again}"
         if download and isinstance(exc, LocalEntryNotFoundError):
@@ -536,10 +544,10 @@ def _hub_error(exc: BaseException, token: str | None, where: str, attempts: int,
         message = (f"{where} does not exist or is private (HTTP {status}): check the repo id; if it is private, "
                    f"{LOGIN_HINT}")
     elif isinstance(exc, RuntimeError) and "uploading" in str(exc):
-        message = f"upload to {where} was interrupted ({_one_line(exc)}: {_one_line(root)[:100]}): {again}"
+        message = f"upload to {where} was interrupted ({_one_line(exc, token)}: {_one_line(root, token)[:100]}): {again}"
     elif status is not None:
-        message = f"the Hub refused the request for {where} (HTTP {status}: {_one_line(exc)[:160]}): {again}"
+        message = f"the Hub refused the request for {where} (HTTP {status}: {_one_line(exc, token)[:160]}): {again}"
     else:
         message = f"{'download' if download else 'upload'} failed for {where} ({type(exc).__name__}: " \
-                  f"{_one_line(exc)[:160]}): {again}"
+                  f"{_one_line(exc, token)[:160]}): {again}"
     return HubError(_scrub(message, token))

@@ -8,6 +8,7 @@ refuses paths that leave the set's directory.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -203,11 +204,22 @@ def safe_relative_path(text: str, where: str = "path") -> PurePosixPath:
     return path
 
 
+def _finite(value):
+    """JSON has no Infinity / NaN (strict parsers reject them): write null instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
+            json.dump(_finite(data), f, indent=2, sort_keys=False, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())

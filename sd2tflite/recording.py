@@ -88,7 +88,7 @@ def read_prompts(path: Path | None, count: int | None) -> tuple[str, ...]:
             raise UsageError(f"--calibration-prompts {path} holds no prompts: one per line")
     if count is not None:
         if count < 1:
-            raise UsageError(f"--calibration-prompts-count {count} must be at least 1")
+            raise UsageError(f"--calibration-prompt-count {count} must be at least 1")
         prompts = prompts[:count]
     return tuple(prompts)
 

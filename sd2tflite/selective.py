@@ -53,6 +53,18 @@ class KeepFloat:
     def to_json(self) -> dict:
         return {"patterns": list(self.patterns), "auto_target_db": self.auto_target_db}
 
+    def check(self) -> None:
+        """Each pattern is an operator type or a glob; checked before converting anything."""
+        from tensorflow.lite.python import schema_py_generated as schema
+
+        known = {k for k in vars(schema.BuiltinOperator) if not k.startswith("_")}
+        for pattern in self.patterns:
+            if pattern.upper() not in known and not any(c in pattern for c in "*?["):
+                raise UsageError(
+                    f"--keep-float {pattern!r} is neither a TFLite operator type (SOFTMAX, ADD, ...) nor a "
+                    "tensor-name glob (with * or ?): check the pattern"
+                )
+
 
 @dataclass
 class SelectiveResult:
@@ -126,13 +138,7 @@ def quantize_keeping_float(converter, keep: KeepFloat, samples: list[dict[str, n
         if pattern.upper() in op_types:
             ops.append(pattern.upper())
             continue
-        matched = sorted(fnmatch.filter(tensors, pattern))
-        if not matched and keep.auto_target_db is None:
-            raise UsageError(
-                f"--keep-float {pattern!r} matches no operator type ({', '.join(sorted(op_types)[:6])}, ...) "
-                "and no tensor name in this part: check the pattern"
-            )
-        nodes.extend(matched)
+        nodes.extend(sorted(fnmatch.filter(tensors, pattern)))  # a part may have none: fine
     result = SelectiveResult(_quantize(calibrated, ops, nodes), ops, nodes)
     if keep.auto_target_db is None:
         return result

@@ -75,6 +75,7 @@ class VerifyReport:
     checks: list[Check] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     quality: dict = field(default_factory=dict)  # calibrated precisions: quality.quality_report
+    manifest_sha256: str | None = None  # ties the report to the exact files it checked
 
     @property
     def passed(self) -> bool:
@@ -88,6 +89,7 @@ class VerifyReport:
             "quant": m.quant if m else None,
             "dims": m.dims if m else None,
             "passed": self.passed,
+            "manifest_sha256": self.manifest_sha256,
             "settings": self.settings,
             "checks": [c.to_json() for c in self.checks],
             "quality": self.quality,
@@ -227,6 +229,10 @@ def verify(directory: Path, weights: str | None = None, vocab: Path | None = Non
     on_stage("integrity: sizes, sha256, signatures")
     manifest, checks = check_integrity(directory)
     report.manifest = manifest
+    if manifest is not None:
+        from .weights import sha256_file
+
+        report.manifest_sha256 = sha256_file(Path(directory) / "manifest.json")
     report.checks += checks
     if manifest is None:
         return report

@@ -134,12 +134,23 @@ def test_inpainting_keeps_the_unmasked_region(tiny_sets, tmp_path):
     mask[32:96, 40:88] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
     result = _generate(tiny_sets["fp32"], tmp_path / "out.png", "--image", str(tmp_path / "in.png"),
-                       "--mask", str(tmp_path / "mask.png"))
+                       "--mask", str(tmp_path / "mask.png"), "--save-latents", str(tmp_path / "z.npy"))
     assert result.exit_code == 0, result.output
     out = _pixels(tmp_path / "out.png").astype(int)
     keep = mask == 0
     assert np.abs(out[keep] - source[keep].astype(int)).max() <= 1
     assert np.abs(out[~keep] - source[~keep].astype(int)).mean() > 10  # the masked region was repainted
+    # In latent space: outside the mask the final latents are the encoded input (the blend's last
+    # step has alpha_prev = 1); inside they are the denoised ones.
+    from sd2tflite.runtime import load_component
+
+    encoded = load_component(tiny_sets["fp32"], "image_encoder")(
+        image=(source[None].astype(np.float32) / 127.5 - 1.0))["latent"]
+    latents = np.load(tmp_path / "z.npy")
+    kept_cells = np.ones((16, 16), bool)
+    kept_cells[4:12, 5:11] = False  # every 8x8 block touching the mask is repainted
+    np.testing.assert_allclose(latents[0][kept_cells], encoded[0][kept_cells], atol=1e-5)
+    assert np.abs(latents[0][~kept_cells] - encoded[0][~kept_cells]).mean() > 0.1
 
 
 def test_image_to_image_runs_the_share_of_steps_strength_asks(tiny_sets, tmp_path):

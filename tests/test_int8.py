@@ -104,7 +104,7 @@ def test_keep_float_by_op_type(tmp_path):
     (["--quant", "fp16", "--keep-float", "SOFTMAX"], 2, "--quant int8"),
     (["--quant", "int8", "--keep-float", "auto:lots"], 2, "auto:SNR_DB"),
     (["--quant", "int8", "--keep-float", "NO_SUCH_THING", "--components", "decoder", "--calibration", "synthetic"],
-     2, "matches no operator"),
+     2, "neither a TFLite operator"),
     (["--quant", "int8", "--calibration-prompts", "/nonexistent/prompts.txt"], 2, "one prompt per line"),
     (["--quant", "int16x8", "--components", "text_encoder", "--calibration", "synthetic"], 1, "--quant int8"),
 ])
@@ -123,6 +123,7 @@ def test_integer_only_mode_names_the_float_operators(tmp_path):
                   "--calibration", "synthetic"])
     # GroupNormalization lowers to NEG and SQUARE, which have no int8 kernel in TF 2.21's converter.
     assert_one_line_error(result, 1, "decoder.tflite", "NEG", "SQUARE", "--quant int8")
+    assert not (tmp_path / "o").exists()  # the rejected file was never written
 
 
 def test_16x8_mode_converts_and_matches(tmp_path, keras_models, tiny_dims):
