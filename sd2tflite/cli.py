@@ -326,7 +326,8 @@ def _thread_list(_ctx, _param, value):
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
               help="Draw latency and size bars (PNG; needs the 'plot' extra: matplotlib).")
 @click.option("--vocab", default=None, type=click.Path(dir_okay=False),
-              help="CLIP vocabulary (bpe_simple_vocab_16e6.txt.gz); without it a generated one is used.")
+              help="CLIP vocabulary (bpe_simple_vocab_16e6.txt.gz). Default: the cached or downloaded "
+                   "one, else a generated one (timings do not depend on token ids).")
 @_verbosity
 @_handle_errors
 def bench(model_dirs, threads, repeats, warmup, steps, image_repeats, compare, seed, json_path, plot_path,
