@@ -467,10 +467,10 @@ def quantized_op_stats(data: bytes) -> dict:
     from tensorflow.lite.python import schema_py_generated as schema
 
     integer_types = {schema.TensorType.INT8, schema.TensorType.INT16, schema.TensorType.UINT8}
+    from .selective import operator_names
+
     model = schema.Model.GetRootAsModel(data, 0)
-    builtin = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    codes = [builtin.get(max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode()), "?")
-             for i in range(model.OperatorCodesLength())]
+    codes = operator_names(model)
     total = quantized = 0
     float_ops: dict[str, int] = {}
     for g in range(model.SubgraphsLength()):

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .components import FAMILIES, ModelDims
+from .components import ModelDims
 from .errors import UsageError
 from .images import load_image, load_mask, output_paths, save_png
 from .integrity import ensure_intact
@@ -127,5 +127,4 @@ def _recorded_settings(request: GenerateRequest, settings: GenerateSettings, man
                   "weights": manifest.weights,
                   "files": {a.path: a.sha256 for a in manifest.artifacts}},
         "tokenizer": tokenizer,
-        "family_description": FAMILIES[manifest.family].description if manifest.family in FAMILIES else None,
     }

@@ -80,14 +80,21 @@ class SelectiveResult:
                 "tried": self.tried}
 
 
+def operator_names(root) -> list[str]:
+    """The builtin operator name of each operator code of a flatbuffer Model ('' if unknown)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    builtin = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    return [builtin.get(max(root.OperatorCodes(i).BuiltinCode(), root.OperatorCodes(i).DeprecatedBuiltinCode()), "")
+            for i in range(root.OperatorCodesLength())]
+
+
 def _tensor_and_op_names(model: bytes) -> tuple[set[str], set[str]]:
     """Output tensor names of every operator, and the builtin operator types present."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     root = schema.Model.GetRootAsModel(model, 0)
-    builtin = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    codes = [builtin.get(max(root.OperatorCodes(i).BuiltinCode(), root.OperatorCodes(i).DeprecatedBuiltinCode()), "")
-             for i in range(root.OperatorCodesLength())]
+    codes = operator_names(root)
     graph = root.Subgraphs(0)
     tensors, ops = set(), set()
     for i in range(graph.OperatorsLength()):

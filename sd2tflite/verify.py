@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from .calibration import synthetic_images
-from .components import COMPONENTS, FAMILIES, ModelDims
+from .components import FAMILIES, ModelDims
 from .integrity import Check, check_integrity
 from .manifest import Manifest
 
@@ -156,12 +156,10 @@ def run_keras(model, sample: dict) -> np.ndarray:
 
 
 def component_check(component: str, keras_model, litert, samples: list[dict], quant: str) -> Check:
+    from .quality import component_figures
     from .quant import RECIPES
 
-    output = COMPONENTS[component].output_name
-    expected = np.stack([run_keras(keras_model, s) for s in samples])
-    actual = np.stack([litert(**s)[output] for s in samples])
-    figures = parity(expected, actual)
+    figures = component_figures(keras_model, litert, samples, component)
     min_psnr, min_cosine = RECIPES[quant].tolerance(component)
     return Check("parity", component, figures.passes(min_psnr, min_cosine),
                  f"{figures} (needs PSNR ≥ {min_psnr:g} dB, cosine ≥ {min_cosine:g}; {len(samples)} inputs)",

@@ -97,3 +97,23 @@ def keras_output(model, sample) -> np.ndarray:
     from sd2tflite.verify import run_keras
 
     return run_keras(model, sample)
+
+
+def run(args, env=None):
+    """The sd2tflite command line, in process."""
+    from click.testing import CliRunner
+
+    from sd2tflite.cli import main
+
+    return CliRunner().invoke(main, args, env=env)
+
+
+def assert_one_line_error(result, code, *fragments):
+    """The CLI's contract for bad input: exit code, one `error:` line naming the problem, no traceback."""
+    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

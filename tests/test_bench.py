@@ -14,7 +14,7 @@ from sd2tflite.bench import BENCH_SCHEMA, conversion_case, markdown, schema_prob
 from sd2tflite.errors import SD2TFLiteError
 from sd2tflite.manifest import load_manifest
 
-from .test_cli import assert_one_line_error, run
+from .conftest import assert_one_line_error, run
 
 FAST = ["--repeats", "2", "--steps", "1", "-q"]
 TIMED = ("median_seconds", "p90_seconds", "peak_rss_bytes")

@@ -9,27 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from sd2tflite.cli import main
 from sd2tflite.manifest import load_manifest
 
-from .conftest import IMG, seeded_inputs
+from .conftest import IMG, assert_one_line_error, run, seeded_inputs
 
 TINY = ["convert", "--model", "tiny", "--img-height", str(IMG), "--img-width", str(IMG), "-q"]
-
-
-def run(args, env=None):
-    return CliRunner().invoke(main, args, env=env)
-
-
-def assert_one_line_error(result, code, *fragments):
-    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_help_does_not_import_tensorflow():

@@ -13,7 +13,7 @@ import pytest
 
 from sd2tflite.manifest import load_manifest
 
-from .test_cli import assert_one_line_error, run
+from .conftest import assert_one_line_error, run
 
 VOCAB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bpe_simple_vocab_16e6.txt.gz"
 

@@ -23,11 +23,12 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from sd2tflite import hub
-from sd2tflite.cli import main, model_dir_argument
+from sd2tflite.cli import model_dir_argument
 from sd2tflite.errors import HubError, ManifestError, UsageError
+
+from .conftest import assert_one_line_error, run
 
 TOKEN = "hf_testTOKEN0123456789abcdefSECRET"
 REPO = "someone/sd-v1-tflite-dynamic"
@@ -396,18 +397,6 @@ def snapshot(directory: Path) -> dict[str, str]:
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
-def run(args, env=None):
-    return CliRunner().invoke(main, args, env=env)
-
-
-def assert_one_line_error(result, code, *fragments):
-    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def assert_token_only_in_auth_headers(fake_hub, tmp_path, *outputs):

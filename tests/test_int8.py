@@ -11,8 +11,7 @@ import pytest
 
 from sd2tflite.manifest import load_manifest
 
-from .conftest import tiny_request
-from .test_cli import assert_one_line_error, run
+from .conftest import assert_one_line_error, run, tiny_request
 
 RECORDING = dict(calibration="recorded", calibration_prompt_count=4, calibration_steps=6, calibration_samples=16)
 

@@ -11,8 +11,7 @@ import pytest
 from sd2tflite.manifest import load_manifest
 from sd2tflite.quant import RECIPES
 
-from .conftest import SET_PRECISIONS
-from .test_cli import assert_one_line_error, run
+from .conftest import SET_PRECISIONS, assert_one_line_error, run
 
 
 @pytest.fixture(scope="module")
