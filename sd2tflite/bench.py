@@ -163,13 +163,21 @@ def bench(request: BenchRequest, on_case: Callable[[int, int, dict], None] | Non
     _check_request(request)
     manifests = [ensure_intact(Path(d)) for d in request.model_dirs]
     cases = plan_cases(request, manifests)
-    results = []
+    results, failures = [], []
     for i, case in enumerate(cases):
         if on_case:
             on_case(i, len(cases), case)
-        results.append(run_case_in_subprocess(case))
+        try:
+            results.append(run_case_in_subprocess(case))
+        except UsageError:
+            raise  # the same for every case
+        except SD2TFLiteError as exc:
+            # One case out of memory (Keras XLA at 512x512, say) should not cost the others' figures.
+            failures.append({**{k: case[k] for k in ("directory", "backend", "threads")}, "error": str(exc)})
     if on_case:
         on_case(len(cases), len(cases), {})
+    if not results:
+        raise SD2TFLiteError(f"every bench case failed; the first: {failures[0]['error']}")
     report = {
         "format_version": BENCH_FORMAT_VERSION,
         "settings": request.settings(),
@@ -177,6 +185,7 @@ def bench(request: BenchRequest, on_case: Callable[[int, int, dict], None] | Non
         "versions": _versions(request.compare),
         "sets": [_set_summary(d, m) for d, m in zip(request.model_dirs, manifests)],
         "cases": results,
+        "failures": failures,
     }
     validate_bench_json(report)
     return report
@@ -520,6 +529,12 @@ BENCH_SCHEMA = {
                     "stages": {"type": "array", "items": _STAGE_SCHEMA},
                 },
             },
+        },
+        "failures": {  # cases that did not finish (absent in reports written before it existed)
+            "type": "array",
+            "items": {"type": "object", "required": ["directory", "backend", "threads", "error"],
+                      "properties": {"directory": {"type": "string"}, "backend": {"type": "string"},
+                                     "threads": {"type": "integer"}, "error": {"type": "string"}}},
         },
     },
 }

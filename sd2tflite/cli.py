@@ -9,31 +9,12 @@ import functools
 import os
 import shlex
 import sys
-import warnings
 
 import click
 
 from . import __version__
 from .errors import SD2TFLiteError
-
-
-def _quiet_tensorflow(verbose: bool) -> None:
-    # Must happen before TensorFlow is imported; spawned workers inherit the environment.
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
-        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-        warnings.filterwarnings("ignore")
-        # TensorFlow's native start-up lines (absl, oneDNN) ignore TF_CPP_MIN_LOG_LEVEL: import it
-        # once with file descriptor 2 pointed at /dev/null. Python errors still propagate.
-        saved = os.dup(2)
-        try:
-            with open(os.devnull, "w") as null:
-                os.dup2(null.fileno(), 2)
-                import tensorflow  # noqa: F401
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+from .quiet import quiet_tensorflow
 
 
 def _handle_errors(fn):
@@ -174,7 +155,7 @@ def convert(family, quant, weights, components, batch_size, img_height, img_widt
             calibration_prompt_count, calibration_steps, calibration_samples, calibration_images, keep_float,
             seed, verbose, quiet):
     """Convert the Stable Diffusion components to .tflite files plus manifest.json."""
-    _quiet_tensorflow(verbose)
+    quiet_tensorflow(verbose)
     from . import convert as conversion
 
     request = conversion.make_request(
@@ -291,7 +272,7 @@ def verify(model_dir, weights, steps, end_to_end, json_path, vocab, threads, ver
     from .manifest import write_json_atomic
     from .verify import verify as run_verify
 
-    _quiet_tensorflow(verbose)
+    quiet_tensorflow(verbose)
     report = run_verify(
         model_dir_argument(model_dir), weights=weights, vocab=Path(vocab) if vocab else None, steps=steps,
         end_to_end=end_to_end, threads=threads,
@@ -362,6 +343,11 @@ def bench(model_dirs, threads, repeats, warmup, steps, image_repeats, compare, s
         click.echo(f"report: {json_path}")
     if plot_path:
         click.echo(f"plot: {benchmark.plot(report['cases'], Path(plot_path))}")
+    for failure in report["failures"]:
+        click.echo(f"error: the {failure['backend']} case of {failure['directory']} (threads={failure['threads']}) "
+                   f"failed and is not in the table: {failure['error']}", err=True)
+    if report["failures"]:
+        sys.exit(1)
 
 
 def model_dir_argument(text, token=None):

@@ -45,6 +45,7 @@ from .manifest import (
     write_json_atomic,
 )
 from .quant import RECIPES
+from .quiet import native_stderr_muted, quiet_worker
 from .split import SplitPlan, estimate_file_bytes
 from .weights import ResolvedWeights, sha256_file
 
@@ -398,7 +399,7 @@ def convert_stage(artifact: PlannedArtifact, quant: str, out_dir: str, keep_floa
     samples = _load_samples(artifact.calibration_file, artifact.inputs) if artifact.calibration_file else None
     selective = None
     try:
-        with _without_buffer_deduplication():
+        with _without_buffer_deduplication(), native_stderr_muted():
             if keep_float is None:
                 RECIPES[quant].configure(converter, (lambda: iter(samples)) if samples else None)
                 data = converter.convert()
@@ -548,7 +549,8 @@ def _run(isolate: bool, fn, *args):
     if not isolate:
         return fn(*args)
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context,
+                                                initializer=quiet_worker) as pool:
         try:
             return pool.submit(fn, *args).result()
         except concurrent.futures.process.BrokenProcessPool as exc:

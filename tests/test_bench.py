@@ -179,3 +179,45 @@ def test_plot_without_matplotlib_is_a_one_line_error(tiny_sets, tmp_path, monkey
     result = run(["bench", str(tiny_sets["fp32"]), "-q", "--plot", str(tmp_path / "x.png")])
     assert_one_line_error(result, 2, "pip install 'sd2tflite[plot]'")
     assert not (tmp_path / "x.png").exists()
+
+
+def _keras_cases_die(monkeypatch):
+    """Keras workers die as an out-of-memory one does; LiteRT cases run for real."""
+    import sd2tflite.bench as benchmark
+
+    real = benchmark.run_case_in_subprocess
+
+    def run_case(case):
+        if case["backend"] != "litert":
+            raise SD2TFLiteError(f"the {case['backend']} benchmark of {case['directory']} failed (exit code -9): no output")
+        return real(case)
+
+    monkeypatch.setattr(benchmark, "run_case_in_subprocess", run_case)
+
+
+def test_a_failing_case_is_reported_and_the_others_still_measured(tiny_sets, tmp_path, monkeypatch):
+    _keras_cases_die(monkeypatch)
+    out = tmp_path / "report.json"
+    result = run(["bench", str(tiny_sets["fp32"]), *FAST, "--threads", "1", "--compare", "keras", "--json", str(out)])
+    assert result.exit_code == 1, (result.output, result.exception)
+    report = json.loads(out.read_text())
+    validate_bench_json(report)
+    assert [c["backend"] for c in report["cases"]] == ["litert"]
+    assert_positive_figures(report["cases"][0])
+    assert [(f["backend"], f["threads"]) for f in report["failures"]] == [("keras", 1), ("keras-xla", 1)]
+    assert "| litert | image |" in result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 2 and all(e.startswith("error: the keras") and "exit code -9" in e for e in errors)
+
+
+def test_every_case_failing_is_one_line_error(tiny_sets, tmp_path, monkeypatch):
+    import sd2tflite.bench as benchmark
+
+    def die(case):
+        raise SD2TFLiteError(f"the {case['backend']} benchmark of {case['directory']} failed (exit code -9): no output")
+
+    monkeypatch.setattr(benchmark, "run_case_in_subprocess", die)
+    out = tmp_path / "report.json"
+    result = run(["bench", str(tiny_sets["fp32"]), "-q", "--json", str(out)])
+    assert_one_line_error(result, 1, "every bench case failed", "exit code -9")
+    assert not out.exists()
