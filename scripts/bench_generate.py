@@ -44,14 +44,22 @@ def main() -> None:
     if not args.convert_only:
         if not args.dirs:
             parser.error("give the converted sets' directories (or --convert-only)")
+        # A fresh report path: a run that fails outright must not leave an earlier report to be read.
+        partial = Path(f"{out}.partial.json")
+        partial.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "sd2tflite.cli", "bench", *args.dirs, "--repeats", str(args.repeats),
-               "--steps", str(args.steps), "--json", f"{out}.json", "--plot", f"{out}.png"]
+               "--steps", str(args.steps), "--json", str(partial), "--plot", f"{out}.png"]
         cmd += [] if args.no_keras else ["--compare", "keras"]
         cmd += ["--threads", args.threads] if args.threads else []
         print("$", " ".join(cmd), file=sys.stderr, flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        report = json.loads(Path(f"{out}.json").read_text())
+        code = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode
+        if not partial.exists():
+            raise SystemExit(f"bench failed with exit code {code}")
+        report = json.loads(partial.read_text())
+        partial.unlink()
         cases = report["cases"]
+        if report.get("failures"):
+            print(f"{len(report['failures'])} case(s) failed; see `failures` in {out}.json", file=sys.stderr)
     conversions = [conversion_case(json.loads(p.read_text()))
                    for p in sorted(RESULTS.glob(args.convert))] if args.convert else []
     if not args.convert_only:
