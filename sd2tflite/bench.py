@@ -161,7 +161,7 @@ def bench(request: BenchRequest, on_case: Callable[[int, int, dict], None] | Non
     from .integrity import ensure_intact
 
     _check_request(request)
-    manifests = [ensure_intact(Path(d)) for d in request.model_dirs]
+    manifests = [ensure_intact(Path(d), reuse_hashes=True) for d in request.model_dirs]
     cases = plan_cases(request, manifests)
     results, failures = [], []
     for i, case in enumerate(cases):

@@ -72,7 +72,7 @@ def _load_noise(path: Path) -> np.ndarray:
 
 def generate(request: GenerateRequest, on_step: Callable[[int, int], None] | None = None) -> GenerateOutcome:
     start = time.monotonic()
-    manifest = ensure_intact(request.model_dir)
+    manifest = ensure_intact(request.model_dir, reuse_hashes=True)
     dims = dims_of(manifest)
     paths = _check_outputs(request, dims.batch_size)  # before any work: nothing is overwritten
     settings, notes = request.settings, []

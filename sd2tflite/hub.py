@@ -441,7 +441,7 @@ def resolve_model_dir(text: str, token: str | None = None) -> Path:
     )
     path = Path(path)
     try:
-        ensure_intact(path)
+        ensure_intact(path, reuse_hashes=True)  # generate/bench check it again, from the hash cache
     except ManifestError as exc:
         raise ManifestError(f"{text} does not match its manifest, refusing to use it: {exc}") from exc
     return path

@@ -1,18 +1,22 @@
 """Does a converted set match its manifest? Imports no TensorFlow (LiteRT only).
 
-Used by `verify` (all checks reported), and by `generate` and `push-hub` (first failure raised).
+Used by `verify` (all checks reported), and by `generate`, `bench` and `push-hub` (first failure
+raised).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ManifestError, SD2TFLiteError
-from .manifest import MANIFEST_NAME, Manifest, load_manifest, safe_relative_path
+from .manifest import MANIFEST_NAME, Manifest, load_manifest, safe_relative_path, write_json_atomic
+
 
 @dataclass(frozen=True)
 class Check:
@@ -29,10 +33,46 @@ class Check:
                 "detail": self.detail, "figures": self.figures}
 
 
-def _sha256(path: Path) -> str:
+HASH_CACHE_NAME = "sha256.json"
+RACY_WINDOW_NS = 2_000_000_000  # files changed this recently are hashed, never remembered (as git does)
+
+
+def _sha256(path: Path, reuse: bool) -> str:
+    """The file's sha256. With `reuse`, a digest computed before is taken when the file's device,
+    inode, size, mtime and ctime are all unchanged: any write moves ctime, and ctime cannot be set
+    back, so a modified file is always read again. `generate` re-reads no gigabytes per run."""
+    from .tokenizer import cache_root
     from .weights import sha256_file  # hashlib only; weights.py imports no TensorFlow
 
-    return sha256_file(path)
+    if not reuse:
+        return sha256_file(path)
+    stat = os.stat(path)
+    key = os.path.realpath(path)
+    identity = [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+    cache_file = cache_root() / HASH_CACHE_NAME
+    known = _read_hash_cache(cache_file)
+    entry = known.get(key)
+    if isinstance(entry, dict) and entry.get("stat") == identity and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = sha256_file(path)
+    if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) < RACY_WINDOW_NS:
+        return digest  # a write in the same timestamp tick would not move ctime: do not remember
+    known = {p: e for p, e in known.items() if os.path.exists(p)}  # forget deleted files
+    known[key] = {"stat": identity, "sha256": digest}
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cache_file, known)
+    except OSError:
+        pass  # an unwritable cache costs time, not correctness
+    return digest
+
+
+def _read_hash_cache(cache_file: Path) -> dict:
+    try:
+        known = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 def _signature_problem(path: Path, artifact) -> str | None:
@@ -82,8 +122,8 @@ def _structure_problems(manifest: Manifest) -> list[str]:
     return problems
 
 
-def check_integrity(directory: Path, manifest: Manifest | None = None,
-                    load_in_litert: bool = True) -> tuple[Manifest | None, list[Check]]:
+def check_integrity(directory: Path, manifest: Manifest | None = None, load_in_litert: bool = True,
+                    reuse_hashes: bool = False) -> tuple[Manifest | None, list[Check]]:
     """Every check, none skipped after a failure (except when the manifest itself is unreadable)."""
     directory = Path(directory)
     checks: list[Check] = []
@@ -101,7 +141,7 @@ def check_integrity(directory: Path, manifest: Manifest | None = None,
     for artifact in manifest.artifacts:
         path = directory / safe_relative_path(artifact.path)
         listed.add(str(safe_relative_path(artifact.path)))
-        checks.append(_file_check(path, artifact, load_in_litert))
+        checks.append(_file_check(path, artifact, load_in_litert, reuse_hashes))
     extra = sorted(
         str(p.relative_to(directory)) for p in directory.rglob("*.tflite")
         if str(p.relative_to(directory).as_posix()) not in listed
@@ -111,7 +151,7 @@ def check_integrity(directory: Path, manifest: Manifest | None = None,
     return manifest, checks
 
 
-def _file_check(path: Path, artifact, load_in_litert: bool) -> Check:
+def _file_check(path: Path, artifact, load_in_litert: bool, reuse_hashes: bool) -> Check:
     name = artifact.path
     if not path.is_file():
         return Check("integrity", name, False, "missing: copy the whole set or convert again")
@@ -120,7 +160,7 @@ def _file_check(path: Path, artifact, load_in_litert: bool) -> Check:
         return Check("integrity", name, False,
                      f"{size:,} bytes, the manifest says {artifact.bytes:,} (truncated or replaced): "
                      "copy it again or convert again")
-    digest = _sha256(path)
+    digest = _sha256(path, reuse_hashes)
     if digest != artifact.sha256:
         return Check("integrity", name, False,
                      f"sha256 {digest[:12]}… differs from the manifest's {artifact.sha256[:12]}… "
@@ -133,9 +173,10 @@ def _file_check(path: Path, artifact, load_in_litert: bool) -> Check:
                  + (", signature ok" if load_in_litert else ""))
 
 
-def ensure_intact(directory: Path, load_in_litert: bool = True) -> Manifest:
-    """The manifest of an intact set, or ManifestError naming the first problem."""
-    manifest, checks = check_integrity(directory, load_in_litert=load_in_litert)
+def ensure_intact(directory: Path, load_in_litert: bool = True, reuse_hashes: bool = False) -> Manifest:
+    """The manifest of an intact set, or ManifestError naming the first problem. `reuse_hashes`:
+    see _sha256 (generate and bench; verify and push-hub always read every byte)."""
+    manifest, checks = check_integrity(directory, load_in_litert=load_in_litert, reuse_hashes=reuse_hashes)
     failed = [c for c in checks if not c.passed]
     if failed:
         first = failed[0]

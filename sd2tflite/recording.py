@@ -106,9 +106,9 @@ def cache_key(family: str, dims: ModelDims, weights: dict[str, dict], settings: 
 
 
 def cache_dir() -> Path:
-    from .tokenizer import _cache_dir
+    from .tokenizer import cache_root
 
-    return _cache_dir() / "calibration"
+    return cache_root() / "calibration"
 
 
 def _image_files(directory: Path) -> list[Path]:

@@ -121,7 +121,9 @@ class ClipTokenizer:
         return ids + [END_TOKEN] * (length - len(ids))
 
 
-def _cache_dir() -> Path:
+def cache_root() -> Path:
+    """sd2tflite's cache (vocabulary, calibration recordings, file hashes): $SD2TFLITE_CACHE or
+    ~/.cache/sd2tflite."""
     root = os.environ.get("SD2TFLITE_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sd2tflite")
     return Path(root)
@@ -133,7 +135,7 @@ def _sha256(path: Path) -> str:
 
 def vocabulary_path(download: bool = True) -> Path:
     """CLIP's vocabulary: our cache, keras-cv's cache, or a download (sha256 checked)."""
-    candidates = [_cache_dir() / VOCAB_FILE,
+    candidates = [cache_root() / VOCAB_FILE,
                   Path(os.path.expanduser("~/.keras/datasets")) / VOCAB_FILE]
     for path in candidates:
         if path.is_file() and _sha256(path) == VOCAB_SHA256:

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-# Calibration recordings and vocabularies go to a cache of the test run's own, not the user's.
-os.environ.setdefault("SD2TFLITE_CACHE", __import__("tempfile").mkdtemp(prefix="sd2tflite-test-cache-"))
+# Calibration recordings and vocabularies go to a cache of the test run's own, not the user's;
+# removed when the run ends (a cache given in the environment is left alone).
+_OWN_CACHE = None if "SD2TFLITE_CACHE" in os.environ else tempfile.mkdtemp(prefix="sd2tflite-test-cache-")
+if _OWN_CACHE:
+    os.environ["SD2TFLITE_CACHE"] = _OWN_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_CACHE:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
 
 from pathlib import Path  # noqa: E402
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -205,6 +206,50 @@ def test_damaged_files_are_refused_and_nothing_is_written(tmp_path, fp32_set, da
     result = _generate(fp32_set, tmp_path / "o.png")
     assert_one_line_error(result, 1, target.name, fragment)
     assert not (tmp_path / "o.png").exists()
+
+
+def _count_hashing(monkeypatch) -> list:
+    import sd2tflite.weights as weights
+
+    hashed, real = [], weights.sha256_file
+    monkeypatch.setattr(weights, "sha256_file", lambda path, *a: hashed.append(path) or real(path, *a))
+    return hashed
+
+
+def test_unchanged_files_are_not_hashed_again_and_a_rewrite_always_is(fp32_set, monkeypatch):
+    import time
+
+    import sd2tflite.integrity as integrity
+    from sd2tflite.errors import ManifestError
+
+    hashed = _count_hashing(monkeypatch)
+    later = time.time_ns() + 60 * 10**9  # as if the copy were a minute old (see the next test)
+    monkeypatch.setattr(integrity.time, "time_ns", lambda: later)
+    files = len(integrity.ensure_intact(fp32_set, load_in_litert=False, reuse_hashes=True).artifacts)
+    assert len(hashed) == files
+    integrity.ensure_intact(fp32_set, load_in_litert=False, reuse_hashes=True)  # generate, bench
+    assert len(hashed) == files
+    integrity.ensure_intact(fp32_set, load_in_litert=False)  # verify, push-hub: every byte, always
+    assert len(hashed) == 2 * files
+    # Same size and the mtime put back: the write still moved ctime, so the flip is found.
+    target = fp32_set / "decoder.tflite"
+    before, data = target.stat(), target.read_bytes()
+    time.sleep(0.05)  # past the timestamp tick of the copy
+    target.write_bytes(data[:-100] + bytes(b ^ 0xFF for b in data[-100:]))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(ManifestError, match="decoder.tflite sha256"):
+        integrity.ensure_intact(fp32_set, load_in_litert=False, reuse_hashes=True)
+
+
+def test_files_changed_in_the_last_seconds_are_never_remembered(fp32_set, monkeypatch):
+    from sd2tflite.integrity import ensure_intact
+
+    hashed = _count_hashing(monkeypatch)
+    for path in fp32_set.glob("*.tflite"):
+        os.utime(path)  # changed just now
+    files = len(ensure_intact(fp32_set, load_in_litert=False, reuse_hashes=True).artifacts)
+    ensure_intact(fp32_set, load_in_litert=False, reuse_hashes=True)
+    assert len(hashed) == 2 * files
 
 
 def test_existing_output_is_not_overwritten(tiny_sets, tmp_path):
