@@ -48,7 +48,7 @@ def main() -> None:
         partial = Path(f"{out}.partial.json")
         partial.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "sd2tflite.cli", "bench", *args.dirs, "--repeats", str(args.repeats),
-               "--steps", str(args.steps), "--json", str(partial), "--plot", f"{out}.png"]
+               "--steps", str(args.steps), "--json", str(partial), "--plot", f"{out}.png", "--force"]
         cmd += [] if args.no_keras else ["--compare", "keras"]
         cmd += ["--threads", args.threads] if args.threads else []
         print("$", " ".join(cmd), file=sys.stderr, flush=True)

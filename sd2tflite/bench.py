@@ -93,6 +93,7 @@ BACKENDS = {
     "keras-xla": "Keras, keras-cv's jit_compile=True (XLA)",
 }
 COMPARE = {"keras": ("keras", "keras-xla")}  # --compare NAME -> the backends it adds
+PLOT_MARKER = b"sd2tflite bench"  # the plot's PNG Software text: an earlier plot may be replaced
 BENCH_PROMPT = "a photograph of an astronaut riding a horse"
 GUIDANCE = 7.5
 TIMESTEP = 500  # the UNet's input noise level for the per-component figures
@@ -681,7 +682,7 @@ def plot(cases: list[dict], path: Path) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix or '.png'}")
     try:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": PLOT_MARKER.decode()})
         os.replace(tmp, path)
     finally:
         plt.close(fig)

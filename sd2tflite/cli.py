@@ -14,6 +14,7 @@ import click
 
 from . import __version__
 from .errors import SD2TFLiteError
+from .outputs import NewFile, check_new_files, json_with_keys, png_with_text
 from .quiet import quiet_tensorflow
 
 
@@ -260,9 +261,10 @@ def generate(model_dir, prompt, output, steps, guidance, seed, negative_prompt, 
 @click.option("--vocab", default=None, type=click.Path(dir_okay=False),
               help="CLIP vocabulary (bpe_simple_vocab_16e6.txt.gz) for offline use.")
 @click.option("--threads", default=None, type=int, callback=_threads, help=_THREADS_HELP)
+@click.option("--force", is_flag=True, help="Overwrite existing --json files.")
 @_verbosity
 @_handle_errors
-def verify(model_dir, weights, steps, end_to_end, json_path, vocab, threads, verbose, quiet):
+def verify(model_dir, weights, steps, end_to_end, json_path, vocab, threads, force, verbose, quiet):
     """Check a set: integrity, each component against Keras, and whole images against keras-cv.
 
     Exit code 0 when every check passes, 1 when any fails, 2 for usage errors.
@@ -272,6 +274,8 @@ def verify(model_dir, weights, steps, end_to_end, json_path, vocab, threads, ver
     from .manifest import write_json_atomic
     from .verify import verify as run_verify
 
+    check_new_files([NewFile("--json", Path(json_path) if json_path else None,
+                             json_with_keys("checks", "manifest_sha256"), "a verify report")], force)
     quiet_tensorflow(verbose)
     report = run_verify(
         model_dir_argument(model_dir), weights=weights, vocab=Path(vocab) if vocab else None, steps=steps,
@@ -309,10 +313,11 @@ def _thread_list(_ctx, _param, value):
 @click.option("--vocab", default=None, type=click.Path(dir_okay=False),
               help="CLIP vocabulary (bpe_simple_vocab_16e6.txt.gz). Default: the cached or downloaded "
                    "one, else a generated one (timings do not depend on token ids).")
+@click.option("--force", is_flag=True, help="Overwrite existing --json / --plot files.")
 @_verbosity
 @_handle_errors
 def bench(model_dirs, threads, repeats, warmup, steps, image_repeats, compare, seed, json_path, plot_path,
-          vocab, verbose, quiet):
+          vocab, force, verbose, quiet):
     """Latency, peak RSS and file sizes of converted sets, per UNet part, component, step and image.
 
     Several MODEL_DIRS are measured side by side; each case runs in its own process.
@@ -326,6 +331,12 @@ def bench(model_dirs, threads, repeats, warmup, steps, image_repeats, compare, s
 
     if plot_path:
         benchmark.require_matplotlib()
+    check_new_files([
+        NewFile("--json", Path(json_path) if json_path else None, json_with_keys("format_version", "cases"),
+                "a bench report"),
+        NewFile("--plot", Path(plot_path) if plot_path else None, png_with_text(benchmark.PLOT_MARKER),
+                "a bench plot"),
+    ], force)
     request = benchmark.BenchRequest(
         model_dirs=tuple(model_dir_argument(d) for d in model_dirs), threads=threads, repeats=repeats,
         warmup=warmup, steps=steps, image_repeats=image_repeats, compare=tuple(compare), seed=seed,

@@ -16,6 +16,7 @@ from .components import ModelDims
 from .errors import UsageError
 from .images import load_image, load_mask, output_paths, save_png
 from .integrity import ensure_intact
+from .outputs import NewFile, check_new_files
 from .pipeline import GenerateSettings, Pipeline
 from .runtime import LiteRTComponents
 from .tokenizer import load_tokenizer
@@ -51,13 +52,8 @@ def _check_outputs(request: GenerateRequest, batch_size: int) -> list[Path]:
     if request.output.suffix.lower() != ".png":
         raise UsageError(f"-o {request.output}: the output is a PNG file, name it *.png")
     paths = output_paths(request.output, batch_size)
-    targets = paths + ([request.save_latents] if request.save_latents else [])
-    existing = [p for p in targets if p.exists()]
-    if existing and not request.force:
-        raise UsageError(f"{existing[0]} exists: choose another -o / --save-latents, or pass --force")
-    for p in targets:
-        if not p.parent.is_dir():
-            raise UsageError(f"{p.parent} does not exist: create it first")
+    check_new_files([NewFile("-o", p) for p in paths] + [NewFile("--save-latents", request.save_latents)],
+                    request.force)
     return paths
 
 

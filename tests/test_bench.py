@@ -94,6 +94,23 @@ def test_plot_is_a_png(litert_report):
     assert f"plot: {out / 'bench.png'}" in result.stdout
 
 
+def test_earlier_outputs_may_be_replaced_other_files_never(litert_report, tiny_sets, tmp_path):
+    from sd2tflite.bench import PLOT_MARKER
+    from sd2tflite.outputs import json_with_keys, png_with_text
+
+    _, _, out = litert_report
+    assert json_with_keys("format_version", "cases")(out / "report.json")
+    assert png_with_text(PLOT_MARKER)(out / "bench.png")
+    photo = tmp_path / "holiday.png"
+    photo.write_bytes((out / "bench.png").read_bytes().replace(PLOT_MARKER, b"x" * len(PLOT_MARKER)))
+    (tmp_path / "notes.json").write_text("[1, 2]")
+    for option, path, kind in (("--plot", photo, "a bench plot"), ("--json", tmp_path / "notes.json", "a bench report")):
+        before = path.read_bytes()
+        result = run(["bench", str(tiny_sets["fp32"]), "-q", option, str(path)])
+        assert_one_line_error(result, 2, f"{path.name} exists and is not {kind}", "--force")
+        assert path.read_bytes() == before
+
+
 def test_compare_keras_adds_both_jit_modes_and_ratios(keras_report, tiny_sets):
     result, report = keras_report
     validate_bench_json(report)

@@ -57,6 +57,16 @@ def test_cli_report_json_and_exit_code(tiny_sets, tmp_path):
     assert "✓ parity     diffusion" in result.output and "PASSED" in result.output
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["passed"] is True and data["quant"] == "fp16"
+    # Re-running onto that report may replace it; onto any other file, not without --force.
+    from sd2tflite.outputs import json_with_keys
+
+    assert json_with_keys("checks", "manifest_sha256")(tmp_path / "r.json")
+    (tmp_path / "notes.json").write_text('{"mine": 1}')
+    result = run(["verify", str(tiny_sets["fp16"]), "--json", str(tmp_path / "notes.json"), "-q"])
+    assert_one_line_error(result, 2, "notes.json exists and is not a verify report", "--force")
+    assert (tmp_path / "notes.json").read_text() == '{"mine": 1}'
+    result = run(["verify", str(tiny_sets["fp16"]), "--json", str(tmp_path / "no" / "r.json"), "-q"])
+    assert_one_line_error(result, 2, "does not exist: create it first")
     assert {c["group"] for c in data["checks"]} == {"integrity", "parity"}
 
 
