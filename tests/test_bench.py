@@ -238,3 +238,25 @@ def test_every_case_failing_is_one_line_error(tiny_sets, tmp_path, monkeypatch):
     result = run(["bench", str(tiny_sets["fp32"]), "-q", "--json", str(out)])
     assert_one_line_error(result, 1, "every bench case failed", "exit code -9")
     assert not out.exists()
+
+
+def test_readme_summary_rows_come_from_the_report(keras_report):
+    """scripts/bench_summary.py: one row per backend, figures copied from the report."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_summary.py"
+    spec = importlib.util.spec_from_file_location("bench_summary", path)
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+
+    _, report = keras_report
+    rows = summary.rows(report)
+    assert [r["what"] for r in rows] == ["LiteRT fp32", "Keras eager", "Keras XLA"]
+    step = {c["backend"]: next(s for s in c["stages"] if s["name"] == "unet_step")["median_seconds"]
+            for c in report["cases"]}
+    assert rows[0]["unet_step"] == step["litert"]
+    assert rows[0]["vs"]["keras-xla"] == pytest.approx(step["keras-xla"] / step["litert"])
+    assert rows[0]["parts"] == 2 and rows[0]["all_mib"] > rows[0]["unet_mib"] > 0
+    table = summary.markdown(rows)
+    assert table.count("\n") == len(rows) + 1 and "| 128×128 | LiteRT fp32 | " in table
