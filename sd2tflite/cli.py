@@ -146,8 +146,8 @@ def _parse_bytes(_ctx, _param, value):
               help="int8: images for the image encoder (default: the decoded pipeline outputs).")
 @click.option("--keep-float", default=None,
               help="int8: keep operators in float: op types (SOFTMAX), tensor-name globs (*attention*), "
-                   "and/or auto[:SNR_DB] (the worst layers by the quantization debugger until the part "
-                   "reaches that SNR on held-out samples; default 20).")
+                   "and/or auto[:SNR_DB] (a search for the operator types that can be quantized while the "
+                   "part keeps that SNR on held-out samples; default 20).")
 @click.option("--seed", default=0, show_default=True, type=int, help="int8: calibration data seed.")
 @_verbosity
 @_handle_errors

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import __version__
 from .calibration import synthetic_samples
-from .recording import RecordingSettings
+from .recording import PIPELINE_COMPONENTS, RecordingSettings
 from .selective import KeepFloat
 from .components import COMPONENTS, ModelDims, TensorSpec
 from .errors import ConversionError, OutputDirError, SD2TFLiteError
@@ -404,11 +404,9 @@ def convert_stage(artifact: PlannedArtifact, quant: str, out_dir: str, keep_floa
                 RECIPES[quant].configure(converter, (lambda: iter(samples)) if samples else None)
                 data = converter.convert()
             else:
-                from .selective import quantize_keeping_float, split_held_out
+                from .selective import quantize_keeping_float
 
-                calibration = split_held_out(samples)[0] if keep_float.auto_target_db is not None else samples
-                RECIPES[quant].configure(converter, lambda: iter(calibration))
-                result = quantize_keeping_float(converter, keep_float, samples)
+                result = quantize_keeping_float(converter, keep_float, samples, RECIPES[quant].configure)
                 data, selective = result.model, result.summary()
     except SD2TFLiteError:
         raise
@@ -467,9 +465,9 @@ def quantized_op_stats(data: bytes) -> dict:
     place: the object API would copy every weight buffer."""
     from tensorflow.lite.python import schema_py_generated as schema
 
-    integer_types = {schema.TensorType.INT8, schema.TensorType.INT16, schema.TensorType.UINT8}
     from .selective import operator_names
 
+    integer_types = {schema.TensorType.INT8, schema.TensorType.INT16, schema.TensorType.UINT8}
     model = schema.Model.GetRootAsModel(data, 0)
     codes = operator_names(model)
     total = quantized = 0
@@ -803,7 +801,7 @@ def make_request(
     if resolve_weights:
         check_output_dir(target, force)  # before any download
         # Recording runs the whole pipeline, so it needs the other components' weights too.
-        needed = [c for c in COMPONENTS if c in names or (recording and c in ("text_encoder", "diffusion", "decoder"))]
+        needed = [c for c in COMPONENTS if c in names or (recording and c in PIPELINE_COMPONENTS)]
         resolved = resolve(source, model_family, needed)
     else:  # planning only: the weights' identity does not change the plan
         resolved = {c: ResolvedWeights(c, None, {"kind": "unresolved"}) for c in names}

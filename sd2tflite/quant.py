@@ -57,6 +57,13 @@ class QuantRecipe:
         return converter
 
 
+# int8 activations calibrated on synthetic data (tiny model, random weights, verify's inputs): CLIP
+# encoder 22.0 dB / cosine 0.76, decoder 25.2 dB / 0.75, whole images 9.6 dB. These bars catch
+# outright garbage only; recorded calibration and --keep-float are measured on held-out pipeline
+# inputs instead (quality.py, README "int8 that holds up").
+_INT8_BARS = dict(min_psnr_db=22.0, min_cosine=0.95, min_image_psnr_db=8.0,
+                  overrides=(("text_encoder", 15.0, 0.5), ("decoder", 20.0, 0.6)))
+
 RECIPES: dict[str, QuantRecipe] = {
     r.name: r
     for r in (
@@ -69,18 +76,9 @@ RECIPES: dict[str, QuantRecipe] = {
                     min_psnr_db=35.0, min_cosine=0.995, min_image_psnr_db=20.0),
         # Whole images: guidance 7.5 amplifies the UNet's int8-weight error over the steps; the
         # tiny model measured 24.0 dB (512x512) and 26.9 dB (128x128) at 3 steps.
-        QuantRecipe("int8", "int8 weights and activations, float fallback, calibrated", 1.0, True,
-                    min_psnr_db=22.0, min_cosine=0.95, min_image_psnr_db=8.0,
-                    # int8 activations calibrated on synthetic data (tiny model, random weights,
-                    # verify's inputs): CLIP encoder 22.0 dB / cosine 0.76, decoder 25.2 dB / 0.75,
-                    # whole images 9.6 dB. These bars catch outright garbage only; recorded
-                    # calibration and --keep-float are measured on held-out pipeline inputs instead
-                    # (quality.py, README "int8 that holds up").
-                    overrides=(("text_encoder", 15.0, 0.5), ("decoder", 20.0, 0.6))),
+        QuantRecipe("int8", "int8 weights and activations, float fallback, calibrated", 1.0, True, **_INT8_BARS),
         QuantRecipe("int8-strict", "int8 weights and activations, integer-only (fails naming any op "
-                    "without an int8 kernel)", 1.0, True,
-                    min_psnr_db=22.0, min_cosine=0.95, min_image_psnr_db=8.0,
-                    overrides=(("text_encoder", 15.0, 0.5), ("decoder", 20.0, 0.6))),
+                    "without an int8 kernel)", 1.0, True, **_INT8_BARS),
         QuantRecipe("int16x8", "int8 weights, int16 activations, float fallback", 1.0, True,
                     min_psnr_db=30.0, min_cosine=0.99, min_image_psnr_db=15.0),
     )

@@ -27,6 +27,7 @@ from .components import COMPONENTS, ModelDims
 from .errors import UsageError
 
 FORMAT = 1
+PIPELINE_COMPONENTS = ("text_encoder", "diffusion", "decoder")  # what a text-to-image run calls
 
 # Written for this project: varied subjects (people, animals, landscapes, objects, text) and styles.
 # verify's held-out prompts (verify.VERIFY_PROMPTS) are deliberately not among them.
@@ -156,8 +157,8 @@ def record(keras_models: dict, dims: ModelDims, tokenizer, settings: RecordingSe
     from .pipeline import GenerateSettings, Pipeline
 
     recorders = {c: _Recorder(keras_callable(keras_models[c], c))
-                 for c in ("text_encoder", "diffusion", "decoder") if c in keras_models}
-    if len(recorders) < 3:
+                 for c in PIPELINE_COMPONENTS if c in keras_models}
+    if len(recorders) < len(PIPELINE_COMPONENTS):
         raise UsageError("recording calibration data needs the text encoder, UNet and decoder weights")
     pipeline = Pipeline(recorders, dims, tokenizer)
     decoded = []
@@ -195,9 +196,6 @@ def _load_image(path: Path, dims: ModelDims) -> np.ndarray:
 
     image, _ = load_image(path, dims.img_height, dims.img_width, resize=True)
     return np.repeat(image[None], dims.batch_size, axis=0)
-
-
-PIPELINE_COMPONENTS = ("text_encoder", "diffusion", "decoder")
 
 
 def pipeline_weights(weights: dict) -> dict[str, dict]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -120,10 +121,12 @@ def _run(model: bytes, samples: list[dict[str, np.ndarray]]) -> list[dict[str, n
 
 
 def _snr_db(reference: list[dict], actual: list[dict]) -> float:
-    ref = np.concatenate([np.ravel(r[k]) for r in reference for k in sorted(r)]).astype(np.float64)
-    out = np.concatenate([np.ravel(a[k]) for a in actual for k in sorted(a)]).astype(np.float64)
-    noise = float(np.mean((ref - out) ** 2))
-    return float("inf") if noise == 0 else float(10 * np.log10(max(float(np.mean(ref**2)), 1e-30) / noise))
+    from .verify import parity
+
+    def flat(outputs: list[dict]) -> np.ndarray:
+        return np.concatenate([np.ravel(o[k]) for o in outputs for k in sorted(o)])
+
+    return parity(flat(reference), flat(actual)).snr_db
 
 
 def split_held_out(samples: list) -> tuple[list, list]:
@@ -134,8 +137,13 @@ def split_held_out(samples: list) -> tuple[list, list]:
     return samples[:cut], samples[cut:]
 
 
-def quantize_keeping_float(converter, keep: KeepFloat, samples: list[dict[str, np.ndarray]]) -> SelectiveResult:
-    """Converts with `converter` (already set up for int8) keeping the chosen parts in float."""
+def quantize_keeping_float(converter, keep: KeepFloat, samples: list[dict[str, np.ndarray]],
+                           configure: Callable) -> SelectiveResult:
+    """Converts with `converter` keeping the chosen parts in float. `configure(converter,
+    representative_dataset)` is the recipe's int8 set-up; with auto, the last quarter of the
+    samples is held out of calibration."""
+    calibration, held_out = split_held_out(samples) if keep.auto_target_db is not None else (samples, [])
+    configure(converter, lambda: iter(calibration))
     converter._experimental_calibrate_only = True  # the documented route of the quantization debugger
     converter.experimental_new_quantizer = True
     calibrated = converter.convert()
@@ -150,7 +158,6 @@ def quantize_keeping_float(converter, keep: KeepFloat, samples: list[dict[str, n
     if keep.auto_target_db is None:
         return result
 
-    _, held_out = split_held_out(samples)  # the caller calibrated on the rest
     reference = _run(calibrated, held_out)  # the calibrated model still computes in float
 
     def snr_with(float_ops: set[str]) -> float:

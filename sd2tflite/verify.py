@@ -22,7 +22,8 @@ import numpy as np
 from .calibration import synthetic_images
 from .components import FAMILIES, ModelDims
 from .integrity import Check, check_integrity
-from .manifest import Manifest
+from .manifest import MANIFEST_NAME, Manifest
+from .recording import PIPELINE_COMPONENTS
 
 # Prompts for parity and end-to-end inputs: real token sequences, short and long, and the empty
 # prompt (the unconditional branch).
@@ -230,7 +231,7 @@ def verify(directory: Path, weights: str | None = None, vocab: Path | None = Non
     if manifest is not None:
         from .weights import sha256_file
 
-        report.manifest_sha256 = sha256_file(Path(directory) / "manifest.json")
+        report.manifest_sha256 = sha256_file(Path(directory) / MANIFEST_NAME)
     report.checks += checks
     if manifest is None:
         return report
@@ -255,7 +256,7 @@ def verify(directory: Path, weights: str | None = None, vocab: Path | None = Non
         on_stage(f"parity: {component}")
         report.checks.append(component_check(component, keras[component], litert[component],
                                              samples[component], manifest.quant))
-    pipeline_parts = {"text_encoder", "diffusion", "decoder"}
+    pipeline_parts = set(PIPELINE_COMPONENTS)
     if RECIPES[manifest.quant].needs_calibration and pipeline_parts <= set(manifest.components) - broken:
         from .quality import held_out_inputs, quality_report
 
