@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sd2tflite.bench import PeakTreeRSS  # noqa: E402
-from sd2tflite.manifest import load_manifest  # noqa: E402
-from sd2tflite.quant import RECIPES  # noqa: E402
+from sd2tflite.bench.measure import PeakTreeRSS  # noqa: E402
+from sd2tflite.core.manifest import load_manifest  # noqa: E402
+from sd2tflite.core.precisions import RECIPES  # noqa: E402
 
 
 def run_one(model: str, quant: str, img: int, out_root: Path, extra: list[str], tag: str = "") -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sd2tflite.bench import conversion_case, markdown, validate_bench_json  # noqa: E402
+from sd2tflite.bench.report import conversion_case, markdown, validate_bench_json  # noqa: E402
 
 RESULTS = ROOT / "scripts" / "results"
 

@@ -26,7 +26,7 @@ def main() -> None:
     directory = Path(sys.argv[1])
     with tempfile.TemporaryDirectory(prefix="sd2tflite-hash-cache-") as cache:
         os.environ["SD2TFLITE_CACHE"] = cache
-        from sd2tflite.integrity import ensure_intact
+        from sd2tflite.runtime.integrity import ensure_intact
 
         for label, reuse in (("every byte (verify, push-hub)", False), ("cached, first run", True),
                              ("cached, unchanged files", True)):

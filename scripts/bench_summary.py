@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sd2tflite.bench import validate_bench_json  # noqa: E402
+from sd2tflite.bench.report import validate_bench_json  # noqa: E402
 
 KERAS = {"keras": "Keras eager", "keras-xla": "Keras XLA"}
 PRECISIONS = ["fp32", "fp16", "dynamic", "int8"]

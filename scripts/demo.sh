@@ -3,7 +3,7 @@
 # model (random weights, works offline) to dynamic-range int8, verify it against Keras and keras-cv,
 # and generate an image from the .tflite files alone.
 set -euo pipefail
-EXTRAS= . "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
+EXTRAS=convert . "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 OUT="${1:-$ROOT/models/sd-tiny-dynamic}"
 "$VENV/bin/sd2tflite" convert --model tiny --quant dynamic -o "$OUT"
 echo

@@ -22,11 +22,10 @@ def pytest_sessionfinish(session, exitstatus):
 
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from sd2tflite.components import COMPONENTS, FAMILIES  # noqa: E402
-from sd2tflite.quant import RECIPES  # noqa: E402
+from sd2tflite.core.registry import COMPONENTS, FAMILIES  # noqa: E402
+from sd2tflite.core.precisions import RECIPES  # noqa: E402
 
 IMG = 128
 # The shared sets: every precision except the integer-only and 16x8 modes, which cannot convert
@@ -34,16 +33,19 @@ IMG = 128
 SET_PRECISIONS = [q for q in RECIPES if q not in ("int8-strict", "int16x8")]
 
 
-def tiny_request(out_dir: Path, quant: str = "fp32", components: str = "all", **overrides):
-    from sd2tflite.convert import DEFAULT_MAX_PART_BYTES, make_request
+def tiny_options(out_dir: Path, quant: str = "fp32", **overrides):
+    """`sd2tflite convert --model tiny` at 128x128, in process, synthetic calibration (8 samples)."""
+    from sd2tflite.convert.request import ConvertOptions
 
-    options = dict(
-        family="tiny", quant=quant, components=components, weights=None, img_height=IMG,
-        img_width=IMG, batch_size=1, out_dir=str(out_dir), max_part_bytes=DEFAULT_MAX_PART_BYTES,
-        unet_parts=None, force=False, isolate=False, calibration_samples=8, calibration_seed=0,
-    )
-    options.update(overrides)
-    return make_request(**options)
+    options = dict(family="tiny", quant=quant, img_height=IMG, img_width=IMG, out_dir=str(out_dir),
+                   isolate=False, calibration="synthetic", calibration_samples=8)
+    return ConvertOptions(**{**options, **overrides})
+
+
+def tiny_request(out_dir: Path, quant: str = "fp32", **overrides):
+    from sd2tflite.convert.request import build_request
+
+    return build_request(tiny_options(out_dir, quant, **overrides))
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +56,7 @@ def tiny_dims():
 @pytest.fixture(scope="session")
 def keras_models(tiny_dims):
     """The Keras reference for each component, with the same seeded random weights as convert."""
-    from sd2tflite.weights import build_with_weights, parse_weights, resolve
+    from sd2tflite.convert.weights import build_with_weights, parse_weights, resolve
 
     family = FAMILIES["tiny"]
     resolved = resolve(parse_weights(None, family), family, list(COMPONENTS))
@@ -62,52 +64,31 @@ def keras_models(tiny_dims):
 
 
 @pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory):
-    """One export stage (int8 request: SavedModels plus calibration samples) for all tests.
-
-    The UNet is cut into two parts so every set exercises the chained runtime.
-    """
-    from sd2tflite.convert import export_stage
-
-    root = tmp_path_factory.mktemp("export")
-    request = tiny_request(root / "unused", quant="int8", unet_parts=2)
-    planned, split = export_stage(request, frozenset(), str(root))
-    return request, planned, split
+def export_cache(tmp_path_factory):
+    """One export of the tiny model's SavedModels, shared by every conversion of the test run
+    (convert's --export-cache): precisions differ only in the converter step."""
+    return tmp_path_factory.mktemp("export-cache")
 
 
 @pytest.fixture(scope="session")
-def tiny_sets(tiny_export, tmp_path_factory):
-    """quant -> directory of a complete converted set (files + manifest.json), all precisions
-    converted from the same SavedModels."""
-    from sd2tflite.convert import built_artifact, convert_stage, tool_versions
-    from sd2tflite.manifest import Manifest, save_manifest
+def tiny_sets(export_cache, tmp_path_factory):
+    """quant -> directory of a complete set written by the product's own convert(). The UNet is
+    cut into two parts so every set exercises the chained runtime."""
+    from sd2tflite.convert.orchestrate import convert
 
-    request, planned, split = tiny_export
     sets = {}
     for quant in SET_PRECISIONS:
-        out = tmp_path_factory.mktemp(f"set-{quant}")
-        artifacts = tuple(built_artifact(a, convert_stage(a, quant, str(out))) for a in planned)
-        save_manifest(Manifest(
-            family="tiny", quant=quant, dims=request.dims.to_json(),
-            weights={c: w.identity for c, w in request.weights.items()}, artifacts=artifacts,
-            versions=tool_versions(), command="tests/conftest.py", split=split,
-        ), out)
+        out = tmp_path_factory.mktemp(f"set-{quant}") / "set"
+        convert(tiny_request(out, quant, unet_parts=2, export_cache=str(export_cache)))
         sets[quant] = out
     return sets
 
 
 def seeded_inputs(component: str, dims, seed: int = 1234):
     """Held-out inputs (the calibration data uses seed 0)."""
-    from sd2tflite.calibration import synthetic_samples
+    from sd2tflite.convert.calibration.synthetic import synthetic_samples
 
     return synthetic_samples(component, dims, 2, seed)
-
-
-def keras_output(model, sample) -> np.ndarray:
-    """Runs an unsplit Keras component on a sample dict, in the model's own input order."""
-    from sd2tflite.verify import run_keras
-
-    return run_keras(model, sample)
 
 
 def run(args, env=None):

@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
-from sd2tflite.bench import BENCH_SCHEMA, conversion_case, markdown, schema_problems, validate_bench_json
-from sd2tflite.errors import SD2TFLiteError
-from sd2tflite.manifest import load_manifest
+from sd2tflite.bench.report import BENCH_SCHEMA, conversion_case, markdown, validate_bench_json
+from sd2tflite.core.schema import schema_problems
+from sd2tflite.core.errors import SD2TFLiteError
+from sd2tflite.core.manifest import load_manifest
 
 from .conftest import assert_one_line_error, run
 
@@ -87,16 +88,23 @@ def test_table_lists_every_stage_of_every_set(litert_report, tiny_sets):
     assert "keras / this" not in result.stdout
 
 
-def test_plot_is_a_png(litert_report):
-    result, _, out = litert_report
-    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "bench.png").stat().st_size > 10_000
+def test_plot_has_a_bar_group_per_stage(litert_report):
+    from PIL import Image
+
+    from sd2tflite.bench.plot import PLOT_MARKER
+
+    result, report, out = litert_report
+    stages = {s["name"] for c in report["cases"] for s in c["stages"]}
+    image = Image.open(out / "bench.png")
+    # The figure is 1.2 inches wide per stage (at least 8) and 9 high, at 110 dpi.
+    assert image.size == (round(110 * max(8, 1.2 * len(stages))), 990)
+    assert image.text["Software"] == PLOT_MARKER.decode()
     assert f"plot: {out / 'bench.png'}" in result.stdout
 
 
 def test_earlier_outputs_may_be_replaced_other_files_never(litert_report, tiny_sets, tmp_path):
-    from sd2tflite.bench import PLOT_MARKER
-    from sd2tflite.outputs import json_with_keys, png_with_text
+    from sd2tflite.bench.plot import PLOT_MARKER
+    from sd2tflite.core.outputs import json_with_keys, png_with_text
 
     _, _, out = litert_report
     assert json_with_keys("format_version", "cases")(out / "report.json")
@@ -123,19 +131,22 @@ def test_compare_keras_adds_both_jit_modes_and_ratios(keras_report, tiny_sets):
     assert all(s["bytes"] is None for s in keras["stages"])
     header = next(line for line in result.stdout.splitlines() if line.startswith("| case"))
     assert "keras / this" in header and "keras-xla / this" in header
-    litert_rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if "| litert |" in line]
-    for row in litert_rows:
-        stage = row[2].strip()
-        if stage in ("diffusion", "unet_step", "image", "decoder", "text_encoder"):
-            ratios = [float(cell.strip().rstrip("×")) for cell in row[-2:]]
-            assert all(r > 0 for r in ratios), row
+    litert, keras_xla = report["cases"][0], report["cases"][2]
+    median = lambda case, name: next(s["median_seconds"] for s in case["stages"] if s["name"] == name)  # noqa: E731
+    litert_rows = {row[2].strip(): row for row in (line.split("|")[1:-1] for line in result.stdout.splitlines()
+                                                   if "| litert |" in line)}
+    for stage in ("diffusion", "unet_step", "image", "decoder", "text_encoder"):
+        # Each ratio column is that Keras backend's median over LiteRT's, from the same report.
+        expected = (median(keras, stage) / median(litert, stage), median(keras_xla, stage) / median(litert, stage))
+        printed = [float(cell.strip().rstrip("×")) for cell in litert_rows[stage][-2:]]
+        assert printed == pytest.approx(expected, abs=0.006), (stage, printed, expected)
 
 
 def test_litert_worker_imports_no_tensorflow(tiny_sets):
     case = {"directory": str(tiny_sets["fp32"]), "backend": "litert", "threads": 1, "quant": "fp32",
             "family": "tiny", "dims": {}, "reference": None, "repeats": 1, "warmup": 0, "steps": 1,
             "image_repeats": 1, "seed": 0, "vocab": None}
-    code = ("import json, sys; from sd2tflite.bench import run_case; "
+    code = ("import json, sys; from sd2tflite.bench.worker import run_case; "
             f"r = run_case(json.loads({json.dumps(json.dumps(case))})); "
             "print(len(r['stages']), 'tensorflow' in sys.modules, 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -147,7 +158,7 @@ def test_schema_rejects_broken_reports(litert_report):
     broken = json.loads(json.dumps(report))
     broken["cases"][0]["stages"][0]["median_seconds"] = "fast"
     del broken["settings"]["repeats"]
-    problems = schema_problems(broken, BENCH_SCHEMA)
+    problems = schema_problems(broken, BENCH_SCHEMA, "report")
     assert any("median_seconds should be number" in p for p in problems)
     assert any("settings.repeats is missing" in p for p in problems)
     with pytest.raises(SD2TFLiteError, match="not an sd2tflite bench report"):
@@ -160,7 +171,7 @@ def test_conversion_figures_print_in_the_same_table():
               "files": [{"file": "diffusion_part0.tflite", "bytes": 284_311_576, "params": 1, "seconds": 63.67,
                          "peak_rss_bytes": 6_092_644_352}]}
     case = conversion_case(result)
-    assert not schema_problems(case, BENCH_SCHEMA["properties"]["cases"]["items"])
+    assert not schema_problems(case, BENCH_SCHEMA["properties"]["cases"]["items"], "case")
     table = markdown([case])
     assert "| dynamic 512x512 | convert | diffusion_part0 | 271.1 | – | – | 63.670 |" in table
     assert "6.42" in table  # the whole conversion's peak RSS, GB
@@ -200,7 +211,7 @@ def test_plot_without_matplotlib_is_a_one_line_error(tiny_sets, tmp_path, monkey
 
 def _keras_cases_die(monkeypatch):
     """Keras workers die as an out-of-memory one does; LiteRT cases run for real."""
-    import sd2tflite.bench as benchmark
+    import sd2tflite.bench.cases as benchmark
 
     real = benchmark.run_case_in_subprocess
 
@@ -228,7 +239,7 @@ def test_a_failing_case_is_reported_and_the_others_still_measured(tiny_sets, tmp
 
 
 def test_every_case_failing_is_one_line_error(tiny_sets, tmp_path, monkeypatch):
-    import sd2tflite.bench as benchmark
+    import sd2tflite.bench.cases as benchmark
 
     def die(case):
         raise SD2TFLiteError(f"the {case['backend']} benchmark of {case['directory']} failed (exit code -9): no output")

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from sd2tflite.manifest import load_manifest
+from sd2tflite.core.manifest import load_manifest
 
 from .conftest import IMG, assert_one_line_error, run, seeded_inputs
 
@@ -101,7 +101,7 @@ def test_convert_writes_files_and_manifest(cli_set):
     listed = {a.path for a in manifest.artifacts}
     assert set(os.listdir(out)) == listed | {"manifest.json"}, "no temp or work files left"
     for a in manifest.artifacts:
-        from sd2tflite.weights import sha256_file
+        from sd2tflite.core.fsutil import sha256_file
 
         assert (out / a.path).stat().st_size == a.bytes
         assert sha256_file(out / a.path) == a.sha256
@@ -125,7 +125,7 @@ def test_rerun_reuses_matching_files_and_rebuilds_tampered_ones(cli_set):
             assert (out / a.path).stat().st_mtime_ns == mtimes[a.path]
     # Rebuilt: the manifest records the new file's hash, not the tampered one's. (Bytes may differ
     # from the first build: Keras numbers layer names per process and they land in tensor names.)
-    from sd2tflite.weights import sha256_file
+    from sd2tflite.core.fsutil import sha256_file
 
     rebuilt = {a.path: a for a in after.artifacts}["decoder.tflite"]
     assert sha256_file(decoder) == rebuilt.sha256 and decoder.stat().st_size == rebuilt.bytes
@@ -148,7 +148,7 @@ def test_verbose_keeps_the_exit_code(tmp_path):
 
 
 def test_interrupted_run_leaves_no_partial_files_and_resumes(tmp_path):
-    from sd2tflite.convert import NullProgress, convert
+    from sd2tflite.convert.orchestrate import NullProgress, convert
 
     from .conftest import tiny_request
 
@@ -175,10 +175,10 @@ def test_local_weight_files_convert_to_the_same_outputs(tmp_path, tiny_dims):
     """Legacy .h5 (keras-cv's released layout) and Keras 3 .weights.h5 both load."""
     import keras
 
-    from sd2tflite.models import build_component
-    from sd2tflite.runtime import load_component
-    from sd2tflite.verify import parity
-    from sd2tflite.weights import save_legacy_h5
+    from sd2tflite.convert.keras_models import build_component
+    from sd2tflite.runtime.litert import load_component
+    from sd2tflite.core.metrics import parity
+    from sd2tflite.convert.weights import save_legacy_h5
 
     keras.utils.set_random_seed(77)
     decoder = build_component("tiny", "decoder", tiny_dims)
@@ -201,8 +201,8 @@ def test_local_weight_files_convert_to_the_same_outputs(tmp_path, tiny_dims):
 
 
 def test_weights_of_the_wrong_shape_name_the_file_and_write_nothing(tmp_path, tiny_dims):
-    from sd2tflite.models import build_component
-    from sd2tflite.weights import save_legacy_h5
+    from sd2tflite.convert.keras_models import build_component
+    from sd2tflite.convert.weights import save_legacy_h5
 
     wrong = tmp_path / "encoder_as_decoder.h5"
     save_legacy_h5(build_component("tiny", "image_encoder", tiny_dims), wrong)
@@ -228,10 +228,10 @@ def test_manifest_json_is_plain_json(cli_set):
 
 def test_isolated_workers_give_the_same_files(tmp_path, tiny_dims, keras_models):
     """The spawn-per-stage path used for full-size models, exercised on the tiny decoder."""
-    from sd2tflite.runtime import load_component
-    from sd2tflite.verify import parity
+    from sd2tflite.runtime.litert import load_component
+    from sd2tflite.core.metrics import parity
 
-    from .conftest import keras_output
+    from sd2tflite.convert.keras_models import call_keras
 
     # In a subprocess: the workers' TensorFlow start-up lines go to file descriptor 2 directly.
     proc = subprocess.run([sys.executable, "-m", "sd2tflite.cli", *TINY, "--components", "decoder",
@@ -241,4 +241,4 @@ def test_isolated_workers_give_the_same_files(tmp_path, tiny_dims, keras_models)
     assert sorted(os.listdir(tmp_path / "out")) == ["decoder.tflite", "manifest.json"]
     sample = seeded_inputs("decoder", tiny_dims)[0]
     actual = load_component(tmp_path / "out", "decoder")(**sample)["image"]
-    assert parity(keras_output(keras_models["decoder"], sample), actual).psnr_db > 90
+    assert parity(call_keras(keras_models["decoder"], sample)[0], actual).psnr_db > 90

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sd2tflite.manifest import load_manifest
+from sd2tflite.core.manifest import load_manifest
 
 from .conftest import assert_one_line_error, run
 
-VOCAB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bpe_simple_vocab_16e6.txt.gz"
+# CLIP's vocabulary (MIT licence, sha256 pinned by keras-cv): tests/data/README.md
+VOCAB = Path(__file__).resolve().parent / "data" / "bpe_simple_vocab_16e6.txt.gz"
 
 
 @pytest.fixture()
@@ -42,7 +43,7 @@ def test_schedule_matches_keras_cv():
     from keras_cv.src.models.stable_diffusion import stable_diffusion as kcv
     from keras_cv.src.models.stable_diffusion.constants import _ALPHAS_CUMPROD
 
-    from sd2tflite.schedule import alphas_cumprod, timestep_embedding, timesteps
+    from sd2tflite.runtime.schedule import alphas_cumprod, timestep_embedding, timesteps
 
     np.testing.assert_allclose(alphas_cumprod(), _ALPHAS_CUMPROD, rtol=2e-7)
     assert timesteps(25).tolist()[:3] == [0, 42, 83] and timesteps(25)[-1] == 999
@@ -52,11 +53,10 @@ def test_schedule_matches_keras_cv():
         np.testing.assert_allclose(timestep_embedding(t, 2), expected, atol=1e-4)  # float32 exp/sin/cos differ in the last bits; x999
 
 
-@pytest.mark.skipif(not VOCAB.is_file(), reason="CLIP vocabulary not in ../shared/data")
 def test_tokenizer_matches_keras_cv_simple_tokenizer():
     from keras_cv.src.models.stable_diffusion.clip_tokenizer import SimpleTokenizer
 
-    from sd2tflite.tokenizer import ClipTokenizer
+    from sd2tflite.runtime.tokenizer import ClipTokenizer
 
     ours, theirs = ClipTokenizer.from_file(VOCAB), SimpleTokenizer(bpe_path=str(VOCAB))
     prompts = ["a photograph of an astronaut riding a horse", "  A CAT on a skateboard!! ", "",
@@ -67,8 +67,8 @@ def test_tokenizer_matches_keras_cv_simple_tokenizer():
 
 
 def test_too_long_prompt_is_refused():
-    from sd2tflite.errors import UsageError
-    from sd2tflite.tokenizer import ClipTokenizer
+    from sd2tflite.core.errors import UsageError
+    from sd2tflite.runtime.tokenizer import ClipTokenizer
 
     with pytest.raises(UsageError, match="shorten it"):
         ClipTokenizer.generated().tokens_for("word " * 80)
@@ -78,8 +78,8 @@ def test_runtime_imports_no_tensorflow(tiny_sets, tmp_path):
     code = f"""
 import sys
 from pathlib import Path
-from sd2tflite.generate import GenerateRequest, generate
-from sd2tflite.pipeline import GenerateSettings
+from sd2tflite.runtime.generate import GenerateRequest, generate
+from sd2tflite.runtime.pipeline import GenerateSettings
 generate(GenerateRequest(Path({str(tiny_sets['dynamic'])!r}), Path({str(tmp_path / 'x.png')!r}),
                          GenerateSettings('a cat', steps=2)))
 heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'keras_cv'))
@@ -143,7 +143,7 @@ def test_inpainting_keeps_the_unmasked_region(tiny_sets, tmp_path):
     assert np.abs(out[~keep] - source[~keep].astype(int)).mean() > 10  # the masked region was repainted
     # In latent space: outside the mask the final latents are the encoded input (the blend's last
     # step has alpha_prev = 1); inside they are the denoised ones.
-    from sd2tflite.runtime import load_component
+    from sd2tflite.runtime.litert import load_component
 
     encoded = load_component(tiny_sets["fp32"], "image_encoder")(
         image=(source[None].astype(np.float32) / 127.5 - 1.0))["latent"]
@@ -157,8 +157,8 @@ def test_inpainting_keeps_the_unmasked_region(tiny_sets, tmp_path):
 def test_image_to_image_runs_the_share_of_steps_strength_asks(tiny_sets, tmp_path):
     from PIL import Image
 
-    from sd2tflite.generate import GenerateRequest, generate
-    from sd2tflite.pipeline import GenerateSettings
+    from sd2tflite.runtime.generate import GenerateRequest, generate
+    from sd2tflite.runtime.pipeline import GenerateSettings
 
     Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(tmp_path / "small.png")
     steps = []
@@ -209,18 +209,18 @@ def test_damaged_files_are_refused_and_nothing_is_written(tmp_path, fp32_set, da
 
 
 def _count_hashing(monkeypatch) -> list:
-    import sd2tflite.weights as weights
+    import sd2tflite.runtime.integrity as integrity
 
-    hashed, real = [], weights.sha256_file
-    monkeypatch.setattr(weights, "sha256_file", lambda path, *a: hashed.append(path) or real(path, *a))
+    hashed, real = [], integrity.sha256_file
+    monkeypatch.setattr(integrity, "sha256_file", lambda path, *a: hashed.append(path) or real(path, *a))
     return hashed
 
 
 def test_unchanged_files_are_not_hashed_again_and_a_rewrite_always_is(fp32_set, monkeypatch):
     import time
 
-    import sd2tflite.integrity as integrity
-    from sd2tflite.errors import ManifestError
+    import sd2tflite.runtime.integrity as integrity
+    from sd2tflite.core.errors import ManifestError
 
     hashed = _count_hashing(monkeypatch)
     later = time.time_ns() + 60 * 10**9  # as if the copy were a minute old (see the next test)
@@ -242,7 +242,7 @@ def test_unchanged_files_are_not_hashed_again_and_a_rewrite_always_is(fp32_set, 
 
 
 def test_files_changed_in_the_last_seconds_are_never_remembered(fp32_set, monkeypatch):
-    from sd2tflite.integrity import ensure_intact
+    from sd2tflite.runtime.integrity import ensure_intact
 
     hashed = _count_hashing(monkeypatch)
     for path in fp32_set.glob("*.tflite"):

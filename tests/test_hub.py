@@ -24,9 +24,11 @@ import numpy as np
 import pytest
 import yaml
 
-from sd2tflite import hub
-from sd2tflite.cli import model_dir_argument
-from sd2tflite.errors import HubError, ManifestError, UsageError
+from sd2tflite.publish import card as hub_card
+from sd2tflite.publish import push as hub_push
+from sd2tflite.runtime import hub as hub_fetch
+from sd2tflite.cli.options import model_dir_argument
+from sd2tflite.core.errors import HubError, ManifestError, UsageError
 
 from .conftest import assert_one_line_error, run
 
@@ -319,7 +321,7 @@ def hub_env(fake_hub, tmp_path, monkeypatch):
     # Read at import: an earlier test that imported huggingface_hub under HF_HUB_OFFLINE=1 froze it.
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
-    monkeypatch.setattr(hub, "RETRY", hub.Retry(attempts=3, first_wait=0.01))
+    monkeypatch.setattr(hub_fetch, "RETRY", hub_fetch.Retry(attempts=3, first_wait=0.01))
     # huggingface_hub's own backoff (1, 2, 4, 8 s) would make the failure tests slow.
     fast_time = types.SimpleNamespace(**{k: getattr(_http.time, k) for k in dir(_http.time) if not k.startswith("_")})
     fast_time.sleep = lambda _seconds: None
@@ -356,8 +358,8 @@ def _tflite(seed: int) -> bytes:
 def source_set(tmp_path_factory):
     from ai_edge_litert.interpreter import Interpreter
 
-    from sd2tflite.components import TensorSpec
-    from sd2tflite.manifest import Artifact, Manifest, save_manifest
+    from sd2tflite.core.registry import TensorSpec
+    from sd2tflite.core.manifest import Artifact, Manifest, save_manifest
 
     directory = tmp_path_factory.mktemp("set")
     artifacts = []
@@ -437,9 +439,9 @@ def test_push_uploads_files_and_card_in_one_commit(fake_hub, model_set, tmp_path
                                                      for n in ("text_encoder.tflite", "decoder.tflite"))
 
     card = fake_hub.content(tree["README.md"]).decode()
-    from sd2tflite.manifest import load_manifest
+    from sd2tflite.core.manifest import load_manifest
 
-    assert card == hub.model_card(model_set, load_manifest(model_set), None, REPO)
+    assert card == hub_card.model_card(model_set, load_manifest(model_set), None, REPO)
     meta = yaml.safe_load(card.split("---\n")[1])
     assert meta["library_name"] == "litert"
     assert meta["license"] == "creativeml-openrail-m"
@@ -465,7 +467,7 @@ def test_card_shows_verify_figures_and_uploads_the_report(fake_hub, model_set):
         "not a check",
     ]}
     (model_set / "verify.json").write_text(json.dumps(report))
-    result = hub.push(model_set, REPO, token=TOKEN)
+    result = hub_push.push(model_set, REPO, token=TOKEN)
     card = fake_hub.content(fake_hub.tree(REPO)["README.md"]).decode()
     assert "**passed** (3 checks)" in card
     assert "| parity | decoder | pass | matches Keras | psnr_db=52.01, cosine=0.9999 |" in card
@@ -570,10 +572,10 @@ def test_interrupted_upload_is_finished_by_a_rerun(fake_hub, model_set, tmp_path
 
 
 def test_private_and_branch_and_pull_request(fake_hub, model_set):
-    hub.push(model_set, REPO, token=TOKEN, private=True, revision="v1")
+    hub_push.push(model_set, REPO, token=TOKEN, private=True, revision="v1")
     assert fake_hub.repos[REPO]["private"]
     assert fake_hub.commits[-1]["revision"] == "v1" and set(fake_hub.tree(REPO, "main")) == {".gitattributes"}
-    result = hub.push(model_set, REPO, token=TOKEN, create_pr=True, commit_message="again")
+    result = hub_push.push(model_set, REPO, token=TOKEN, create_pr=True, commit_message="again")
     assert result.url == f"{fake_hub.url}/{REPO}/discussions/1"
     assert fake_hub.commits[-1]["pr"] and fake_hub.commits[-1]["summary"] == "again"
     assert set(fake_hub.tree(REPO, "main")) == {".gitattributes"}  # a PR does not move main
@@ -581,9 +583,9 @@ def test_private_and_branch_and_pull_request(fake_hub, model_set):
 
 
 def test_private_refuses_an_existing_public_repo(fake_hub, model_set):
-    hub.push(model_set, REPO, token=TOKEN)
+    hub_push.push(model_set, REPO, token=TOKEN)
     with pytest.raises(HubError, match="already exists and is public"):
-        hub.push(model_set, REPO, token=TOKEN, private=True)
+        hub_push.push(model_set, REPO, token=TOKEN, private=True)
     assert len(fake_hub.commits) == 1
 
 
@@ -592,48 +594,48 @@ def test_private_refuses_an_existing_public_repo(fake_hub, model_set):
 
 
 def test_hf_uri_downloads_checks_and_caches_the_set(fake_hub, model_set, monkeypatch):
-    hub.push(model_set, REPO, token=TOKEN)
+    hub_push.push(model_set, REPO, token=TOKEN)
     path = model_dir_argument(f"hf://{REPO}")
     assert path.is_dir() and "hf-home" in str(path)
     for name in ("text_encoder.tflite", "decoder.tflite", "manifest.json"):
         assert (path / name).read_bytes() == (model_set / name).read_bytes()
     assert (path / "README.md").is_file()
-    assert hub.resolve_model_dir(f"hf://{REPO}@main") == path
+    assert hub_fetch.resolve_model_dir(f"hf://{REPO}@main") == path
     # Offline now: the cached snapshot is still found (and checked again).
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    assert hub.resolve_model_dir(f"hf://{REPO}") == path
+    assert hub_fetch.resolve_model_dir(f"hf://{REPO}") == path
 
 
 def test_hf_uri_refuses_files_that_do_not_match_the_manifest(fake_hub, model_set):
-    hub.push(model_set, REPO, token=TOKEN)
+    hub_push.push(model_set, REPO, token=TOKEN)
     entry = fake_hub.tree(REPO)["decoder.tflite"]
     data = bytearray(fake_hub.lfs[entry["sha256"]])
     data[-1] ^= 0xFF
     fake_hub.lfs[entry["sha256"]] = bytes(data)  # the Hub now serves different bytes
     with pytest.raises(ManifestError, match="decoder.tflite"):
-        hub.resolve_model_dir(f"hf://{REPO}")
+        hub_fetch.resolve_model_dir(f"hf://{REPO}")
 
 
 def test_hf_uri_errors(fake_hub, monkeypatch):
     with pytest.raises(HubError, match="does not exist or is private"):
-        hub.resolve_model_dir("hf://someone/missing")
+        hub_fetch.resolve_model_dir("hf://someone/missing")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     with pytest.raises(HubError, match="not in the Hugging Face cache"):
-        hub.resolve_model_dir("hf://someone/other")
+        hub_fetch.resolve_model_dir("hf://someone/other")
 
 
 @pytest.mark.parametrize("text", ["hf://noslash", "hf://a/b@", "hf://a/b/c", "hf://"])
 def test_bad_hf_uri_is_a_usage_error(fake_hub, text):
     with pytest.raises(UsageError, match="hf://OWNER/REPO"):
-        hub.resolve_model_dir(text)
+        hub_fetch.resolve_model_dir(text)
     assert fake_hub.requests == []
 
 
 def test_plain_paths_are_not_touched(fake_hub):
-    assert hub.resolve_model_dir("models/sd-v1-dynamic") == Path("models/sd-v1-dynamic")
+    assert hub_fetch.resolve_model_dir("models/sd-v1-dynamic") == Path("models/sd-v1-dynamic")
     assert fake_hub.requests == []
 
 
@@ -647,11 +649,11 @@ def test_offline_mode_refuses_to_push(fake_hub, model_set):
 def test_card_of_a_set_without_released_weights(model_set):
     import dataclasses
 
-    from sd2tflite.manifest import load_manifest
+    from sd2tflite.core.manifest import load_manifest
 
     manifest = dataclasses.replace(load_manifest(model_set), family="tiny", quant="fp16",
                                    weights={"decoder": {"kind": "random", "seed": 3}})
-    card = hub.model_card(model_set, manifest, None, REPO)
+    card = hub_card.model_card(model_set, manifest, None, REPO)
     meta = yaml.safe_load(card.split("---\n")[1])
     assert "license" not in meta and "base_model" not in meta and "fp16" in meta["tags"]
     assert "random weights, seed 3" in card and "carry no license" in card

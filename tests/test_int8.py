@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sd2tflite.manifest import load_manifest
+from sd2tflite.core.manifest import load_manifest
 
 from .conftest import assert_one_line_error, run, tiny_request
 
@@ -18,15 +18,15 @@ RECORDING = dict(calibration="recorded", calibration_prompt_count=4, calibration
 
 @pytest.fixture(scope="module")
 def held_out(keras_models, tiny_dims):
-    from sd2tflite.quality import held_out_inputs
-    from sd2tflite.tokenizer import load_tokenizer
+    from sd2tflite.verify.quality import held_out_inputs
+    from sd2tflite.runtime.tokenizer import load_tokenizer
 
     return held_out_inputs(keras_models, tiny_dims, load_tokenizer("tiny"))
 
 
 def quality(set_dir, keras_models, held_out):
-    from sd2tflite.quality import quality_report
-    from sd2tflite.runtime import LiteRTComponents
+    from sd2tflite.verify.quality import quality_report
+    from sd2tflite.runtime.litert import LiteRTComponents
 
     manifest = load_manifest(set_dir)
     return quality_report(manifest, keras_models, LiteRTComponents(set_dir, manifest), held_out)
@@ -34,13 +34,14 @@ def quality(set_dir, keras_models, held_out):
 
 @pytest.fixture(scope="module")
 def recorded_set(tmp_path_factory):
-    from sd2tflite.convert import convert
+    from sd2tflite.convert.orchestrate import convert
 
     out = tmp_path_factory.mktemp("recorded") / "set"
     convert(tiny_request(out, quant="int8", unet_parts=2, **RECORDING))
     return out
 
 
+@pytest.mark.slow  # a recording and a whole int8 conversion: minutes on 2 cores
 def test_recorded_calibration_beats_synthetic_on_held_out_inputs(recorded_set, tiny_sets, keras_models, held_out):
     recorded = quality(recorded_set, keras_models, held_out)
     synthetic = quality(tiny_sets["int8"], keras_models, held_out)
@@ -51,11 +52,12 @@ def test_recorded_calibration_beats_synthetic_on_held_out_inputs(recorded_set, t
     assert recorded["diffusion"]["quantized_op_share"] > 0.8
 
 
-def test_manifest_records_the_calibration_and_the_cache_is_reused(recorded_set, tmp_path, monkeypatch):
-    from sd2tflite import recording
-    from sd2tflite.convert import convert
+def test_manifest_records_the_calibration_and_the_cache_is_reused(tmp_path, monkeypatch):
+    from sd2tflite.convert.calibration import recorded as recording
+    from sd2tflite.convert.orchestrate import convert
 
-    calibration = load_manifest(recorded_set).parts_of("diffusion")[1].calibration
+    first = convert(tiny_request(tmp_path / "first", quant="int8", components="decoder", **RECORDING))
+    calibration = first.manifest.artifacts[0].calibration
     assert calibration["source"] == "recorded" and calibration["prompts"] == 4 and calibration["steps"] == 6
     cached = recording.cache_dir() / f"{calibration['key']}.npz"
     provenance = json.loads(cached.with_suffix(".json").read_text())
@@ -74,8 +76,9 @@ def test_manifest_records_the_calibration_and_the_cache_is_reused(recorded_set, 
                              **{**RECORDING, "calibration_steps": 5}))
 
 
+@pytest.mark.slow  # the search converts the text encoder a dozen times
 def test_automatic_selective_quantization_rescues_the_text_encoder(recorded_set, tmp_path, keras_models, held_out):
-    from sd2tflite.convert import convert
+    from sd2tflite.convert.orchestrate import convert
 
     convert(tiny_request(tmp_path / "auto", quant="int8", components="text_encoder",
                          keep_float="auto:20", **RECORDING))
@@ -90,7 +93,7 @@ def test_automatic_selective_quantization_rescues_the_text_encoder(recorded_set,
 
 
 def test_keep_float_by_op_type(tmp_path):
-    from sd2tflite.convert import convert
+    from sd2tflite.convert.orchestrate import convert
 
     result = convert(tiny_request(tmp_path / "keep", quant="int8", components="decoder", keep_float="CONV_2D",
                                   calibration="synthetic"))
@@ -126,18 +129,20 @@ def test_integer_only_mode_names_the_float_operators(tmp_path):
 
 
 def test_16x8_mode_converts_and_matches(tmp_path, keras_models, tiny_dims):
-    from sd2tflite.convert import convert
-    from sd2tflite.quant import RECIPES
-    from sd2tflite.runtime import load_component
-    from sd2tflite.verify import parity
+    from sd2tflite.convert.orchestrate import convert
+    from sd2tflite.core.precisions import RECIPES
+    from sd2tflite.runtime.litert import load_component
+    from sd2tflite.core.metrics import parity
 
-    from .conftest import keras_output, seeded_inputs
+    from sd2tflite.convert.keras_models import call_keras
+
+    from .conftest import seeded_inputs
 
     result = convert(tiny_request(tmp_path / "s", quant="int16x8", components="decoder", calibration="synthetic"))
     stats = result.manifest.artifacts[0].op_stats
     assert stats["quantized_ops"] > stats["ops"] // 2
     decoder = load_component(Path(tmp_path / "s"), "decoder")
     sample = seeded_inputs("decoder", tiny_dims)[0]
-    figures = parity(keras_output(keras_models["decoder"], sample), decoder(**sample)["image"])
+    figures = parity(call_keras(keras_models["decoder"], sample)[0], decoder(**sample)["image"])
     print(f"\nint16x8 decoder: {figures}")
     assert figures.passes(*RECIPES["int16x8"].tolerance("decoder"))

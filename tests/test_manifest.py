@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from sd2tflite.components import TensorSpec
-from sd2tflite.errors import ManifestError
-from sd2tflite.manifest import (
+from sd2tflite.core.registry import TensorSpec
+from sd2tflite.core.errors import ManifestError
+from sd2tflite.core.manifest import (
     MANIFEST_SCHEMA,
     Artifact,
     Manifest,
@@ -44,16 +44,29 @@ def test_round_trip(tmp_path):
     assert not list(tmp_path.glob(".*tmp*")), "no temp file left behind"
 
 
-def test_schema_is_valid_json_and_documents_fields():
-    text = json.dumps(MANIFEST_SCHEMA)
-    for field in ("sha256", "wiring", "peak_rss_bytes", "conversion_seconds", "signature_key"):
-        assert field in text
+def test_schema_describes_every_field_the_dataclasses_write():
+    # A field added to Manifest / Artifact without its schema entry would go unvalidated.
+    assert set(MANIFEST_SCHEMA["properties"]) == set(Manifest.__dataclass_fields__)
+    assert set(MANIFEST_SCHEMA["properties"]["artifacts"]["items"]["properties"]) == set(Artifact.__dataclass_fields__)
+    json.dumps(MANIFEST_SCHEMA)  # publishable as JSON
+
+
+@pytest.mark.parametrize("dims, message", [
+    ({"img_height": 128}, "dims.img_width is None"),
+    ({"img_height": 128, "img_width": 128, "batch_size": 0, "max_text_length": 77, "context_dim": 768,
+      "vocab_size": 49408}, "dims.batch_size is 0"),
+])
+def test_dims_must_be_complete(dims, message):
+    # A missing img_width must not silently become 512 (generate would allocate for the wrong size).
+    manifest = Manifest(**{**sample_manifest().__dict__, "dims": dims})
+    with pytest.raises(ManifestError, match=message):
+        manifest.model_dims
 
 
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda d: d.pop("artifacts"), "missing manifest.artifacts"),
+        (lambda d: d.pop("artifacts"), "manifest.artifacts is missing"),
         (lambda d: d.__setitem__("format_version", 99), "format_version"),
         (lambda d: d["artifacts"][0].__setitem__("bytes", "big"), "bytes should be integer"),
         (lambda d: d["artifacts"][0].__setitem__("path", "../../etc/passwd"), "outside the model directory"),

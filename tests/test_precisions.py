@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sd2tflite.components import COMPONENTS
-from sd2tflite.manifest import load_manifest
-from sd2tflite.quant import RECIPES
-from sd2tflite.verify import parity
+from sd2tflite.core.registry import COMPONENTS
+from sd2tflite.core.manifest import load_manifest
+from sd2tflite.core.precisions import RECIPES
+from sd2tflite.core.metrics import parity
 
-from .conftest import SET_PRECISIONS, keras_output, seeded_inputs
+from sd2tflite.convert.keras_models import call_keras
+
+from .conftest import SET_PRECISIONS, seeded_inputs
 
 
 def _bytes(set_dir, component):
@@ -20,13 +22,13 @@ def _bytes(set_dir, component):
 @pytest.mark.parametrize("quant", SET_PRECISIONS)
 @pytest.mark.parametrize("component", list(COMPONENTS))
 def test_component_matches_keras(component, quant, tiny_sets, keras_models, tiny_dims):
-    from sd2tflite.runtime import load_component
+    from sd2tflite.runtime.litert import load_component
 
     runner = load_component(tiny_sets[quant], component)
     recipe = RECIPES[quant]
     worst_fp32_error = 0.0
     for sample in seeded_inputs(component, tiny_dims):
-        expected = keras_output(keras_models[component], sample)
+        expected = call_keras(keras_models[component], sample)[0]
         actual = runner(**sample)[COMPONENTS[component].output_name]
         assert actual.shape == expected.shape
         figures = parity(expected, actual)
@@ -53,9 +55,26 @@ def test_signature_is_named_and_static(component, tiny_sets):
     assert artifact.outputs[0].name == COMPONENTS[component].output_name  # the last part's
 
 
-def test_the_shared_sets_split_the_unet(tiny_sets):
-    parts = load_manifest(tiny_sets["fp32"]).parts_of("diffusion")
-    assert len(parts) == 2 and any(p is not None for p in parts[1].wiring.values())
+@pytest.mark.parametrize("quant", SET_PRECISIONS)
+def test_the_manifest_convert_writes(quant, tiny_sets):
+    from sd2tflite.core.fsutil import sha256_file
+
+    manifest = load_manifest(tiny_sets[quant])
+    assert manifest.quant == quant and manifest.converter == RECIPES[quant].converter_settings()
+    assert [a.path for a in manifest.artifacts] == [
+        "text_encoder.tflite", "diffusion_part0.tflite", "diffusion_part1.tflite", "decoder.tflite",
+        "image_encoder.tflite"]
+    first, second = manifest.parts_of("diffusion")  # --unet-parts 2
+    assert (first.num_parts, second.num_parts) == (2, 2)
+    assert set(first.wiring.values()) == {None}  # fed by the pipeline
+    wired = {name for name, producer in second.wiring.items() if producer == 0}
+    assert wired and wired <= {o.name for o in first.outputs}
+    assert manifest.split["parts"][0]["params"] + manifest.split["parts"][1]["params"] == \
+        first.params + second.params == manifest.split["total_params"]
+    for a in manifest.artifacts:
+        assert sha256_file(tiny_sets[quant] / a.path) == a.sha256
+        assert (tiny_sets[quant] / a.path).stat().st_size == a.bytes
+    assert not [p.name for p in tiny_sets[quant].iterdir() if p.name.startswith(".")]  # no work or temp files
 
 
 @pytest.mark.parametrize("quant", ["fp16", "dynamic", "int8"])

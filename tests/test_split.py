@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sd2tflite.errors import PlanError
-from sd2tflite.split import GraphNode, GraphSummary, plan_split
+from sd2tflite.core.errors import PlanError
+from sd2tflite.convert.split import GraphNode, GraphSummary, plan_split
 
 from .conftest import seeded_inputs, tiny_request
 
@@ -68,7 +68,7 @@ def test_impossible_cap_is_a_clear_error():
 
 
 def test_keras_parts_reproduce_unsplit_unet(keras_models, tiny_dims):
-    from sd2tflite.split import KerasGraph
+    from sd2tflite.convert.split import KerasGraph
 
     model = keras_models["diffusion"]
     graph = KerasGraph(model)
@@ -89,9 +89,9 @@ def test_keras_parts_reproduce_unsplit_unet(keras_models, tiny_dims):
 
 def test_converted_three_parts_match_keras(tmp_path, keras_models, tiny_dims):
     """A cap small enough to force 3 parts on the tiny UNet; LiteRT chain vs unsplit Keras."""
-    from sd2tflite.convert import convert
-    from sd2tflite.runtime import load_component
-    from sd2tflite.verify import parity
+    from sd2tflite.convert.orchestrate import convert
+    from sd2tflite.runtime.litert import load_component
+    from sd2tflite.core.metrics import parity
 
     request = tiny_request(tmp_path / "out", components="diffusion", max_part_bytes=6 << 20)
     result = convert(request)

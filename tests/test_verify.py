@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from sd2tflite.manifest import load_manifest
-from sd2tflite.quant import RECIPES
+from sd2tflite.core.manifest import load_manifest
+from sd2tflite.core.precisions import RECIPES
 
 from .conftest import SET_PRECISIONS, assert_one_line_error, run
 
 
 @pytest.fixture(scope="module")
 def reports(tiny_sets):
-    from sd2tflite.verify import verify
+    from sd2tflite.verify.run import verify
 
     return {quant: verify(tiny_sets[quant], steps=2) for quant in SET_PRECISIONS}
 
@@ -58,7 +58,7 @@ def test_cli_report_json_and_exit_code(tiny_sets, tmp_path):
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["passed"] is True and data["quant"] == "fp16"
     # Re-running onto that report may replace it; onto any other file, not without --force.
-    from sd2tflite.outputs import json_with_keys
+    from sd2tflite.core.outputs import json_with_keys
 
     assert json_with_keys("checks", "manifest_sha256")(tmp_path / "r.json")
     (tmp_path / "notes.json").write_text('{"mine": 1}')

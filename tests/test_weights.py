@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sd2tflite import weights as W
-from sd2tflite.components import FAMILIES, HubFile
-from sd2tflite.errors import UsageError, WeightsError
+import sd2tflite.convert.weights as W
+from sd2tflite.core.fsutil import sha256_file
+from sd2tflite.core.registry import FAMILIES, HubFile
+from sd2tflite.core.errors import UsageError, WeightsError
 
 HDF5 = b"\x89HDF\r\n\x1a\n"
 
@@ -37,7 +38,7 @@ def test_directory_uses_hub_file_names(tmp_path):
     resolved = W.resolve(W.parse_weights(str(tmp_path), v1), v1, ["text_encoder", "image_encoder"])
     assert resolved["text_encoder"].path == tmp_path / "kcv_encoder.h5"
     assert resolved["image_encoder"].identity["kind"] == "file"
-    assert resolved["image_encoder"].identity["sha256"] == W.sha256_file(tmp_path / "vae_encoder.h5")
+    assert resolved["image_encoder"].identity["sha256"] == sha256_file(tmp_path / "vae_encoder.h5")
     (tmp_path / "kcv_decoder.h5").unlink()
     with pytest.raises(WeightsError, match="kcv_decoder.h5"):
         W.resolve(W.parse_weights(str(tmp_path), v1), v1, ["decoder"])
@@ -58,12 +59,12 @@ def test_hub_download_checks_the_pinned_sha256(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match="sha256"):
         W.resolve(W.WeightsSource("hub"), family, ["decoder"])
     assert calls == [("fchollet/stable-diffusion", "kcv_decoder.h5")]
-    pinned = dict(family.hub_files, decoder=HubFile("fchollet/stable-diffusion", "kcv_decoder.h5", W.sha256_file(good)))
+    pinned = dict(family.hub_files, decoder=HubFile("fchollet/stable-diffusion", "kcv_decoder.h5", sha256_file(good)))
     patched = type(family)(**{**family.__dict__, "hub_files": pinned})
     resolved = W.resolve(W.WeightsSource("hub"), patched, ["decoder"])["decoder"]
     assert resolved.path == good
     assert resolved.identity == {"kind": "hub", "repo_id": "fchollet/stable-diffusion",
-                                 "filename": "kcv_decoder.h5", "sha256": W.sha256_file(good)}
+                                 "filename": "kcv_decoder.h5", "sha256": sha256_file(good)}
 
 
 def test_random_seeds_differ_per_component():

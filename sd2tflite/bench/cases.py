@@ -1,0 +1,151 @@
+"""`sd2tflite bench`: the cases (set x thread count x backend), each run in its own worker
+process so its peak RSS is its own and LiteRT never shares a process with TensorFlow.
+
+One case = one set × one thread count × one backend (litert, keras, keras-xla); the worker
+(bench/worker.py) measures it. Keras cases depend only on the weights and shapes, so sets converted
+from the same weights share one Keras reference per thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..core.errors import SD2TFLiteError, UsageError
+from ..core.versions import CONVERTER_LIBRARIES, RUNTIME_LIBRARIES, library_versions
+from ..runtime.integrity import ensure_intact
+from .measure import machine
+from .report import BENCH_FORMAT_VERSION, validate_bench_json
+
+COMPARE = {"keras": ("keras", "keras-xla")}  # --compare NAME -> the backends it adds
+
+
+BENCH_PROMPT = "a photograph of an astronaut riding a horse"
+
+
+GUIDANCE = 7.5
+
+
+TIMESTEP = 500  # the UNet's input noise level for the per-component figures
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    model_dirs: tuple[Path, ...]
+    threads: tuple[int, ...] = ()  # default: all cores
+    repeats: int = 10
+    warmup: int = 1
+    steps: int = 3
+    image_repeats: int = 1
+    compare: tuple[str, ...] = ()
+    seed: int = 0
+    vocab: Path | None = None
+
+    def settings(self) -> dict:
+        return {"threads": list(self.threads or (os.cpu_count() or 1,)), "repeats": self.repeats,
+                "warmup": self.warmup, "steps": self.steps, "image_repeats": self.image_repeats,
+                "compare": list(self.compare), "seed": self.seed, "guidance": GUIDANCE,
+                "prompt": BENCH_PROMPT, "timestep": TIMESTEP}
+
+
+def _check_request(request: BenchRequest) -> None:
+    for flag, value, minimum in (("--repeats", request.repeats, 1), ("--steps", request.steps, 1),
+                                 ("--warmup", request.warmup, 0), ("--image-repeats", request.image_repeats, 1)):
+        if value < minimum:
+            raise UsageError(f"{flag} {value} must be at least {minimum}")
+    bad = [t for t in request.threads if t < 1]
+    if bad:
+        raise UsageError(f"--threads {bad[0]} must be at least 1 (default: all {os.cpu_count()} cores)")
+    unknown = [c for c in request.compare if c not in COMPARE]
+    if unknown:
+        raise UsageError(f"--compare {unknown[0]!r} is unknown: use {', '.join(COMPARE)}")
+    if not request.model_dirs:
+        raise UsageError("give at least one converted set's directory")
+
+
+def plan_cases(request: BenchRequest, manifests: list) -> list[dict]:
+    """The cases to run, as plain data. Keras cases depend only on the weights and shapes, so sets
+    converted from the same weights (one per precision) share one Keras reference per thread count."""
+    cases, seen = [], set()
+    for directory, manifest in zip(request.model_dirs, manifests):
+        for threads in request.threads or (os.cpu_count() or 1,):
+            backends = ["litert"] + [b for c in request.compare for b in COMPARE[c]]
+            for backend in backends:
+                reference = _reference_key(manifest, threads) if backend != "litert" else None
+                if reference is not None and (backend, reference) in seen:
+                    continue
+                seen.add((backend, reference))
+                cases.append({"directory": str(directory), "backend": backend, "threads": threads,
+                              "quant": manifest.quant if backend == "litert" else "fp32",
+                              "family": manifest.family, "dims": manifest.dims, "reference": reference,
+                              **{k: v for k, v in request.settings().items() if k not in ("threads", "compare")},
+                              "vocab": str(request.vocab) if request.vocab else None})
+    return cases
+
+
+def _reference_key(manifest, threads: int) -> str:
+    return json.dumps([manifest.family, manifest.dims, manifest.weights, threads], sort_keys=True)
+
+
+def bench(request: BenchRequest, on_case: Callable[[int, int, dict], None] | None = None) -> dict:
+    """Runs every case in its own process; returns the report (BENCH_SCHEMA)."""
+    _check_request(request)
+    manifests = [ensure_intact(Path(d), reuse_hashes=True) for d in request.model_dirs]
+    cases = plan_cases(request, manifests)
+    results, failures = [], []
+    for i, case in enumerate(cases):
+        if on_case:
+            on_case(i, len(cases), case)
+        try:
+            results.append(run_case_in_subprocess(case))
+        except UsageError:
+            raise  # the same for every case
+        except SD2TFLiteError as exc:
+            # One case out of memory (Keras XLA at 512x512, say) should not cost the others' figures.
+            failures.append({**{k: case[k] for k in ("directory", "backend", "threads")}, "error": str(exc)})
+    if on_case:
+        on_case(len(cases), len(cases), {})
+    if not results:
+        raise SD2TFLiteError(f"every bench case failed; the first: {failures[0]['error']}")
+    report = {
+        "format_version": BENCH_FORMAT_VERSION,
+        "settings": request.settings(),
+        "machine": machine(),
+        "versions": library_versions({**RUNTIME_LIBRARIES, **(CONVERTER_LIBRARIES if request.compare else {})}),
+        "sets": [_set_summary(d, m) for d, m in zip(request.model_dirs, manifests)],
+        "cases": results,
+        "failures": failures,
+    }
+    validate_bench_json(report)
+    return report
+
+
+def _set_summary(directory: Path, manifest) -> dict:
+    return {"directory": str(directory), "family": manifest.family, "quant": manifest.quant,
+            "dims": manifest.dims, "weights": manifest.weights,
+            "files": [{"path": a.path, "component": a.component, "part": a.part, "bytes": a.bytes,
+                       "conversion_seconds": a.conversion_seconds, "peak_rss_bytes": a.peak_rss_bytes}
+                      for a in manifest.artifacts]}
+
+
+def run_case_in_subprocess(case: dict) -> dict:
+    """One case in a fresh interpreter; its own peak RSS is the child's ru_maxrss."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
+    proc = subprocess.run([sys.executable, "-m", "sd2tflite.bench.worker"], input=json.dumps(case),
+                          capture_output=True, text=True, env=env)
+    lines = proc.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        raise SD2TFLiteError(f"the {case['backend']} benchmark of {case['directory']} failed "
+                             f"(exit code {proc.returncode}): {tail}") from None
+    if "error" in result:
+        raise (UsageError if result.get("exit_code") == 2 else SD2TFLiteError)(result["error"])
+    return result

@@ -1,0 +1,300 @@
+"""The sd2tflite command line: parse options, make one library call, print the result.
+
+Imports no TensorFlow at module level, so `sd2tflite --help` is instant.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import click
+
+from .. import __version__
+from ..convert.quiet import quiet_tensorflow
+from ..core.outputs import NewFile, check_new_files, json_with_keys, png_with_text
+from .options import (TqdmProgress, handle_errors, model_dir_argument, parse_bytes, require_converter,
+                      thread_list, threads_option, verbosity, vocab_option)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sd2tflite")
+def main() -> None:
+    """Convert KerasCV Stable Diffusion to TFLite (LiteRT) files with a manifest."""
+
+
+@main.command()
+@click.option("--model", "family", default="v1", show_default=True,
+              help="Model family: v1 (SD 1.4), v2 (SD 2.1) or tiny (small widths, for tests).")
+@click.option("--quant", default="fp32", show_default=True,
+              help="Precision: fp32, fp16, dynamic (int8 weights), int8 (calibrated, float fallback), "
+                   "int8-strict (integer-only) or int16x8 (int16 activations).")
+@click.option("--weights", default=None,
+              help="hub | DIR (Hub file names) | COMPONENT=PATH,... | random[:SEED]. "
+                   "Default: hub for v1/v2, random for tiny.")
+@click.option("--components", default="all", show_default=True,
+              help="Comma-separated: text_encoder,diffusion,decoder,image_encoder.")
+@click.option("--batch-size", default=1, show_default=True, type=int)
+@click.option("--img-height", default=512, show_default=True, type=int)
+@click.option("--img-width", default=512, show_default=True, type=int)
+@click.option("--max-part-bytes", default=None, callback=parse_bytes,
+              help="Largest UNet part file (default 1400MiB: plain flatbuffers, under 2 GiB).")
+@click.option("--unet-parts", default=None, type=int, help="Split the UNet into at least N parts.")
+@click.option("--memory-budget", default=None, callback=parse_bytes,
+              help="RAM one conversion worker may use (e.g. 8GB); splits the UNet to fit. "
+                   "Default: 80% of this machine's RAM (a one-part quantized v1 UNet needs ~17 GB).")
+@click.option("-o", "--output", "out_dir", default=None,
+              help="Output directory (default models/sd-MODEL-QUANT).")
+@click.option("--force", is_flag=True, help="Rebuild every file; write into a non-empty directory.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (parts, params, bytes, crossing tensors) only.")
+@click.option("--isolate/--no-isolate", default=None,
+              help="Convert each part in its own process (default: on for v1/v2, off for tiny).")
+@click.option("--calibration", default="recorded", show_default=True,
+              type=click.Choice(["recorded", "synthetic"]),
+              help="int8: record real inputs from Keras pipeline runs (cached), or seeded synthetic ones.")
+@click.option("--calibration-prompts", default=None, type=click.Path(dir_okay=False),
+              help="int8: prompt file, one per line (default: the built-in varied set).")
+@click.option("--calibration-prompt-count", default=8, show_default=True, type=int,
+              help="int8: how many prompts to run.")
+@click.option("--calibration-steps", default=10, show_default=True, type=int,
+              help="int8: pipeline steps per prompt (UNet inputs over the whole schedule, both branches).")
+@click.option("--calibration-samples", default=32, show_default=True, type=int,
+              help="int8: representative samples kept per component.")
+@click.option("--calibration-images", default=None, type=click.Path(file_okay=False),
+              help="int8: images for the image encoder (default: the decoded pipeline outputs).")
+@click.option("--keep-float", default=None,
+              help="int8: keep operators in float: op types (SOFTMAX), tensor-name globs (*attention*), "
+                   "and/or auto[:SNR_DB] (a search for the operator types that can be quantized while the "
+                   "part keeps that SNR on held-out samples; default 20).")
+@click.option("--seed", default=0, show_default=True, type=int, help="int8: calibration data seed.")
+@click.option("--export-cache", default=None, type=click.Path(file_okay=False),
+              help="Keep the exported SavedModels in this folder and reuse them when the same model is "
+                   "converted to another precision (skips the export; ~4 bytes of disk per parameter).")
+@verbosity
+@handle_errors
+def convert(dry_run, verbose, quiet, max_part_bytes, **options):
+    """Convert the Stable Diffusion components to .tflite files plus manifest.json."""
+    require_converter("sd2tflite convert")
+    quiet_tensorflow(verbose)
+    from ..convert.orchestrate import convert as run_convert
+    from ..convert.plan import DEFAULT_MAX_PART_BYTES, describe_plan, plan_conversion
+    from ..convert.request import ConvertOptions, build_request
+
+    request = build_request(ConvertOptions(
+        **options, max_part_bytes=DEFAULT_MAX_PART_BYTES if max_part_bytes is None else max_part_bytes,
+        command=shlex.join(["sd2tflite", *sys.argv[1:]])), resolve_weights=not dry_run)
+    if dry_run:
+        planned, split = plan_conversion(request)
+        click.echo(describe_plan(planned, split))
+        return
+    result = run_convert(request, progress=TqdmProgress(disable=quiet))
+    for a in result.manifest.artifacts:
+        state = "reused" if a.path in result.reused else f"{a.conversion_seconds:7.1f} s"
+        click.echo(f"{a.path:28s} {a.bytes / 2**20:10,.1f} MiB  {a.params:>13,} params  {state}")
+    click.echo(f"manifest: {result.manifest_path}")
+
+
+@main.command()
+@click.argument("model_dir")
+@click.argument("prompt")
+@click.option("-o", "--output", default="out.png", show_default=True, type=click.Path(dir_okay=False),
+              help="PNG to write (a batch writes out.png, out-1.png, ...).")
+@click.option("--steps", default=25, show_default=True, type=int)
+@click.option("--guidance", default=7.5, show_default=True, type=float, help="Classifier-free guidance scale.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the starting noise.")
+@click.option("--negative-prompt", default=None, help="What to steer away from (default: the empty prompt).")
+@click.option("--noise", "noise_file", default=None, type=click.Path(dir_okay=False),
+              help="Starting latent noise (.npy) instead of the seed: reproduce another implementation's run.")
+@click.option("--image", "image_file", default=None, type=click.Path(dir_okay=False),
+              help="Input image: image-to-image, or inpainting with --mask.")
+@click.option("--mask", "mask_file", default=None, type=click.Path(dir_okay=False),
+              help="Inpainting mask, the size of --image: white is repainted, black kept.")
+@click.option("--strength", default=None, type=float,
+              help="With --image: how much of the schedule to run (0-1; default 1.0).")
+@click.option("--resize/--no-resize", default=True, show_default=True,
+              help="Resize an --image of another size to the set's size (else refuse).")
+@click.option("--save-latents", default=None, type=click.Path(dir_okay=False),
+              help="Also write the final latents (.npy).")
+@vocab_option()
+@threads_option
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@verbosity
+@handle_errors
+def generate(model_dir, prompt, output, steps, guidance, seed, negative_prompt, noise_file, image_file,
+             mask_file, strength, resize, save_latents, vocab, threads, force, verbose, quiet):
+    """Text-to-image, image-to-image and inpainting from a converted set, on LiteRT only."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from ..runtime.generate import GenerateRequest
+    from ..runtime.generate import generate as run_generate
+    from ..runtime.pipeline import GenerateSettings
+
+    opt = lambda p: Path(p) if p else None  # noqa: E731
+    request = GenerateRequest(
+        model_dir=model_dir_argument(model_dir), output=Path(output),
+        settings=GenerateSettings(prompt, steps=steps, guidance=guidance, seed=seed,
+                                  negative_prompt=negative_prompt, strength=strength),
+        noise_file=opt(noise_file), image_file=opt(image_file), mask_file=opt(mask_file),
+        resize=resize, threads=threads, vocab=opt(vocab), save_latents=opt(save_latents), force=force,
+    )
+    with tqdm(total=None, disable=quiet, file=sys.stderr, unit="step", desc="denoising") as bar:
+        def on_step(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        outcome = run_generate(request, on_step=on_step)
+    for note in outcome.notes:
+        click.echo(f"note: {note}", err=True)
+    for path in outcome.paths:
+        click.echo(str(path))
+    if save_latents:
+        click.echo(str(save_latents))
+
+
+@main.command()
+@click.argument("model_dir")
+@click.option("--weights", default=None,
+              help="Reference weights (same forms as convert). Default: the ones the manifest records.")
+@click.option("--steps", default=3, show_default=True, type=int, help="End-to-end diffusion steps.")
+@click.option("--end-to-end/--no-end-to-end", default=True, show_default=True,
+              help="Also compare whole images against keras-cv's pipeline.")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the report as JSON (MODEL_DIR/verify.json is what push-hub's card shows).")
+@vocab_option()
+@threads_option
+@click.option("--force", is_flag=True, help="Overwrite existing --json files.")
+@verbosity
+@handle_errors
+def verify(model_dir, weights, steps, end_to_end, json_path, vocab, threads, force, verbose, quiet):
+    """Check a set: integrity, each component against Keras, and whole images against keras-cv.
+
+    Exit code 0 when every check passes, 1 when any fails, 2 for usage errors.
+    """
+    from pathlib import Path
+
+    from ..core.fsutil import write_json_atomic
+    from ..verify.run import verify as run_verify
+
+    check_new_files([NewFile("--json", Path(json_path) if json_path else None,
+                             json_with_keys("checks", "manifest_sha256"), "a verify report")], force)
+    require_converter("sd2tflite verify (it compares the files with the Keras model)")
+    quiet_tensorflow(verbose)
+    report = run_verify(
+        model_dir_argument(model_dir), weights=weights, vocab=Path(vocab) if vocab else None, steps=steps,
+        end_to_end=end_to_end, threads=threads,
+        on_stage=(lambda text: None) if quiet else (lambda text: click.echo(f"… {text}", err=True)),
+    )
+    click.echo(report.table())
+    if json_path:
+        write_json_atomic(Path(json_path), report.to_json())
+        click.echo(f"report: {json_path}")
+    sys.exit(0 if report.passed else 1)
+
+
+@main.command()
+@click.argument("model_dirs", nargs=-1, required=True)
+@click.option("--threads", default=None, callback=thread_list,
+              help="Comma-separated thread counts, one case each (default: all cores).")
+@click.option("--repeats", default=10, show_default=True, type=int, help="Timed calls per component.")
+@click.option("--warmup", default=1, show_default=True, type=int, help="Untimed calls after the first.")
+@click.option("--steps", default=3, show_default=True, type=int, help="Diffusion steps per image.")
+@click.option("--image-repeats", default=1, show_default=True, type=int, help="Timed images (after a first one).")
+@click.option("--compare", multiple=True, help="Also time 'keras': keras-cv's jit_compile off and on.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the inputs and the noise.")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Write the report (JSON).")
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
+              help="Draw latency and size bars (PNG; needs the 'plot' extra: matplotlib).")
+@vocab_option("CLIP vocabulary (bpe_simple_vocab_16e6.txt.gz). Default: the cached or downloaded "
+             "one, else a generated one (timings do not depend on token ids).")
+@click.option("--force", is_flag=True, help="Overwrite existing --json / --plot files.")
+@verbosity
+@handle_errors
+def bench(model_dirs, threads, repeats, warmup, steps, image_repeats, compare, seed, json_path, plot_path,
+          vocab, force, verbose, quiet):
+    """Latency, peak RSS and file sizes of converted sets, per UNet part, component, step and image.
+
+    Several MODEL_DIRS are measured side by side; each case runs in its own process.
+    """
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from ..bench import cases, report as bench_report
+    from ..bench.plot import PLOT_MARKER, plot, require_matplotlib
+    from ..core.fsutil import write_json_atomic
+
+    if compare:
+        require_converter("sd2tflite bench --compare keras")
+    if plot_path:
+        require_matplotlib()
+    check_new_files([
+        NewFile("--json", Path(json_path) if json_path else None, json_with_keys("format_version", "cases"),
+                "a bench report"),
+        NewFile("--plot", Path(plot_path) if plot_path else None, png_with_text(PLOT_MARKER),
+                "a bench plot"),
+    ], force)
+    request = cases.BenchRequest(
+        model_dirs=tuple(model_dir_argument(d) for d in model_dirs), threads=threads, repeats=repeats,
+        warmup=warmup, steps=steps, image_repeats=image_repeats, compare=tuple(compare), seed=seed,
+        vocab=Path(vocab) if vocab else None)
+    with tqdm(total=None, disable=quiet, file=sys.stderr, unit="case", desc="bench") as bar:
+        def on_case(done, total, case):
+            bar.total = total
+            bar.set_description_str(f"bench {case.get('backend', 'done')} {case.get('directory', '')}"[:60])
+            bar.update(done - bar.n)
+
+        report = cases.bench(request, on_case=on_case)
+    click.echo(bench_report.markdown(report["cases"]))
+    if json_path:
+        write_json_atomic(Path(json_path), report)
+        click.echo(f"report: {json_path}")
+    if plot_path:
+        click.echo(f"plot: {plot(report['cases'], Path(plot_path))}")
+    for failure in report["failures"]:
+        click.echo(f"error: the {failure['backend']} case of {failure['directory']} (threads={failure['threads']}) "
+                   f"failed and is not in the table: {failure['error']}", err=True)
+    if report["failures"]:
+        sys.exit(1)
+
+
+@main.command("push-hub")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--repo-id", required=True, help="OWNER/NAME on the Hub; created if missing.")
+@click.option("--private", is_flag=True, help="Create the repo private (refuses an existing public one).")
+@click.option("--revision", default="main", show_default=True, help="Branch to commit to (created if missing).")
+@click.option("--commit-message", default=None, help="Commit summary (default: family, precision, file count).")
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
+@click.option("--token", default=None,
+              help="Hub token with write access (default: HF_TOKEN, then `hf auth login`). Never printed.")
+@click.option("--verify-report", default=None, type=click.Path(dir_okay=False),
+              help="`sd2tflite verify --json` output for the card (default: DIRECTORY/verify.json if present).")
+@click.option("--dry-run", is_flag=True, help="Print the model card and the operations; no network.")
+@verbosity
+@handle_errors
+def push_hub(directory, repo_id, private, revision, commit_message, create_pr, token, verify_report, dry_run,
+             verbose, quiet):
+    """Publish a converted set (files, manifest, model card) to the Hugging Face Hub in one commit."""
+    from ..publish import push as hub
+
+    if not dry_run and not verbose:
+        from huggingface_hub.utils import disable_progress_bars, logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # its retry warnings would break the one-line errors
+        if quiet:
+            disable_progress_bars()
+    say = None if quiet else (lambda message: click.echo(message, err=True))
+    result = hub.push(directory, repo_id, token=token, private=private, revision=revision,
+                      commit_message=commit_message, create_pr=create_pr, dry_run=dry_run,
+                      verify_report=verify_report, progress=say)
+    if dry_run:
+        click.echo(result.plan.card)
+        click.echo("# dry run: nothing was sent; the push would:")
+        click.echo(result.plan.describe())
+        return
+    click.echo(result.url)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""What the commands share: one-line error handling, -v / -q, option parsers (sizes, thread
+counts), the --vocab and --threads options, progress bars, the converter-extra check, and the
+model folder argument (a path or hf://)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from ..core.errors import SD2TFLiteError, UsageError
+
+
+def handle_errors(fn):
+    """Library errors become one line on stderr and their exit code; -v shows the traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        verbose = kwargs.get("verbose", False)
+        try:
+            return fn(*args, **kwargs)
+        except SD2TFLiteError as exc:
+            if verbose:
+                import traceback
+
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: no partial files were left behind", err=True)
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - last line of defence for users
+            if verbose:
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(
+                f"error: unexpected {type(exc).__name__}: {first} (run with -v for the traceback)",
+                err=True,
+            )
+            sys.exit(1)
+
+    return wrapper
+
+
+def verbosity(fn):
+    fn = click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow logs and tracebacks.")(fn)
+    fn = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")(fn)
+    return fn
+
+
+class TqdmProgress:
+    """Progress bars on stderr, one per stage, with elapsed time."""
+
+    def __init__(self, disable: bool):
+        self.disable = disable
+        self.bar = None
+
+    def begin(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.end()
+        self.bar = tqdm(total=total, disable=self.disable, file=sys.stderr, unit="file",
+                        bar_format="{desc} {n_fmt}/{total_fmt} [{elapsed}]")
+
+    def step(self, description: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(description)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+
+def parse_bytes(_ctx, _param, value):
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    binary = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    decimal = {"k": 10**3, "m": 10**6, "g": 10**9}
+    try:
+        if text[-3:] in ("kib", "mib", "gib"):
+            return int(float(text[:-3]) * binary[text[-3]])
+        if text[-2:] in ("kb", "mb", "gb"):
+            return int(float(text[:-2]) * decimal[text[-2]])
+        return int(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a size: use bytes or e.g. 1400MiB, 1.5GiB, 8GB")
+
+
+def require_converter(what: str) -> None:
+    """The converter extra is installed, or a UsageError saying how to install it."""
+    import importlib.util
+
+    missing = [m for m in ("tensorflow", "keras", "keras_cv") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"{what} needs the converter ({', '.join(missing)} not installed): "
+                         'pip install "sd2tflite[convert]"')
+
+
+def _threads(_ctx, _param, value):
+    if value is not None and value < 1:
+        raise click.BadParameter(f"{value} must be at least 1 (default: all {os.cpu_count()} cores)")
+    return value
+
+
+_THREADS_HELP = "Threads for every LiteRT interpreter (default: all cores)."
+
+
+def threads_option(fn):
+    return click.option("--threads", default=None, type=int, callback=_threads, help=_THREADS_HELP)(fn)
+
+
+def vocab_option(help_text: str = "CLIP vocabulary (bpe_simple_vocab_16e6.txt.gz) for offline use."):
+    return click.option("--vocab", default=None, type=click.Path(dir_okay=False), help=help_text)
+
+
+def thread_list(_ctx, _param, value):
+    try:
+        threads = tuple(int(t) for t in value.split(",")) if value else ()
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of thread counts, e.g. 1,2,4")
+    return threads
+
+
+def model_dir_argument(text, token=None):
+    """A converted set's folder: TEXT, or hf://OWNER/REPO[@REVISION] downloaded (cached) and checked."""
+    from ..runtime.hub import resolve_model_dir
+
+    return resolve_model_dir(text, token)

@@ -1,0 +1,194 @@
+"""The architecture of an SD 1.x / 2.x checkpoint, inferred from tensor shapes (+ config.json).
+
+Shapes give every width and depth; they cannot give attention heads. Those come from config.json
+when the layout has one, else from the SD conventions: UNet v1 8 heads per level, v2 head dim 64
+(heads = width // 64, at least 1); text encoder head dim 64 (ViT-L/14: 12, ViT-H/14: 16).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from sd2tflite.core.errors import WeightsError
+
+from .layouts import Group
+
+
+@dataclass(frozen=True)
+class TextArch:
+    vocab_size: int
+    max_positions: int
+    width: int
+    layers: int
+    heads: int
+    activation: str  # "quick_gelu" (CLIP ViT-L, SD 1.x) | "gelu" (OpenCLIP ViT-H, SD 2.x)
+
+
+@dataclass(frozen=True)
+class UNetArch:
+    widths: tuple[int, ...]  # per level, e.g. (320, 640, 1280, 1280)
+    layers_per_block: int
+    attention: tuple[bool, ...]  # per level (down path; the up path mirrors it)
+    heads: tuple[int, ...]  # per level; the middle block uses the last level's
+    linear_projection: bool  # SD 2.x: Dense proj_in/out; SD 1.x: 1x1 conv
+    context_dim: int
+    timestep_dim: int  # sinusoidal embedding fed as `timestep_embedding` (= widths[0])
+    time_embed_dim: int  # 4 * widths[0]
+    in_channels: int = 4
+    out_channels: int = 4
+
+
+@dataclass(frozen=True)
+class VaeArch:
+    widths: tuple[int, ...]  # encoder order, e.g. (128, 256, 512, 512)
+    layers_per_block: int  # encoder resnets per level (the decoder has one more)
+    latent_channels: int = 4
+
+
+@dataclass(frozen=True)
+class Architecture:
+    family: str  # "v1" | "v2"
+    text: TextArch
+    unet: UNetArch
+    vae: VaeArch
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Architecture":
+        def tup(d):
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+        return cls(data["family"], TextArch(**data["text"]), UNetArch(**tup(data["unet"])),
+                   VaeArch(**tup(data["vae"])))
+
+
+# full-size keras-cv models (what the conventions give for SD 1.5 and SD 2.1 checkpoints)
+SD1 = Architecture(
+    "v1",
+    TextArch(49408, 77, 768, 12, 12, "quick_gelu"),
+    UNetArch((320, 640, 1280, 1280), 2, (True, True, True, False), (8, 8, 8, 8), False, 768, 320, 1280),
+    VaeArch((128, 256, 512, 512), 2),
+)
+SD2 = Architecture(
+    "v2",
+    TextArch(49408, 77, 1024, 23, 16, "gelu"),
+    UNetArch((320, 640, 1280, 1280), 2, (True, True, True, False), (5, 10, 20, 20), True, 1024, 320, 1280),
+    VaeArch((128, 256, 512, 512), 2),
+)
+
+
+def _shape(g: Group, name: str) -> tuple[int, ...]:
+    r = g.tensors.get(name)
+    if r is None:
+        where = g.files[0].path if g.files else g.name
+        raise WeightsError(f"{where}: {g.name} tensor {name} is missing; the checkpoint is incomplete")
+    return r.shape
+
+
+def _count(g: Group, pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m.group(1) for n in g.tensors if (m := rx.match(n))})
+
+
+def infer_text(g: Group) -> TextArch:
+    vocab, width = _shape(g, "embeddings.token_embedding.weight")
+    positions, _ = _shape(g, "embeddings.position_embedding.weight")
+    layers = _count(g, r"encoder\.layers\.(\d+)\.")
+    cfg = g.config or {}
+    heads = int(cfg.get("num_attention_heads") or max(1, width // 64))
+    if cfg.get("hidden_act"):
+        act = cfg["hidden_act"]
+    elif g.text_kind == "openclip":
+        act = "gelu"
+    elif g.text_kind == "clip":
+        act = "quick_gelu"
+    else:  # no config, diffusers names: ViT-H width means OpenCLIP
+        act = "gelu" if width == 1024 else "quick_gelu"
+    if act not in ("gelu", "quick_gelu"):
+        raise WeightsError(f"text encoder activation {act!r} is not one keras-cv's CLIP layers have "
+                           "(quick_gelu, gelu)")
+    fc1 = _shape(g, "encoder.layers.0.mlp.fc1.weight")
+    if fc1[0] != 4 * width:
+        raise WeightsError(f"text encoder MLP width {fc1[0]} is not 4 x {width}, which keras-cv's CLIP layers fix")
+    if width % heads:
+        raise WeightsError(f"text encoder width {width} is not divisible by {heads} heads")
+    return TextArch(vocab, positions, width, layers, heads, act)
+
+
+def _config_heads(cfg: dict, levels: int) -> tuple[int, ...] | None:
+    heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim")
+    if heads is None:
+        return None
+    if isinstance(heads, int):
+        return (heads,) * levels
+    return tuple(int(h) for h in heads)
+
+
+def infer_unet(g: Group, family_hint: str) -> UNetArch:
+    if any(n.startswith(("add_embedding.", "class_embedding.")) for n in g.tensors):
+        raise WeightsError("UNet with added/class embeddings (SDXL or an upscaler); only SD 1.x/2.x UNets "
+                           "are supported")
+    c0, cin = _shape(g, "conv_in.weight")[:2]
+    if cin != 4:
+        raise WeightsError(f"UNet with {cin} input channels (inpainting or other); only 4 are supported")
+    levels = _count(g, r"down_blocks\.(\d+)\.")
+    lpb = _count(g, r"down_blocks\.0\.resnets\.(\d+)\.")
+    widths = tuple(_shape(g, f"down_blocks.{i}.resnets.0.conv2.weight")[0] for i in range(levels))
+    attention = tuple(f"down_blocks.{i}.attentions.0.proj_in.weight" in g.tensors for i in range(levels))
+    up_attention = tuple(f"up_blocks.{levels - 1 - i}.attentions.0.proj_in.weight" in g.tensors
+                         for i in range(levels))
+    if up_attention != attention:
+        raise WeightsError("UNet whose up path does not mirror its down path's attention; not SD 1.x/2.x")
+    if "mid_block.attentions.0.proj_in.weight" not in g.tensors:
+        raise WeightsError("UNet without a middle attention block; not SD 1.x/2.x")
+    if any(re.match(r".*transformer_blocks\.[1-9]", n) for n in g.tensors):
+        raise WeightsError("UNet with several transformer blocks per attention (SDXL-style); keras-cv's "
+                           "SpatialTransformer has one")
+    proj = _shape(g, "mid_block.attentions.0.proj_in.weight")
+    linear = len(proj) == 2
+    context = _shape(g, "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight")[1]
+    t_embed, t_dim = _shape(g, "time_embedding.linear_1.weight")
+    cfg = g.config or {}
+    heads = _config_heads(cfg, levels)
+    if heads is None:
+        if family_hint == "v2" or linear:
+            heads = tuple(max(1, w // 64) for w in widths)
+        else:
+            heads = (8,) * levels
+    if len(heads) != levels:
+        raise WeightsError(f"UNet config lists {len(heads)} head counts for {levels} levels")
+    for w, h, a in zip(widths, heads, attention):
+        if a and w % h:
+            raise WeightsError(f"UNet width {w} is not divisible by {h} heads")
+    return UNetArch(widths, lpb, attention, heads, linear, context, t_dim, t_embed,
+                    cin, _shape(g, "conv_out.weight")[0])
+
+
+def infer_vae(g: Group) -> VaeArch:
+    levels = _count(g, r"encoder\.down_blocks\.(\d+)\.")
+    lpb = _count(g, r"encoder\.down_blocks\.0\.resnets\.(\d+)\.")
+    widths = tuple(_shape(g, f"encoder.down_blocks.{i}.resnets.0.conv2.weight")[0] for i in range(levels))
+    dec_lpb = _count(g, r"decoder\.up_blocks\.0\.resnets\.(\d+)\.")
+    if dec_lpb != lpb + 1:
+        raise WeightsError(f"VAE decoder has {dec_lpb} resnets per level, expected {lpb + 1}")
+    latent2 = _shape(g, "quant_conv.weight")[0]
+    if latent2 % 2:
+        raise WeightsError(f"VAE quant_conv has {latent2} channels; expected 2 x latent channels")
+    return VaeArch(widths, lpb, latent2 // 2)
+
+
+def infer(groups: dict[str, Group]) -> Architecture:
+    text = infer_text(groups["text_encoder"])
+    family = "v2" if text.activation == "gelu" else "v1"
+    unet = infer_unet(groups["unet"], family)
+    vae = infer_vae(groups["vae"])
+    if unet.context_dim != text.width:
+        raise WeightsError(f"the UNet's cross-attention takes {unet.context_dim}-d context but the text encoder "
+                           f"gives {text.width}-d; the components do not belong together")
+    if unet.in_channels != vae.latent_channels:
+        raise WeightsError(f"the UNet takes {unet.in_channels} latent channels but the VAE makes "
+                           f"{vae.latent_channels}; the components do not belong together")
+    return Architecture(family, text, unet, vae)

@@ -1,0 +1,162 @@
+"""Executes a conversion: plan, export, convert, write atomically, record in the manifest.
+
+Two stages keep memory down:
+  export  (export.py) builds each Keras component, loads its weights, plans the UNet split and
+          writes one SavedModel per part (plus int8 calibration samples) into a work folder;
+  convert (tflite.py) turns one SavedModel into one .tflite file.
+With `isolate=True` (the default for full-size families) each stage runs in a fresh spawned
+process, so no process ever holds the Keras UNet and a converter at the same time, and every
+part's converter memory is returned to the OS when its process ends.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..core.errors import ConversionError, SD2TFLiteError
+from ..core.fsutil import sha256_file, write_json_atomic
+from ..core.manifest import VERIFY_REPORT_NAME, Artifact, Manifest, load_manifest, save_manifest
+from ..core.precisions import RECIPES
+from ..core.versions import CONVERTER_LIBRARIES, library_versions
+from .export import export_stage
+from .outdir import PROGRESS_NAME, WORK_PREFIX, check_output_dir, clean_leftovers, previous_artifacts
+from .plan import SIGNATURE_KEY, PlannedArtifact
+from .quiet import quiet_worker
+from .request import ConvertRequest
+from .tflite import convert_stage
+
+
+@dataclass
+class ConvertResult:
+    manifest: Manifest
+    manifest_path: Path
+    reused: list[str] = field(default_factory=list)
+    built: list[str] = field(default_factory=list)
+
+
+class NullProgress:
+    """What the library reports to; the CLI passes a tqdm-backed implementation."""
+
+    def begin(self, total: int) -> None: ...
+    def step(self, description: str) -> None: ...
+    def advance(self) -> None: ...
+    def end(self) -> None: ...
+
+
+def built_artifact(artifact: PlannedArtifact, stats: dict) -> Artifact:
+    """The manifest entry for a file convert_stage wrote."""
+    return Artifact(
+        component=artifact.component, part=artifact.part, num_parts=artifact.num_parts,
+        path=artifact.file_name, sha256=stats["sha256"], bytes=stats["bytes"],
+        params=artifact.params, signature_key=SIGNATURE_KEY, inputs=artifact.inputs,
+        outputs=artifact.outputs, wiring=artifact.wiring,
+        conversion_seconds=stats["seconds"], peak_rss_bytes=stats["peak_rss_bytes"],
+        build_key=artifact.build_key, calibration=artifact.calibration,
+        op_stats=stats.get("op_stats"),
+    )
+
+
+def _run(isolate: bool, fn, *args):
+    """Runs fn in a fresh spawned process (memory goes back to the OS after) or inline."""
+    if not isolate:
+        return fn(*args)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context,
+                                                initializer=quiet_worker) as pool:
+        try:
+            return pool.submit(fn, *args).result()
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            raise ConversionError(
+                f"the worker process running {fn.__name__} died (out of memory?): "
+                "pass a lower --memory-budget (e.g. 8GB) to split the UNet further, or free memory"
+            ) from exc
+
+
+def convert(request: ConvertRequest, progress=None) -> ConvertResult:
+    """Runs the whole conversion; the manifest is written last."""
+    progress = progress or NullProgress()
+    out_dir = Path(request.out_dir)
+    check_output_dir(out_dir, request.force)
+    created_out_dir = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out_dir)
+
+    earlier = previous_artifacts(out_dir)
+    previous = {} if request.force else {a.build_key: a for a in earlier}
+    reusable = {
+        key: a for key, a in previous.items()
+        if (out_dir / a.path).is_file() and sha256_file(out_dir / a.path) == a.sha256
+    }
+    old_files = {a.path: a.component for a in earlier}
+    work_dir = out_dir / f"{WORK_PREFIX}{os.getpid()}"
+    work_dir.mkdir()
+    result_artifacts: list[Artifact] = []
+    reused, built = [], []
+    try:
+        progress.begin(1)
+        progress.step("building Keras models and exporting SavedModels")
+        planned, split = _run(request.isolate, export_stage, request, frozenset(reusable), str(work_dir))
+        progress.advance()
+        progress.begin(len(planned))
+        for artifact in planned:
+            if artifact.saved_model_dir is None:
+                result_artifacts.append(reusable[artifact.build_key])
+                reused.append(artifact.file_name)
+                progress.step(f"{artifact.file_name} (unchanged, reused)")
+                progress.advance()
+                continue
+            progress.step(f"converting {artifact.file_name} ({request.quant})")
+            stats = _run(request.isolate, convert_stage, artifact, request.quant, str(out_dir), request.keep_float)
+            if Path(artifact.saved_model_dir).parent == work_dir:  # not one in the export cache
+                shutil.rmtree(artifact.saved_model_dir, ignore_errors=True)
+            result_artifacts.append(built_artifact(artifact, stats))
+            built.append(artifact.file_name)
+            # Lets an interrupted run resume: these files are complete and hashed.
+            write_json_atomic(out_dir / PROGRESS_NAME, [a.to_json() for a in result_artifacts])  # type: ignore[arg-type]
+            progress.advance()
+        # Components this run did not touch stay in the set if it is the same model and precision.
+        kept: list[Artifact] = []
+        try:
+            before = load_manifest(out_dir)
+            if (before.family, before.quant, before.dims) == (request.family, request.quant, request.dims.to_json()):
+                kept = [a for a in before.artifacts if a.component not in request.components
+                        and (out_dir / a.path).is_file()]
+        except SD2TFLiteError:
+            pass
+        weights = {c: before.weights[c] for c in {a.component for a in kept}} if kept else {}
+        weights.update({c: request.weights[c].identity for c in request.components})
+        result_artifacts = kept + result_artifacts
+        manifest = Manifest(
+            family=request.family,
+            quant=request.quant,
+            dims=request.dims.to_json(),
+            weights=weights,
+            artifacts=tuple(result_artifacts),
+            versions=library_versions(CONVERTER_LIBRARIES),
+            command=request.command,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            split=split,
+            converter=RECIPES[request.quant].converter_settings(),
+        )
+        manifest_path = save_manifest(manifest, out_dir)
+        # Files of an earlier plan (e.g. more UNet parts) that this manifest no longer lists.
+        current = {a.path for a in result_artifacts}
+        for stale, component in old_files.items():
+            if stale not in current and stale.endswith(".tflite") and component in request.components:
+                (out_dir / stale).unlink(missing_ok=True)
+        (out_dir / PROGRESS_NAME).unlink(missing_ok=True)
+        if built:  # a verify report of the earlier files would describe files that are gone
+            (out_dir / VERIFY_REPORT_NAME).unlink(missing_ok=True)
+    finally:
+        progress.end()
+        shutil.rmtree(work_dir, ignore_errors=True)
+        clean_leftovers(out_dir)
+        if created_out_dir and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a run that wrote nothing leaves nothing behind
+    return ConvertResult(manifest, manifest_path, reused=reused, built=built)

@@ -1,0 +1,229 @@
+"""Planning a conversion as plain data: the files to write (component, part, signature, wiring,
+build key), the UNet split, and the converter-memory model behind --memory-budget. Building the
+plan needs the Keras graphs (for the split) but loads no weights and converts nothing.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..core.precisions import RECIPES
+from ..core.registry import COMPONENTS, TensorSpec
+from ..core.versions import CONVERTER_LIBRARIES, library_versions
+from .split import SplitPlan, estimate_file_bytes
+
+if TYPE_CHECKING:
+    from .request import ConvertRequest
+
+SIGNATURE_KEY = "serving_default"
+GIB = 1 << 30
+# The flatbuffer limit is 2 GiB; above ~1.5 GiB the converter silently switches to the
+# buffer-offset format (needs TFLite >= 2.14, breaks plain flatbuffer tools). Stay below that.
+DEFAULT_MAX_PART_BYTES = 1400 * (1 << 20)
+HARD_FLATBUFFER_LIMIT = 2 * GIB
+# Converter peak RSS ~ base + factor x float32 weight bytes of the part, whatever the precision
+# (the converter holds the float graph). Fitted to v1 at 512x512 (scripts/results/): fp32 parts
+# of 1.13-1.25 GB peaked at 6.5-7.1 GB, the 3.44 GB single-part dynamic UNet at 17.1 GB.
+CONVERTER_RSS_BASE = 600 * 10**6
+CONVERTER_RSS_PER_FLOAT_BYTE = 5.3
+# Calibrating holds the float part plus an instrumented copy (~8 bytes per parameter); past ~1.5 GiB
+# the converter writes it in the buffer-offset format. Measured: a 282.8M-parameter int8 part of the
+# v1 UNet came out in that format. Keep calibrated parts under ~1.5 GiB / 8 bytes.
+CALIBRATED_MAX_PART_PARAMS = 190_000_000
+
+
+def _max_part_params(request: "ConvertRequest") -> int | None:
+    limits = []
+    if request.memory_budget:
+        limits.append(params_within_memory(request.memory_budget))
+    if RECIPES[request.quant].needs_calibration:
+        limits.append(CALIBRATED_MAX_PART_PARAMS)
+    return min(limits) if limits else None
+
+
+def estimate_converter_rss(params: int) -> int:
+    return int(CONVERTER_RSS_BASE + CONVERTER_RSS_PER_FLOAT_BYTE * 4 * params)
+
+
+def default_memory_budget() -> int | None:
+    """80 % of this machine's physical RAM: a default plan never needs more than the machine has."""
+    try:
+        return int(0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def params_within_memory(budget: int) -> int:
+    """The most parameters one part may have for its conversion to fit `budget` bytes of RAM."""
+    return int((budget - CONVERTER_RSS_BASE) / (CONVERTER_RSS_PER_FLOAT_BYTE * 4))
+
+
+@dataclass(frozen=True)
+class PlannedArtifact:
+    """One file to produce, as plain (picklable) data."""
+
+    component: str
+    part: int
+    num_parts: int
+    file_name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    wiring: dict[str, int | None]
+    params: int
+    estimated_bytes: int
+    build_key: str
+    export_key: str  # hash of what determines the SavedModel (not the precision): --export-cache
+    saved_model_dir: str | None = None  # set by the export stage; None when reused
+    calibration_file: str | None = None
+    calibration: dict | None = None  # provenance of the calibration data (int8)
+
+
+def file_name(component: str, part: int, num_parts: int) -> str:
+    return f"{component}.tflite" if num_parts == 1 else f"{component}_part{part}.tflite"
+
+
+# What a precision adds to a file's identity; the SavedModel it is converted from does not depend on it.
+_PRECISION_FIELDS = ("quant", "calibration", "keep_float")
+
+
+def _keys(request: ConvertRequest, component: str, part_fields: dict) -> dict[str, str]:
+    """build_key (everything that determines the file) and export_key (its SavedModel)."""
+    identity = {
+        # Another TensorFlow / Keras / keras-cv can convert differently: rebuild, don't reuse.
+        "versions": {k: v for k, v in library_versions(CONVERTER_LIBRARIES).items() if k != "python"},
+        "family": request.family,
+        "quant": request.quant,
+        "dims": request.dims.to_json(),
+        "component": component,
+        "weights": request.weights[component].identity,
+        "calibration": calibration_identity(request),
+        "keep_float": request.keep_float.to_json() if request.keep_float else None,
+        **part_fields,
+    }
+    export = {k: v for k, v in identity.items() if k not in _PRECISION_FIELDS}
+    digest = lambda data: hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()  # noqa: E731
+    return {"build_key": digest(identity), "export_key": digest(export)}
+
+
+def calibration_identity(request: ConvertRequest) -> dict | None:
+    """What the int8 calibration data of a request is, for build keys and the manifest."""
+    if not RECIPES[request.quant].needs_calibration:
+        return None
+    if request.recording is None:
+        return {"source": "synthetic", "samples": request.calibration_samples, "seed": request.calibration_seed}
+    from .calibration.recorded import cache_key, pipeline_weights
+
+    key = cache_key(request.family, request.dims, pipeline_weights(request.weights), request.recording)
+    return {"source": "recorded", "key": key,
+            **request.recording.describe()}
+
+
+def plan_component(request: ConvertRequest, component: str, model):
+    """(planned artifacts, the Keras model of each, split plan or None) for one component."""
+    from .split import KerasGraph, plan_split
+
+    spec = COMPONENTS[component]
+    recipe = RECIPES[request.quant]
+    dims = request.dims
+    pipeline_inputs = {s.name: s for s in spec.input_specs(dims)}
+    output_spec = spec.output_spec(dims)
+
+    if not spec.splittable:
+        params = int(model.count_params())
+        keys = _keys(request, component, {"part": 0, "num_parts": 1})
+        artifact = PlannedArtifact(
+            component, 0, 1, file_name(component, 0, 1),
+            inputs=tuple(pipeline_inputs.values()), outputs=(output_spec,),
+            wiring={name: None for name in pipeline_inputs}, params=params,
+            estimated_bytes=estimate_file_bytes(params, recipe.bytes_per_weight), **keys,
+        )
+        return [artifact], [model], None
+
+    graph = KerasGraph(model)
+    output_names = {graph.summary.model_outputs[0]: spec.output_name}
+    plan: SplitPlan = plan_split(
+        graph.summary,
+        bytes_per_weight=recipe.bytes_per_weight,
+        max_part_bytes=request.max_part_bytes,
+        min_parts=request.unet_parts or 1,
+        max_part_params=_max_part_params(request),
+        output_names=output_names,
+    )
+    renamed_back = {v: k for k, v in output_names.items()}
+
+    def tensor_spec(name: str) -> TensorSpec:
+        if name in pipeline_inputs:
+            return pipeline_inputs[name]
+        if name == spec.output_name:
+            return output_spec
+        shape = graph.summary.tensor_shapes[renamed_back.get(name, name)]
+        dtype = graph.summary.tensor_dtypes[renamed_back.get(name, name)]
+        return TensorSpec(name, (dims.batch_size, *shape[1:]), dtype)
+
+    artifacts, part_models = [], []
+    n = len(plan.parts)
+    for part in plan.parts:
+        keys = _keys(request, component, {
+            "part": part.index, "num_parts": n, "nodes": [part.start, part.stop],
+            "inputs": list(part.inputs), "outputs": list(part.outputs),
+        })
+        artifacts.append(PlannedArtifact(
+            component, part.index, n, file_name(component, part.index, n),
+            inputs=tuple(tensor_spec(t) for t in part.inputs),
+            outputs=tuple(tensor_spec(t) for t in part.outputs),
+            wiring={t: plan.producer_of(t) for t in part.inputs},
+            params=part.params, estimated_bytes=part.estimated_bytes, **keys,
+        ))
+        part_models.append(graph.build_part(part, output_names))
+    return artifacts, part_models, plan
+
+
+def split_summary(plan: SplitPlan | None) -> dict:
+    if plan is None:
+        return {}
+    return {
+        "max_part_bytes": plan.max_part_bytes,
+        "total_params": plan.total_params,
+        "parts": [
+            {"part": p.index, "nodes": [p.start, p.stop], "params": p.params,
+             "estimated_bytes": p.estimated_bytes, "inputs": list(p.inputs),
+             "outputs": list(p.outputs)}
+            for p in plan.parts
+        ],
+    }
+
+
+def plan_conversion(request: ConvertRequest) -> tuple[list[PlannedArtifact], dict]:
+    """The files a conversion would write, without converting (builds models, loads no weights)."""
+    from .keras_models import build_component
+
+    planned, split = [], {}
+    for component in request.components:
+        model = build_component(request.family, component, request.dims)
+        artifacts, _, plan = plan_component(request, component, model)
+        planned.extend(artifacts)
+        split = split or split_summary(plan)
+        del model
+        gc.collect()
+    return planned, split
+
+
+def describe_plan(planned: list[PlannedArtifact], split: dict) -> str:
+    lines = []
+    for a in planned:
+        lines.append(
+            f"{a.file_name:28s} {a.params:>13,} params  ~{a.estimated_bytes / 2**20:9,.1f} MiB  "
+            f"~{estimate_converter_rss(a.params) / 1e9:5.1f} GB RAM to convert"
+        )
+        if a.num_parts > 1:
+            lines.append(f"    in:  {', '.join(f'{s.name}{list(s.shape)}' for s in a.inputs)}")
+            lines.append(f"    out: {', '.join(f'{s.name}{list(s.shape)}' for s in a.outputs)}")
+    if split:
+        lines.append(f"UNet cap per part: {split['max_part_bytes']:,} bytes")
+    lines.append("(RAM: estimate for one conversion worker; --memory-budget splits the UNet further)")
+    return "\n".join(lines)

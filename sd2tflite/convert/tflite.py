@@ -1,0 +1,162 @@
+"""The convert stage: one SavedModel -> one .tflite file, with the precision's converter settings
+(applied from the recipe table's data), an atomic write, and the file's operator statistics."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import ConversionError, SD2TFLiteError
+from ..core.fsutil import write_bytes_atomic
+from ..core.precisions import RECIPES, QuantRecipe
+from ..core.registry import TensorSpec
+from .plan import HARD_FLATBUFFER_LIMIT, SIGNATURE_KEY, PlannedArtifact
+from .quiet import native_stderr_muted
+
+
+def apply_recipe(converter, recipe: QuantRecipe, representative_dataset=None):
+    """Sets a tf.lite.TFLiteConverter up as the recipe's data says."""
+    import tensorflow as tf
+
+    if recipe.needs_calibration:
+        if representative_dataset is None:
+            raise ValueError(f"{recipe.name} needs a representative dataset")
+        converter.representative_dataset = representative_dataset
+    converter.optimizations = [getattr(tf.lite.Optimize, name) for name in recipe.optimizations]
+    converter.target_spec.supported_types = [getattr(tf, name) for name in recipe.supported_types]
+    converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, name) for name in recipe.supported_ops]
+    return converter
+
+
+def convert_stage(artifact: PlannedArtifact, quant: str, out_dir: str, keep_float=None) -> dict:
+    """SavedModel -> .tflite (atomic write). Returns sha256, bytes, seconds, peak RSS, op stats."""
+    import tensorflow as tf
+
+    start = time.monotonic()
+    recipe = RECIPES[quant]
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        artifact.saved_model_dir, signature_keys=[SIGNATURE_KEY]
+    )
+    # Conversion metadata costs a full in-memory copy of the model; it records nothing we need.
+    converter.exclude_conversion_metadata = True
+    samples = _load_samples(artifact.calibration_file, artifact.inputs) if artifact.calibration_file else None
+    selective = None
+    try:
+        with _without_buffer_deduplication(), native_stderr_muted():
+            if keep_float is None:
+                apply_recipe(converter, recipe, (lambda: iter(samples)) if samples else None)
+                data = converter.convert()
+            else:
+                from .calibration.selective import quantize_keeping_float
+
+                result = quantize_keeping_float(converter, keep_float, samples,
+                                                lambda conv, dataset: apply_recipe(conv, recipe, dataset))
+                data, selective = result.model, result.summary()
+    except SD2TFLiteError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"converting {artifact.file_name} failed: {_conversion_hint(exc, quant)}") from exc
+    if len(data) >= HARD_FLATBUFFER_LIMIT or b"buffer_location" in data:
+        raise ConversionError(
+            f"{artifact.file_name} came out at {len(data):,} bytes, too large for a plain "
+            "flatbuffer: lower --max-part-bytes or raise --unet-parts"
+        )
+    op_stats = quantized_op_stats(data)
+    if recipe.integer_only and op_stats["float_ops"]:
+        # The converter lets some float kernels through even with only the int8 op set.
+        named = ", ".join(f"{op} ×{n}" for op, n in op_stats["float_ops"].items())
+        raise ConversionError(
+            f"{artifact.file_name}: no integer-only kernel for {named}: use --quant int8 (float fallback)")
+    target = Path(out_dir) / artifact.file_name
+    write_bytes_atomic(target, data)
+    digest = hashlib.sha256(data).hexdigest()  # of the bytes in memory: no second read
+    size = len(data)
+    if selective is not None:
+        op_stats["kept_float"] = selective
+    del data, converter
+    return {
+        "sha256": digest,
+        "bytes": size,
+        "op_stats": op_stats,
+        "seconds": round(time.monotonic() - start, 2),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+@contextlib.contextmanager
+def _without_buffer_deduplication():
+    """Skips the converter's final read-only buffer deduplication while converting.
+
+    It holds extra copies of the whole model: the worker converting the 1.25 GB fp32 v1 UNet part
+    peaked at 9.45 GB with it and 7.12 GB without. Stable Diffusion's weights have (next to) no
+    identical buffers for it to merge.
+    """
+    from tensorflow.lite.python import lite
+
+    original = getattr(lite, "_deduplicate_readonly_buffers", None)
+    if original is None:  # a TensorFlow without the step: nothing to skip
+        yield
+        return
+    lite._deduplicate_readonly_buffers = lambda model: model
+    try:
+        yield
+    finally:
+        lite._deduplicate_readonly_buffers = original
+
+
+def quantized_op_stats(data: bytes) -> dict:
+    """How many operators run with integer (int8 / int16) activations. Reads the flatbuffer in
+    place: the object API would copy every weight buffer."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from .calibration.selective import operator_names
+
+    integer_types = {schema.TensorType.INT8, schema.TensorType.INT16, schema.TensorType.UINT8}
+    model = schema.Model.GetRootAsModel(data, 0)
+    codes = operator_names(model)
+    total = quantized = 0
+    float_ops: dict[str, int] = {}
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            code = codes[op.OpcodeIndex()]
+            if code in ("QUANTIZE", "DEQUANTIZE"):
+                continue
+            total += 1
+            first = op.Inputs(0) if op.InputsLength() else (op.Outputs(0) if op.OutputsLength() else -1)
+            if first >= 0 and graph.Tensors(first).Type() in integer_types:
+                quantized += 1
+            else:
+                float_ops[code] = float_ops.get(code, 0) + 1
+    return {"ops": total, "quantized_ops": quantized, "float_ops": dict(sorted(float_ops.items()))}
+
+
+def _load_samples(path: str, inputs: tuple[TensorSpec, ...]) -> list[dict[str, np.ndarray]]:
+    with np.load(path) as data:
+        count = len(data[inputs[0].name])
+        return [{s.name: data[s.name][i].astype(s.dtype) for s in inputs} for i in range(count)]
+
+
+def _conversion_hint(exc: Exception, quant: str) -> str:
+    """The converter's wall of text, cut to what the user can act on."""
+    import re
+
+    text = " ".join(str(exc).split())
+    if "Select TF" in text or "Flex" in text:
+        return "the graph needs TensorFlow (Flex) ops that LiteRT does not ship"
+    if quant == "int16x8" and "Empty min/max" in text:
+        return ("int16x8 cannot calibrate this component's integer inputs (a TensorFlow quantizer "
+                "limit; the text encoder's token positions hit it): use --quant int8 for it")
+    if quant == "int8-strict":
+        ops = sorted(set(re.findall(r"op[: ]+'?(?:tfl\.)?([A-Za-z_0-9]+)'? (?:is not|not)", text))
+                     | set(re.findall(r"'tfl\.([a-z_0-9]+)'", text)))
+        named = f" (ops: {', '.join(ops[:8])})" if ops else ""
+        return (f"some operators have no integer-only kernel{named}: use --quant int8 (float fallback) "
+                f"or keep them in float with --keep-float; converter said: {text[:200]}")
+    return text[:300]

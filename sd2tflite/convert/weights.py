@@ -1,0 +1,223 @@
+"""Where component weights come from: the Hub (pinned sha256), local files, or random(seed).
+
+`parse_weights` turns the --weights text into a `WeightsSource`; `resolve` turns that into one
+`ResolvedWeights` per component (a local file plus its identity for the manifest), downloading
+from the Hub if needed. Loading into a Keras model happens in `load_into`. Only `load_into`
+touches Keras.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import UsageError, WeightsError
+from ..core.fsutil import sha256_file
+from ..core.registry import COMPONENTS, ModelFamily
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    kind: str  # "hub" | "random" | "dir" | "files"
+    seed: int = 0
+    directory: Path | None = None
+    files: tuple[tuple[str, Path], ...] = ()
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """One component's weights: a file to load (None for random) and its identity."""
+
+    component: str
+    path: Path | None
+    identity: dict
+
+    @property
+    def seed(self) -> int | None:
+        return self.identity.get("seed")
+
+
+def parse_weights(text: str | None, family: ModelFamily) -> WeightsSource:
+    text = (text or family.default_weights).strip()
+    if text == "hub":
+        if family.hub_files is None:
+            raise UsageError(
+                f"the {family.name} model has no released weights: use --weights random[:SEED] "
+                "or local files"
+            )
+        return WeightsSource("hub")
+    if text == "random" or text.startswith("random:"):
+        seed_text = text.partition(":")[2] or "0"
+        if not seed_text.isdigit():
+            raise UsageError(f"bad seed in --weights {text!r}: use random or random:SEED (an integer)")
+        return WeightsSource("random", seed=int(seed_text))
+    if "=" in text:
+        pairs = []
+        for item in text.split(","):
+            name, sep, path = item.partition("=")
+            name = name.strip()
+            if not sep or not path.strip():
+                raise UsageError(f"bad --weights item {item!r}: use COMPONENT=PATH[,COMPONENT=PATH]")
+            if name not in COMPONENTS:
+                raise UsageError(
+                    f"unknown component {name!r} in --weights: choose from {', '.join(COMPONENTS)}"
+                )
+            pairs.append((name, Path(path.strip()).expanduser()))
+        return WeightsSource("files", files=tuple(pairs))
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise UsageError(
+            f"--weights {text!r} is not 'hub', 'random[:SEED]', a directory or COMPONENT=PATH pairs: "
+            "fix the value"
+        )
+    return WeightsSource("dir", directory=path)
+
+
+def resolve(source: WeightsSource, family: ModelFamily, components: list[str]) -> dict[str, ResolvedWeights]:
+    """One ResolvedWeights per component; every file exists and looks like HDF5."""
+    resolved: dict[str, ResolvedWeights] = {}
+    for component in components:
+        if source.kind == "random":
+            # A distinct, reproducible seed per component.
+            seed = source.seed + list(COMPONENTS).index(component)
+            resolved[component] = ResolvedWeights(
+                component, None, {"kind": "random", "seed": seed}
+            )
+            continue
+        if source.kind == "hub":
+            resolved[component] = _download(family, component)
+            continue
+        if source.kind == "dir":
+            if family.hub_files is None:
+                raise UsageError(
+                    f"the {family.name} model has no released file names: pass "
+                    "--weights COMPONENT=PATH,... instead of a directory"
+                )
+            path = source.directory / family.hub_files[component].filename
+        else:
+            given = dict(source.files)
+            if component not in given:
+                raise UsageError(
+                    f"no weights for {component}: add {component}=PATH to --weights, or leave it "
+                    "out of --components"
+                )
+            path = given[component]
+        _check_weights_file(path, component)
+        resolved[component] = ResolvedWeights(
+            component, path, {"kind": "file", "path": str(path), "sha256": sha256_file(path)}
+        )
+    return resolved
+
+
+def _check_weights_file(path: Path, component: str) -> None:
+    if not path.is_file():
+        raise WeightsError(f"weights file for {component} not found: {path} (check the path)")
+    with open(path, "rb") as f:
+        head = f.read(len(_HDF5_MAGIC))
+    if head != _HDF5_MAGIC:
+        raise WeightsError(
+            f"{path} is not a Keras weights file (.h5 / .weights.h5, HDF5): pass the {component} "
+            "weights saved by Keras"
+        )
+
+
+def _download(family: ModelFamily, component: str) -> ResolvedWeights:
+    hub_file = family.hub_files[component]
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(repo_id=hub_file.repo_id, filename=hub_file.filename))
+    except Exception as exc:  # the client raises many types: offline, HTTP, connection
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+        why = "HF_HUB_OFFLINE is set and the file is not in the Hub cache" if offline else (
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}"
+        )
+        raise WeightsError(
+            f"cannot get {hub_file.filename} from the Hub repo {hub_file.repo_id} ({why}): "
+            f"download it elsewhere and pass --weights DIR (a folder with the Hub file names) "
+            f"or --weights {component}=PATH"
+        ) from exc
+    actual = sha256_file(path)
+    if actual != hub_file.sha256:
+        raise WeightsError(
+            f"{path} has sha256 {actual[:12]}…, not the {hub_file.sha256[:12]}… keras-cv pins for "
+            f"{hub_file.filename}: delete it from the Hub cache and download again"
+        )
+    return ResolvedWeights(
+        component,
+        path,
+        {"kind": "hub", "repo_id": hub_file.repo_id, "filename": hub_file.filename,
+         "sha256": actual},
+    )
+
+
+def from_identity(identity: dict, family: ModelFamily, component: str) -> ResolvedWeights:
+    """The weights a manifest says a component was converted from, found again (verify)."""
+    kind = identity.get("kind")
+    if kind == "random" and isinstance(identity.get("seed"), int):
+        return ResolvedWeights(component, None, dict(identity))
+    if kind == "hub" and family.hub_files is not None:
+        return _download(family, component)
+    if kind == "file":
+        path = Path(identity.get("path", ""))
+        if not path.is_file() or sha256_file(path) != identity.get("sha256"):
+            raise WeightsError(
+                f"the {component} weights this set was converted from ({path}) are gone or changed: "
+                f"pass them with --weights {component}=PATH"
+            )
+        return ResolvedWeights(component, path, dict(identity))
+    raise WeightsError(
+        f"the manifest does not say where the {component} weights came from ({identity!r}): "
+        "pass --weights"
+    )
+
+
+def load_into(model, weights: ResolvedWeights) -> None:
+    """Loads `weights` into a freshly built Keras model (random weights: nothing to load)."""
+    if weights.path is None:
+        return
+    try:
+        model.load_weights(str(weights.path))
+    except Exception as exc:  # Keras raises ValueError/KeyError/OSError for mismatches
+        detail = " ".join(str(exc).split())[:300]
+        raise WeightsError(
+            f"{weights.path} does not fit the {weights.component} of this model ({detail}): "
+            "pass weights saved from the same model family"
+        ) from exc
+
+
+def save_legacy_h5(model, path: Path) -> None:
+    """Writes weights in the legacy Keras .h5 layout of keras-cv's released files."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+
+
+def build_with_weights(family: str, component: str, dims, weights: ResolvedWeights):
+    """Builds a component and loads its weights; random weights are seeded per component."""
+    import keras
+
+    from .keras_models import build_component
+
+    if weights.seed is not None:
+        keras.utils.set_random_seed(weights.seed)
+    model = build_component(family, component, dims)
+    load_into(model, weights)
+    return model
+
+
+__all__ = [
+    "ResolvedWeights",
+    "WeightsSource",
+    "build_with_weights",
+    "from_identity",
+    "load_into",
+    "parse_weights",
+    "resolve",
+    "save_legacy_h5",
+]

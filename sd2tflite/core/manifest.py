@@ -1,0 +1,214 @@
+"""manifest.json: what a converted set is, file by file. Imports no TensorFlow.
+
+The manifest is the only source of file names, signatures and the wiring between UNet parts.
+It is written last and atomically; `load_manifest` validates it against MANIFEST_SCHEMA and
+refuses paths that leave the set's directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+
+from .errors import ManifestError
+from .fsutil import write_json_atomic
+from .registry import ModelDims, TensorSpec
+from .schema import schema_problems
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+VERIFY_REPORT_NAME = "verify.json"  # where `verify --json` reports go when kept with the set
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One .tflite file."""
+
+    component: str
+    part: int
+    num_parts: int
+    path: str  # relative to the manifest's directory, POSIX separators
+    sha256: str
+    bytes: int
+    params: int
+    signature_key: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    # input name -> index of the part that produces it (None: fed by the pipeline)
+    wiring: dict[str, int | None]
+    conversion_seconds: float
+    peak_rss_bytes: int
+    build_key: str  # hash of everything that determines the file; re-runs reuse on a match
+    # int8: where the calibration data came from (source, cache key, prompts, steps, samples, seed)
+    calibration: dict | None = None
+    # {"ops": operators (without QUANTIZE / DEQUANTIZE), "quantized_ops": those with integer activations}
+    op_stats: dict | None = None
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["inputs"] = [s.to_json() for s in self.inputs]
+        data["outputs"] = [s.to_json() for s in self.outputs]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Artifact":
+        data = dict(data)
+        data["inputs"] = tuple(TensorSpec.from_json(s) for s in data["inputs"])
+        data["outputs"] = tuple(TensorSpec.from_json(s) for s in data["outputs"])
+        data["wiring"] = {k: (None if v is None else int(v)) for k, v in data["wiring"].items()}
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    family: str
+    quant: str
+    dims: dict
+    weights: dict[str, dict]  # component -> identity (hub / file / random)
+    artifacts: tuple[Artifact, ...]
+    versions: dict[str, str]
+    command: str = ""
+    created: str = ""
+    split: dict = field(default_factory=dict)  # the UNet plan: cap, parts, params
+    # The precision's converter settings (optimizations, types, op sets), as the recipe table has them.
+    converter: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def model_dims(self) -> ModelDims:
+        """The static shapes the files are built for; every field must be present and positive."""
+        names = list(ModelDims.__dataclass_fields__)
+        bad = [n for n in names if not isinstance(self.dims.get(n), int) or isinstance(self.dims.get(n), bool)
+               or self.dims[n] < 1]
+        if bad:
+            raise ManifestError(f"manifest dims.{bad[0]} is {self.dims.get(bad[0])!r}, not a positive integer: "
+                                "convert the set again")
+        return ModelDims(**{n: self.dims[n] for n in names})
+
+    def parts_of(self, component: str) -> list[Artifact]:
+        return sorted((a for a in self.artifacts if a.component == component), key=lambda a: a.part)
+
+    @property
+    def components(self) -> list[str]:
+        seen: list[str] = []
+        for a in self.artifacts:
+            if a.component not in seen:
+                seen.append(a.component)
+        return seen
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["artifacts"] = [a.to_json() for a in self.artifacts]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Manifest":
+        validate_manifest_json(data)
+        data = dict(data)
+        data["artifacts"] = tuple(Artifact.from_json(a) for a in data["artifacts"])
+        return cls(**data)
+
+
+_SPEC_SCHEMA = {
+    "type": "object",
+    "required": ["name", "shape", "dtype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+        "dtype": {"type": "string"},
+    },
+}
+
+MANIFEST_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "sd2tflite manifest",
+    "type": "object",
+    "required": ["format_version", "family", "quant", "dims", "weights", "artifacts", "versions"],
+    "properties": {
+        "format_version": {"type": "integer", "const": FORMAT_VERSION},
+        "family": {"type": "string"},
+        "quant": {"type": "string"},
+        "dims": {"type": "object"},
+        "weights": {"type": "object"},
+        "versions": {"type": "object"},
+        "command": {"type": "string"},
+        "created": {"type": "string"},
+        "split": {"type": "object"},
+        "converter": {"type": "object"},
+        "artifacts": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "component", "part", "num_parts", "path", "sha256", "bytes", "params",
+                    "signature_key", "inputs", "outputs", "wiring", "conversion_seconds",
+                    "peak_rss_bytes", "build_key",
+                ],
+                "properties": {
+                    "component": {"type": "string"},
+                    "part": {"type": "integer"},
+                    "num_parts": {"type": "integer"},
+                    "path": {"type": "string"},
+                    "sha256": {"type": "string"},
+                    "bytes": {"type": "integer"},
+                    "params": {"type": "integer"},
+                    "signature_key": {"type": "string"},
+                    "inputs": {"type": "array", "items": _SPEC_SCHEMA},
+                    "outputs": {"type": "array", "items": _SPEC_SCHEMA},
+                    "wiring": {"type": "object"},
+                    "conversion_seconds": {"type": "number"},
+                    "peak_rss_bytes": {"type": "integer"},
+                    "build_key": {"type": "string"},
+                    "calibration": {"type": ["object", "null"]},
+                    "op_stats": {"type": ["object", "null"]},
+                },
+            },
+        },
+    },
+}
+
+def validate_manifest_json(data) -> None:
+    problems = schema_problems(data, MANIFEST_SCHEMA, "manifest")
+    if problems:
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if isinstance(version, int) and version != FORMAT_VERSION:
+            raise ManifestError(f"manifest format_version is {version}, this sd2tflite reads {FORMAT_VERSION}: "
+                                "convert again or use a matching sd2tflite")
+        raise ManifestError(f"{problems[0]}: regenerate the set with sd2tflite convert")
+    for i, artifact in enumerate(data["artifacts"]):
+        safe_relative_path(artifact["path"], f"artifacts[{i}].path")
+
+
+def safe_relative_path(text: str, where: str = "path") -> PurePosixPath:
+    """A manifest path must stay inside the set's directory."""
+    path = PurePosixPath(text)
+    if not text or path.is_absolute() or ".." in path.parts or "\\" in text:
+        raise ManifestError(
+            f"manifest {where} {text!r} points outside the model directory: the manifest is "
+            "corrupt or hostile, convert again"
+        )
+    return path
+
+
+def save_manifest(manifest: Manifest, directory: Path) -> Path:
+    path = directory / MANIFEST_NAME
+    write_json_atomic(path, manifest.to_json())
+    return path
+
+
+def load_manifest(directory: Path) -> Manifest:
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"no {MANIFEST_NAME} in {directory}: point at a folder written by sd2tflite convert")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path} is not valid JSON ({exc}): convert again") from exc
+    try:
+        return Manifest.from_json(data)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # unknown keys, bad wiring
+        raise ManifestError(
+            f"{path} does not describe a converted set ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:120]}): convert again"
+        ) from exc

@@ -1,0 +1,190 @@
+"""The one place that lists model families and components.
+
+Everything else (weights, split, convert, tests) iterates over these tables; adding a component
+or a family is one entry here plus its builder in models.py. Imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_TEXT_LENGTH = 77
+TIMESTEP_EMBEDDING_DIM = 320
+LATENT_CHANNELS = 4
+VAE_FACTOR = 8
+CLIP_VOCAB_SIZE = 49408
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named, fully static tensor of a signature (batch included)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TensorSpec":
+        return cls(data["name"], tuple(int(d) for d in data["shape"]), data["dtype"])
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The static shapes a converted set is built for."""
+
+    img_height: int = 512
+    img_width: int = 512
+    batch_size: int = 1
+    max_text_length: int = MAX_TEXT_LENGTH
+    context_dim: int = 768
+    vocab_size: int = CLIP_VOCAB_SIZE
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        return (
+            self.batch_size,
+            self.img_height // VAE_FACTOR,
+            self.img_width // VAE_FACTOR,
+            LATENT_CHANNELS,
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "img_height": self.img_height,
+            "img_width": self.img_width,
+            "batch_size": self.batch_size,
+            "max_text_length": self.max_text_length,
+            "context_dim": self.context_dim,
+            "vocab_size": self.vocab_size,
+        }
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """A released keras-cv weight file and the sha256 keras-cv pins for it."""
+
+    repo_id: str
+    filename: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A component's signature and how its weights are released."""
+
+    name: str
+    description: str
+    output_name: str
+    splittable: bool  # only the UNet is big enough to need parts
+
+    def input_specs(self, dims: ModelDims) -> list[TensorSpec]:
+        b, h, w = dims.batch_size, dims.img_height, dims.img_width
+        if self.name == "text_encoder":
+            return [
+                TensorSpec("tokens", (b, dims.max_text_length), "int32"),
+                TensorSpec("positions", (b, dims.max_text_length), "int32"),
+            ]
+        if self.name == "diffusion":
+            return [
+                TensorSpec("latent", dims.latent_shape, "float32"),
+                TensorSpec("timestep_embedding", (b, TIMESTEP_EMBEDDING_DIM), "float32"),
+                TensorSpec("context", (b, dims.max_text_length, dims.context_dim), "float32"),
+            ]
+        if self.name == "decoder":
+            return [TensorSpec("latent", dims.latent_shape, "float32")]
+        if self.name == "image_encoder":
+            return [TensorSpec("image", (b, h, w, 3), "float32")]
+        raise KeyError(self.name)
+
+    def output_spec(self, dims: ModelDims) -> TensorSpec:
+        b, h, w = dims.batch_size, dims.img_height, dims.img_width
+        shapes = {
+            "text_encoder": (b, dims.max_text_length, dims.context_dim),
+            "diffusion": dims.latent_shape,
+            "decoder": (b, h, w, 3),
+            "image_encoder": dims.latent_shape,
+        }
+        return TensorSpec(self.output_name, shapes[self.name], "float32")
+
+
+COMPONENTS: dict[str, ComponentSpec] = {
+    spec.name: spec
+    for spec in (
+        ComponentSpec("text_encoder", "CLIP text encoder: tokens, positions -> context",
+                      "context", splittable=False),
+        ComponentSpec("diffusion", "UNet: latent, timestep_embedding, context -> noise prediction",
+                      "noise_pred", splittable=True),
+        ComponentSpec("decoder", "VAE decoder: latent -> image in [-1, 1]", "image",
+                      splittable=False),
+        ComponentSpec("image_encoder", "VAE image encoder: image in [-1, 1] -> latent", "latent",
+                      splittable=False),
+    )
+}
+
+# What a text-to-image run calls (the image encoder only runs for image-to-image and inpainting).
+PIPELINE_COMPONENTS = ("text_encoder", "diffusion", "decoder")
+
+_FCHOLLET = "fchollet/stable-diffusion"
+_SD21 = "ianstenbit/keras-sd2.1"
+# sha256 values are the ones keras-cv 0.9 pins in its source.
+_V1_FILES = {
+    "text_encoder": HubFile(_FCHOLLET, "kcv_encoder.h5",
+                            "4789e63e07c0e54d6a34a29b45ce81ece27060c499a709d556c7755b42bb0dc4"),
+    "diffusion": HubFile(_FCHOLLET, "kcv_diffusion_model.h5",
+                         "8799ff9763de13d7f30a683d653018e114ed24a6a819667da4f5ee10f9e805fe"),
+    "decoder": HubFile(_FCHOLLET, "kcv_decoder.h5",
+                       "ad350a65cc8bc4a80c8103367e039a3329b4231c2469a1093869a345f55b1962"),
+    "image_encoder": HubFile(_FCHOLLET, "vae_encoder.h5",
+                             "c60fb220a40d090e0f86a6ab4c312d113e115c87c40ff75d11ffcf380aab7ebb"),
+}
+_V2_FILES = {
+    **_V1_FILES,  # SD 2.1 in keras-cv reuses the v1 VAE
+    "text_encoder": HubFile(_SD21, "text_encoder_v2_1.h5",
+                            "985002e68704e1c5c3549de332218e99c5b9b745db7171d5f31fcd9a6089f25b"),
+    "diffusion": HubFile(_SD21, "diffusion_model_v2_1.h5",
+                         "c31730e91111f98fe0e2dbde4475d381b5287ebb9672b1821796146a25c5132d"),
+}
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    description: str
+    context_dim: int
+    hub_files: dict[str, HubFile] | None  # None: no released weights (tiny)
+    default_weights: str
+    license: str | None
+
+    def dims(self, img_height: int = 512, img_width: int = 512, batch_size: int = 1) -> ModelDims:
+        return ModelDims(img_height, img_width, batch_size, context_dim=self.context_dim)
+
+
+FAMILIES: dict[str, ModelFamily] = {
+    f.name: f
+    for f in (
+        ModelFamily("v1", "keras-cv StableDiffusion (SD 1.4)", 768, _V1_FILES, "hub",
+                    "creativeml-openrail-m"),
+        ModelFamily("v2", "keras-cv StableDiffusionV2 (SD 2.1)", 1024, _V2_FILES, "hub",
+                    "openrail++"),
+        ModelFamily("tiny", "v1 topology at small widths, real interfaces (tests, demos)", 768,
+                    None, "random", None),
+    )
+}
+
+
+def parse_components(text: str | None) -> list[str]:
+    """'decoder,text_encoder' -> ['text_encoder', 'decoder'] in registry order."""
+    if not text or text == "all":
+        return list(COMPONENTS)
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in COMPONENTS]
+    if unknown:
+        from .errors import UsageError
+
+        raise UsageError(
+            f"unknown component {unknown[0]!r}: choose from {', '.join(COMPONENTS)}"
+        )
+    return [n for n in COMPONENTS if n in names]

@@ -1,0 +1,117 @@
+"""`sd2tflite generate`: a converted set, a prompt and settings in; PNG files out. No TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import __version__
+from ..core.errors import UsageError
+from ..core.fsutil import atomic_write
+from ..core.outputs import NewFile, check_new_files
+from .images import load_image, load_mask, output_paths, save_png
+from .integrity import ensure_intact
+from .litert import LiteRTComponents
+from .pipeline import GenerateSettings, Pipeline
+from .tokenizer import load_tokenizer
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    model_dir: Path
+    output: Path
+    settings: GenerateSettings
+    noise_file: Path | None = None
+    image_file: Path | None = None
+    mask_file: Path | None = None
+    resize: bool = True
+    threads: int | None = None
+    vocab: Path | None = None
+    save_latents: Path | None = None
+    force: bool = False
+
+
+@dataclass
+class GenerateOutcome:
+    paths: list[Path]
+    notes: list[str]
+    seconds: float
+
+
+def _check_outputs(request: GenerateRequest, batch_size: int) -> list[Path]:
+    if request.output.suffix.lower() != ".png":
+        raise UsageError(f"-o {request.output}: the output is a PNG file, name it *.png")
+    paths = output_paths(request.output, batch_size)
+    check_new_files([NewFile("-o", p) for p in paths] + [NewFile("--save-latents", request.save_latents)],
+                    request.force)
+    return paths
+
+
+def _load_noise(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UsageError(f"--noise {path} does not exist: check the path") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--noise {path} is not a .npy array ({exc}): save one with numpy.save") from exc
+
+
+def generate(request: GenerateRequest, on_step: Callable[[int, int], None] | None = None) -> GenerateOutcome:
+    start = time.monotonic()
+    manifest = ensure_intact(request.model_dir, reuse_hashes=True)
+    dims = manifest.model_dims
+    paths = _check_outputs(request, dims.batch_size)  # before any work: nothing is overwritten
+    settings, notes = request.settings, []
+    if request.noise_file is not None:
+        settings = replace(settings, noise=_load_noise(request.noise_file), seed=None)
+    if request.mask_file is not None and request.image_file is None:
+        raise UsageError("--mask needs --image: pass the image to inpaint")
+    if request.image_file is not None:
+        image, note = load_image(request.image_file, dims.img_height, dims.img_width, request.resize)
+        notes += [note] if note else []
+        settings = replace(settings, image=image)
+        if request.mask_file is not None:
+            settings = replace(settings, mask=load_mask(
+                request.mask_file, request.image_file, dims.img_height, dims.img_width, request.resize))
+    elif settings.strength is not None:
+        raise UsageError("--strength needs --image: it says how far to move away from that image")
+
+    tokenizer = load_tokenizer(manifest.family, request.vocab)
+    pipeline = Pipeline(LiteRTComponents(request.model_dir, manifest, request.threads), dims, tokenizer)
+    result = pipeline.generate(settings, on_step=on_step)
+
+    text = {
+        "prompt": settings.prompt,
+        "parameters": json.dumps(_recorded_settings(request, settings, manifest, tokenizer.name)),
+        "Software": f"sd2tflite {__version__}",
+    }
+    for i, path in enumerate(paths):
+        save_png(path, result.images[i], text)
+    if request.save_latents:
+        with atomic_write(request.save_latents, suffix=".npy") as tmp:  # np.save adds .npy otherwise
+            np.save(tmp, result.latents)
+    return GenerateOutcome(paths, notes, time.monotonic() - start)
+
+
+def _recorded_settings(request: GenerateRequest, settings: GenerateSettings, manifest, tokenizer: str) -> dict:
+    """Everything needed to reproduce the image, for the PNG's text metadata."""
+    return {
+        "prompt": settings.prompt,
+        "negative_prompt": settings.negative_prompt,
+        "seed": settings.seed,
+        "noise_file": str(request.noise_file) if request.noise_file else None,
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "strength": settings.strength,
+        "image": str(request.image_file) if request.image_file else None,
+        "mask": str(request.mask_file) if request.mask_file else None,
+        "model": {"family": manifest.family, "quant": manifest.quant, "dims": manifest.dims,
+                  "weights": manifest.weights,
+                  "files": {a.path: a.sha256 for a in manifest.artifacts}},
+        "tokenizer": tokenizer,
+    }

@@ -1,0 +1,152 @@
+"""Text-to-image, image-to-image and inpainting over any four component callables. No TensorFlow.
+
+The maths is keras-cv's `StableDiffusion.generate_image` step for step (schedule, guidance,
+update rule, decode and clipping), so the same starting noise gives the same image as keras-cv
+running the same weights; `verify` measures exactly that. A component is a callable taking its
+inputs by name and returning a dict of named outputs: the LiteRT runtime provides them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ..core.registry import ModelDims
+from ..core.errors import UsageError
+from .schedule import alphas, timestep_embedding, timesteps
+from .tokenizer import ClipTokenizer
+
+Component = Callable[..., Mapping[str, np.ndarray]]
+
+# keras-cv's _UNCONDITIONAL_TOKENS: the empty prompt, padded with end-of-text.
+UNCONDITIONAL_PROMPT = ""
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    prompt: str
+    steps: int = 25
+    guidance: float = 7.5
+    seed: int | None = 0
+    negative_prompt: str | None = None
+    noise: np.ndarray | None = None  # starting latent noise; replaces the seed
+    image: np.ndarray | None = None  # (h, w, 3) float in [-1, 1]: image-to-image / inpainting
+    mask: np.ndarray | None = None  # (h, w) in [0, 1]: 1 = repaint, 0 = keep
+    strength: float | None = None  # share of the schedule to run from the image (default 1.0)
+
+
+@dataclass
+class GenerateResult:
+    images: np.ndarray  # (batch, h, w, 3) uint8
+    latents: np.ndarray  # final latents, before decoding
+    noise: np.ndarray  # the starting noise actually used
+
+
+class Pipeline:
+    def __init__(self, components: Mapping[str, Component], dims: ModelDims, tokenizer: ClipTokenizer):
+        self.components = components
+        self.dims = dims
+        self.tokenizer = tokenizer
+
+    # ----------------------------------------------------------------- pieces keras-cv has too
+
+    def encode_text(self, prompt: str) -> np.ndarray:
+        b, length = self.dims.batch_size, self.dims.max_text_length
+        tokens = np.asarray([self.tokenizer.tokens_for(prompt, length)] * b, dtype=np.int32)
+        positions = np.repeat(np.arange(length, dtype=np.int32)[None], b, axis=0)
+        return np.asarray(self.components["text_encoder"](tokens=tokens, positions=positions)["context"])
+
+    def predict_noise(self, latent, t_emb, context) -> np.ndarray:
+        return np.asarray(self.components["diffusion"](
+            latent=latent, timestep_embedding=t_emb, context=context)["noise_pred"])
+
+    def decode(self, latent: np.ndarray) -> np.ndarray:
+        decoded = np.asarray(self.components["decoder"](latent=latent)["image"])
+        return np.clip((decoded + 1) / 2 * 255, 0, 255).astype("uint8")
+
+    def encode_image(self, image: np.ndarray) -> np.ndarray:
+        batch = np.repeat(image[None].astype(np.float32), self.dims.batch_size, axis=0)
+        return np.asarray(self.components["image_encoder"](image=batch)["latent"])
+
+    def starting_noise(self, settings: GenerateSettings) -> np.ndarray:
+        shape = self.dims.latent_shape
+        if settings.noise is None:
+            rng = np.random.default_rng(settings.seed)
+            return rng.standard_normal(shape).astype(np.float32)
+        noise = np.asarray(settings.noise, dtype=np.float32)
+        if noise.shape == shape[1:]:
+            noise = np.repeat(noise[None], shape[0], axis=0)  # one noise for every image, as keras-cv
+        if noise.shape != shape:
+            raise UsageError(
+                f"the noise has shape {list(noise.shape)}, this set needs {list(shape)} "
+                f"(or {list(shape[1:])}): save a matching array"
+            )
+        return noise
+
+    # ----------------------------------------------------------------- the loop
+
+    def generate(self, settings: GenerateSettings, on_step: Callable[[int, int], None] | None = None) -> GenerateResult:
+        if settings.steps < 1:
+            raise UsageError(f"--steps {settings.steps} must be at least 1")
+        strength = settings.strength if settings.strength is not None else 1.0
+        if not 0.0 < strength <= 1.0:
+            raise UsageError(f"--strength {strength} must be in (0, 1]")
+        if settings.mask is not None and settings.image is None:
+            raise UsageError("a mask needs an image: pass --image with --mask")
+
+        context = self.encode_text(settings.prompt)
+        unconditional = self.encode_text(settings.negative_prompt or UNCONDITIONAL_PROMPT)
+        noise = self.starting_noise(settings)
+        schedule = timesteps(settings.steps)
+        alpha, alpha_prev = alphas(schedule)
+
+        # Image-to-image and inpainting start part-way down the schedule from the noised image.
+        first = len(schedule) - 1
+        known = None
+        if settings.image is not None:
+            known = self.encode_image(settings.image)
+            first = max(0, round(len(schedule) * strength) - 1)
+            if strength >= 1.0 and settings.mask is not None:
+                latent = noise  # full inpainting: the masked region starts from pure noise
+            else:
+                latent = (math.sqrt(alpha[first]) * known + math.sqrt(1 - alpha[first]) * noise).astype(np.float32)
+        else:
+            latent = noise
+        latent_mask = _latent_mask(settings.mask, self.dims) if settings.mask is not None else None
+
+        done, total = 0, first + 1
+        for index in range(first, -1, -1):
+            latent_prev = latent
+            t_emb = timestep_embedding(schedule[index], self.dims.batch_size)
+            unconditional_eps = self.predict_noise(latent, t_emb, unconditional)
+            conditional_eps = self.predict_noise(latent, t_emb, context)
+            eps = unconditional_eps + settings.guidance * (conditional_eps - unconditional_eps)
+            a_t, a_prev = alpha[index], alpha_prev[index]
+            pred_x0 = (latent_prev - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+            latent = eps * math.sqrt(1.0 - a_prev) + math.sqrt(a_prev) * pred_x0
+            if latent_mask is not None:
+                # Outside the mask, follow the input image noised to the same level.
+                known_t = math.sqrt(a_prev) * known + math.sqrt(1.0 - a_prev) * noise
+                latent = latent_mask * latent + (1.0 - latent_mask) * known_t
+            latent = latent.astype(np.float32)
+            done += 1
+            if on_step:
+                on_step(done, total)
+
+        images = self.decode(latent)
+        if settings.mask is not None:
+            # The VAE does not reproduce pixels exactly: keep the input outside the mask.
+            original = np.clip((settings.image + 1) / 2 * 255, 0, 255).round().astype("uint8")
+            keep = settings.mask[None, :, :, None] < 0.5
+            images = np.where(keep, original[None], images)
+        return GenerateResult(images=images, latents=latent, noise=noise)
+
+
+def _latent_mask(mask: np.ndarray, dims: ModelDims) -> np.ndarray:
+    """A latent cell is repainted if any pixel of its 8x8 block is."""
+    h, w = dims.latent_shape[1:3]
+    blocks = mask.reshape(h, mask.shape[0] // h, w, mask.shape[1] // w).max(axis=(1, 3))
+    return blocks[None, :, :, None].astype(np.float32)

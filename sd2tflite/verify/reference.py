@@ -1,0 +1,58 @@
+"""The one Keras reference: the Keras components a set was converted from (rebuilt from the weights
+its manifest records, or from --weights), and keras-cv's own StableDiffusion pipeline driven by
+them. verify and bench both use it. Imports TensorFlow and keras-cv (lazily)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+
+from ..core.manifest import Manifest
+from ..core.registry import FAMILIES, ModelDims
+
+
+def reference_models(manifest: Manifest, weights_text: str | None = None,
+                     components: list[str] | None = None) -> dict:
+    """component -> Keras model with the weights the set was converted from (or from --weights)."""
+    from ..convert.weights import build_with_weights, from_identity, parse_weights, resolve
+
+    family = FAMILIES[manifest.family]
+    dims = manifest.model_dims
+    components = components or manifest.components
+    if weights_text:
+        resolved = resolve(parse_weights(weights_text, family), family, components)
+    else:
+        resolved = {c: from_identity(manifest.weights.get(c, {}), family, c) for c in components}
+    return {c: build_with_weights(manifest.family, c, dims, resolved[c]) for c in components}
+
+
+class KerasCVPipeline:
+    """keras-cv's StableDiffusion (v1 and tiny) or StableDiffusionV2 with our Keras components in
+    place of its own, so its generate_image runs exactly the weights of the set."""
+
+    def __init__(self, family: str, dims: ModelDims, models: dict, jit_compile: bool = False):
+        from keras_cv.models import StableDiffusion, StableDiffusionV2
+
+        self.dims = dims
+        with contextlib.redirect_stdout(io.StringIO()):  # keras-cv prints a licence note
+            self.model = (StableDiffusionV2 if family == "v2" else StableDiffusion)(
+                img_height=dims.img_height, img_width=dims.img_width, jit_compile=jit_compile)
+        self.use(models)
+
+    def use(self, models: dict) -> None:
+        """Puts these components in (objects with keras-cv's predict_on_batch)."""
+        self.model._text_encoder = models["text_encoder"]
+        self.model._diffusion_model = models["diffusion"]
+        self.model._decoder = models["decoder"]
+
+    def generate(self, tokens: np.ndarray, steps: int, guidance: float, noise: np.ndarray) -> np.ndarray:
+        """uint8 images for the token ids of one prompt, from this starting noise."""
+        positions = np.arange(self.dims.max_text_length, dtype=np.int32)[None]
+        with contextlib.redirect_stdout(io.StringIO()):  # keras-cv's progress bar
+            context = self.model.text_encoder.predict_on_batch(
+                {"tokens": np.asarray(tokens, np.int32), "positions": positions})
+            return np.asarray(self.model.generate_image(
+                context, batch_size=self.dims.batch_size, num_steps=steps,
+                unconditional_guidance_scale=guidance, diffusion_noise=noise))

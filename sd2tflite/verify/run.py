@@ -1,0 +1,87 @@
+"""`sd2tflite verify`: proof that a converted set computes what the Keras model computes.
+
+Three groups of checks, all run and all reported (failures are collected, not raised):
+  integrity    files vs manifest (runtime/integrity.py; LiteRT only)
+  parity       each component (split ones as their chained parts) vs the Keras component built
+               from the same weights, on seeded inputs that look like the pipeline's
+  end-to-end   the LiteRT pipeline vs keras-cv's own `StableDiffusion.generate_image` fed the same
+               Keras components and the same starting noise
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..core.errors import ManifestError, UsageError
+from ..core.fsutil import sha256_file
+from ..core.manifest import MANIFEST_NAME
+from ..core.precisions import RECIPES
+from ..core.registry import FAMILIES, PIPELINE_COMPONENTS
+from ..runtime.integrity import Check, check_integrity
+from ..runtime.litert import LiteRTComponents
+from ..runtime.pipeline import Pipeline
+from ..runtime.tokenizer import load_tokenizer
+from .checks import GUIDANCE, VERIFY_PROMPTS, VERIFY_TIMESTEPS, component_check, end_to_end_check, parity_inputs
+from .reference import reference_models
+from .report import VerifyReport
+
+
+def verify(directory: Path, weights: str | None = None, vocab: Path | None = None, steps: int = 3,
+           end_to_end: bool = True, threads: int | None = None,
+           on_stage: Callable[[str], None] = lambda text: None) -> VerifyReport:
+    if steps < 1:
+        raise UsageError(f"--steps {steps} must be at least 1")
+    report = VerifyReport(str(directory), None, settings={
+        "steps": steps, "guidance": GUIDANCE, "weights": weights or "from the manifest",
+        "prompts": list(VERIFY_PROMPTS), "timesteps": list(VERIFY_TIMESTEPS)})
+    on_stage("integrity: sizes, sha256, signatures")
+    manifest, checks = check_integrity(directory)
+    report.manifest = manifest
+    if manifest is not None:
+        report.manifest_sha256 = sha256_file(Path(directory) / MANIFEST_NAME)
+    report.checks += checks
+    if manifest is None:
+        return report
+    if manifest.family not in FAMILIES:
+        report.checks.append(Check("parity", "model family", False,
+                                   f"unknown family {manifest.family!r}: this sd2tflite cannot rebuild it"))
+        return report
+    try:
+        dims = manifest.model_dims
+    except ManifestError as exc:
+        report.checks.append(Check("integrity", "dims", False, str(exc)))
+        return report
+    broken = {c.component for c in checks if not c.passed and c.component}
+
+    on_stage("building the Keras reference models")
+    keras = reference_models(manifest, weights)
+    tokenizer = load_tokenizer(manifest.family, vocab)
+    litert = LiteRTComponents(Path(directory), manifest, threads)
+    samples = parity_inputs(dims, tokenizer, keras)
+    for component in manifest.components:
+        if component in broken:
+            report.checks.append(Check("parity", component, False, "not run: its files do not match the manifest",
+                                       component=component))
+            continue
+        on_stage(f"parity: {component}")
+        report.checks.append(component_check(component, keras[component], litert[component],
+                                             samples[component], manifest.quant))
+    pipeline_parts = set(PIPELINE_COMPONENTS)
+    if RECIPES[manifest.quant].needs_calibration and pipeline_parts <= set(manifest.components) - broken:
+        from .quality import held_out_inputs, quality_report
+
+        on_stage("int8 quality: recording held-out inputs from the Keras pipeline")
+        report.quality = quality_report(manifest, keras, litert, held_out_inputs(keras, dims, tokenizer))
+    if end_to_end:
+        needed = pipeline_parts
+        missing = needed - set(manifest.components)
+        if missing or needed & broken:
+            report.checks.append(Check("end-to-end", "pipeline", False,
+                                       f"not run: {', '.join(sorted(missing or needed & broken))} "
+                                       f"{'missing from the set' if missing else 'do not match the manifest'}"))
+        else:
+            on_stage(f"end to end: keras-cv vs LiteRT, {steps} steps")
+            pipeline = Pipeline(litert, dims, tokenizer)
+            report.checks.append(end_to_end_check(manifest.family, keras, pipeline, dims, manifest.quant, steps))
+    return report
