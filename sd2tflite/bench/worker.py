@@ -39,7 +39,7 @@ def bench_inputs(dims, seed: int) -> dict[str, dict]:
     from ..runtime.schedule import timestep_embedding
 
     inputs = {c: synthetic_samples(c, dims, 1, seed)[0] for c in COMPONENTS}
-    inputs["diffusion"]["timestep_embedding"] = timestep_embedding(TIMESTEP, dims.batch_size)
+    inputs["diffusion"]["timestep_embedding"] = timestep_embedding(TIMESTEP, dims.batch_size, dims.timestep_dim)
     return inputs
 
 
@@ -98,12 +98,13 @@ def run_litert_case(case: dict) -> list[dict]:
     components = LiteRTComponents(directory, manifest, threads)
     needed = ("text_encoder", "diffusion", "decoder")
     load_seconds = seconds(lambda: [components[c] for c in needed])
-    pipeline = Pipeline(components, dims, _tokenizer(manifest.family, case["vocab"]))
+    pipeline = Pipeline(components, dims, _tokenizer(manifest.family, case["vocab"]), manifest.prediction_type)
     settings = GenerateSettings(BENCH_PROMPT, steps=case["steps"], guidance=GUIDANCE,
                                 noise=_noise(dims, case["seed"]))
 
     def make_run(log: CallLog):
-        logged = Pipeline({c: log.wrap(c, components[c]) for c in needed}, dims, pipeline.tokenizer)
+        logged = Pipeline({c: log.wrap(c, components[c]) for c in needed}, dims, pipeline.tokenizer,
+                          manifest.prediction_type)
         return lambda: logged.generate(settings)
 
     return stages + _image_stage("image", make_run, load_seconds, case)

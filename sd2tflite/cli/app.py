@@ -29,9 +29,18 @@ def main() -> None:
 @click.option("--quant", default="fp32", show_default=True,
               help="Precision: fp32, fp16, dynamic (int8 weights), int8 (calibrated, float fallback), "
                    "int8-strict (integer-only) or int16x8 (int16 activations).")
-@click.option("--weights", default=None,
-              help="hub | DIR (Hub file names) | COMPONENT=PATH,... | random[:SEED]. "
-                   "Default: hub for v1/v2, random for tiny.")
+@click.option("--weights", multiple=True,
+              help="hub | DIR (keras-cv's Hub file names) | COMPONENT=PATH,... (.h5) | random[:SEED] | a PyTorch "
+                   "checkpoint: FILE.safetensors, a diffusers folder or hf://OWNER/REPO[@REV], repeatable with "
+                   "unet=PATH, vae=PATH, text_encoder=PATH overrides. Default: hub for v1/v2, random for tiny.")
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]",
+              help="Checkpoints: merge a LoRA (kohya / A1111 or diffusers / PEFT .safetensors) into the UNet and "
+                   "text encoder before converting; repeatable; scale 1 by default.")
+@click.option("--prediction-type", default=None, type=click.Choice(["epsilon", "v_prediction"]),
+              help="Checkpoints: what the UNet predicts (default: the diffusers scheduler config; SD 1.x "
+                   "epsilon; SD 2.x single files must say: 512-base epsilon, 768-v v_prediction).")
+@click.option("--ema/--no-ema", default=True, show_default=True,
+              help="Checkpoints: use the EMA UNet weights of a single file that carries them.")
 @click.option("--components", default="all", show_default=True,
               help="Comma-separated: text_encoder,diffusion,decoder,image_encoder.")
 @click.option("--batch-size", default=1, show_default=True, type=int)
@@ -72,7 +81,7 @@ def main() -> None:
                    "converted to another precision (skips the export; ~4 bytes of disk per parameter).")
 @verbosity
 @handle_errors
-def convert(dry_run, verbose, quiet, max_part_bytes, **options):
+def convert(dry_run, verbose, quiet, max_part_bytes, weights, loras, **options):
     """Convert the Stable Diffusion components to .tflite files plus manifest.json."""
     require_converter("sd2tflite convert")
     quiet_tensorflow(verbose)
@@ -81,7 +90,7 @@ def convert(dry_run, verbose, quiet, max_part_bytes, **options):
     from ..convert.request import ConvertOptions, build_request
 
     request = build_request(ConvertOptions(
-        **options, max_part_bytes=DEFAULT_MAX_PART_BYTES if max_part_bytes is None else max_part_bytes,
+        **options, weights=",".join(weights) or None, loras=tuple(loras), max_part_bytes=DEFAULT_MAX_PART_BYTES if max_part_bytes is None else max_part_bytes,
         command=shlex.join(["sd2tflite", *sys.argv[1:]])), resolve_weights=not dry_run)
     if dry_run:
         planned, split = plan_conversion(request)

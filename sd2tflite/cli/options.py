@@ -78,7 +78,6 @@ class TqdmProgress:
             self.bar = None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 
 
 def parse_bytes(_ctx, _param, value):

@@ -25,7 +25,7 @@ from ..core.manifest import VERIFY_REPORT_NAME, Artifact, Manifest, load_manifes
 from ..core.precisions import RECIPES
 from ..core.versions import CONVERTER_LIBRARIES, library_versions
 from .export import export_stage
-from .outdir import PROGRESS_NAME, WORK_PREFIX, check_output_dir, clean_leftovers, previous_artifacts
+from .outdir import PROGRESS_NAME, WORK_PREFIX, check_output_dir, clean_leftovers, output_lock, previous_artifacts
 from .plan import SIGNATURE_KEY, PlannedArtifact
 from .quiet import quiet_worker
 from .request import ConvertRequest
@@ -79,12 +79,21 @@ def _run(isolate: bool, fn, *args):
 
 
 def convert(request: ConvertRequest, progress=None) -> ConvertResult:
-    """Runs the whole conversion; the manifest is written last."""
-    progress = progress or NullProgress()
+    """Runs the whole conversion, holding the output folder; the manifest is written last."""
     out_dir = Path(request.out_dir)
     check_output_dir(out_dir, request.force)
     created_out_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with output_lock(out_dir):
+            check_output_dir(out_dir, request.force)  # again: another run may have written meanwhile
+            return _convert_locked(request, out_dir, progress or NullProgress())
+    finally:
+        if created_out_dir and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a run that wrote nothing leaves nothing behind
+
+
+def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> ConvertResult:
     clean_leftovers(out_dir)
 
     earlier = previous_artifacts(out_dir)
@@ -143,6 +152,7 @@ def convert(request: ConvertRequest, progress=None) -> ConvertResult:
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             split=split,
             converter=RECIPES[request.quant].converter_settings(),
+            prediction_type=request.weights[request.components[0]].identity.get("prediction_type", "epsilon"),
         )
         manifest_path = save_manifest(manifest, out_dir)
         # Files of an earlier plan (e.g. more UNet parts) that this manifest no longer lists.
@@ -157,6 +167,4 @@ def convert(request: ConvertRequest, progress=None) -> ConvertResult:
         progress.end()
         shutil.rmtree(work_dir, ignore_errors=True)
         clean_leftovers(out_dir)
-        if created_out_dir and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # a run that wrote nothing leaves nothing behind
     return ConvertResult(manifest, manifest_path, reused=reused, built=built)

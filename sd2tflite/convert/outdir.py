@@ -1,11 +1,15 @@
-"""The output folder of a conversion: what an earlier run left (manifest, progress of an
-interrupted run, work folders, temp files) and whether a folder may be written into."""
+"""The output folder of a conversion: one run at a time (a lock), what an earlier run left
+(manifest, progress of an interrupted run, work folders, temp files) and whether a folder may be
+written into."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..core.errors import OutputDirError, SD2TFLiteError
@@ -14,6 +18,39 @@ from ..core.manifest import MANIFEST_NAME, VERIFY_REPORT_NAME, Artifact, load_ma
 
 PROGRESS_NAME = ".sd2tflite-progress.json"
 WORK_PREFIX = ".sd2tflite-work-"
+LOCK_NAME = ".sd2tflite-lock"
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """Holds `out_dir` for one conversion: a second run into it is refused, naming the process that
+    holds it. An flock, so the kernel releases it when the holder dies (kill -9 included): a crashed
+    run leaves no stale lock. The lock file (holding the pid) is removed on the way out."""
+    path = out_dir / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputDirError(f"{out_dir} is being written by another sd2tflite convert (process {holder}): "
+                                 "wait for it to finish, or choose another --output") from None
+        try:  # the holder before us may have removed the file between our open and our lock
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(fd)  # releases the lock
 
 
 def previous_artifacts(out_dir: Path) -> list[Artifact]:
@@ -40,7 +77,7 @@ def check_output_dir(out_dir: Path, force: bool) -> None:
         raise OutputDirError(f"{out_dir} is a file, not a directory: choose another --output")
     if not out_dir.exists() or force:
         return
-    ours = {MANIFEST_NAME, PROGRESS_NAME, VERIFY_REPORT_NAME} | {a.path for a in previous_artifacts(out_dir)}
+    ours = {MANIFEST_NAME, PROGRESS_NAME, VERIFY_REPORT_NAME, LOCK_NAME} | {a.path for a in previous_artifacts(out_dir)}
     foreign = sorted(
         name for name in os.listdir(out_dir)
         if name not in ours and not name.startswith(WORK_PREFIX) and not is_temp_name(name)
@@ -53,7 +90,8 @@ def check_output_dir(out_dir: Path, force: bool) -> None:
 
 
 def clean_leftovers(out_dir: Path) -> None:
-    """Removes work folders and temp files of earlier (interrupted) runs; nothing else."""
+    """Removes work folders and temp files of earlier (interrupted) runs; nothing else. Called
+    under output_lock, so none of them belongs to a live run."""
     for entry in out_dir.iterdir():
         if entry.name.startswith(WORK_PREFIX) and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)

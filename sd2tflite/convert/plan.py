@@ -200,11 +200,11 @@ def split_summary(plan: SplitPlan | None) -> dict:
 
 def plan_conversion(request: ConvertRequest) -> tuple[list[PlannedArtifact], dict]:
     """The files a conversion would write, without converting (builds models, loads no weights)."""
-    from .keras_models import build_component
+    from .weights import build_for_plan
 
     planned, split = [], {}
     for component in request.components:
-        model = build_component(request.family, component, request.dims)
+        model = build_for_plan(request.family, component, request.dims, request.weights[component])
         artifacts, _, plan = plan_component(request, component, model)
         planned.extend(artifacts)
         split = split or split_summary(plan)

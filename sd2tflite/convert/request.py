@@ -7,7 +7,7 @@ the CLI shows), their checks, and the resolved `ConvertRequest` the rest of the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..core.errors import UsageError
@@ -44,6 +44,10 @@ class ConvertOptions:
     calibration_images: str | None = None
     keep_float: str | None = None
     seed: int = 0
+    # PyTorch checkpoints (--weights FILE.safetensors | DIFFUSERS_DIR | hf://OWNER/REPO):
+    prediction_type: str | None = None  # None: the checkpoint's scheduler config, else the family's
+    ema: bool = True  # single files with EMA weights: use them
+    loras: tuple[str, ...] = ()  # FILE[:SCALE]
     export_cache: str | None = None  # keep / reuse exported SavedModels here (other precisions)
     command: str = ""
 
@@ -104,13 +108,16 @@ def check_options(o: ConvertOptions) -> None:
     if not recorded and (o.calibration_prompts or o.calibration_images):
         raise UsageError("--calibration-prompts / --calibration-images need a calibrated precision (int8, "
                          "int8-strict, int16x8) with --calibration recorded")
+    if o.prediction_type is not None and o.prediction_type not in ("epsilon", "v_prediction"):
+        raise UsageError(f"--prediction-type {o.prediction_type!r}: choose epsilon or v_prediction")
     if o.keep_float and o.quant != "int8":
         raise UsageError(f"--keep-float works with --quant int8 (float fallback), not {o.quant}")
 
 
 def build_request(o: ConvertOptions, resolve_weights: bool = True) -> ConvertRequest:
     """Checks the options, then resolves the weights (downloading if needed; skipped for a plan)."""
-    from .weights import parse_weights, resolve
+    from .checkpoint_source import CheckpointOptions
+    from .weights import checkpoint_dims, parse_weights, resolve
 
     check_options(o)
     recipe = get_recipe(o.quant)
@@ -126,20 +133,30 @@ def build_request(o: ConvertOptions, resolve_weights: bool = True) -> ConvertReq
         keep.check()
     family = FAMILIES[o.family]
     names = parse_components(o.components)
-    source = parse_weights(o.weights, family)
-    target = Path(o.out_dir or f"models/sd-{o.family}-{o.quant}")
+    source = parse_weights(o.weights, family, CheckpointOptions(o.prediction_type, o.ema, tuple(o.loras)))
+    dims = family.dims(o.img_height, o.img_width, o.batch_size)
+    if source.kind == "checkpoint":
+        if o.family == "tiny":
+            raise UsageError("--model tiny has no PyTorch checkpoints: leave --model out (the checkpoint says v1 or v2)")
+        # The checkpoint says the family and the widths (headers only, no hashing yet).
+        identity = resolve(source, family, names, hash_files=False)[names[0]].identity
+        family = FAMILIES[identity["family"]]
+        dims = replace(dims, **checkpoint_dims(identity))
+    target = Path(o.out_dir or f"models/sd-{family.name}-{o.quant}")
     if resolve_weights:
         from .outdir import check_output_dir
 
-        check_output_dir(target, o.force)  # before any download
+        check_output_dir(target, o.force)  # before any download or hashing
         # Recording runs the whole pipeline, so it needs the other components' weights too.
         needed = [c for c in COMPONENTS if c in names or (recording and c in PIPELINE_COMPONENTS)]
         resolved = resolve(source, family, needed)
+    elif source.kind == "checkpoint":  # planning: the architecture is enough
+        resolved = resolve(source, family, names, hash_files=False)
     else:  # planning only: the weights' identity does not change the plan
         resolved = {c: ResolvedWeights(c, None, {"kind": "unresolved"}) for c in names}
     return ConvertRequest(
-        family=o.family, quant=o.quant, components=tuple(names),
-        dims=family.dims(o.img_height, o.img_width, o.batch_size), weights=resolved, out_dir=target,
+        family=family.name, quant=o.quant, components=tuple(names),
+        dims=dims, weights=resolved, out_dir=target,
         max_part_bytes=o.max_part_bytes, unet_parts=o.unet_parts,
         memory_budget=default_memory_budget() if o.memory_budget is None else o.memory_budget,
         force=o.force, isolate=default_isolation(o.family) if o.isolate is None else o.isolate,

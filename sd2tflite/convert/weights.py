@@ -1,4 +1,5 @@
-"""Where component weights come from: the Hub (pinned sha256), local files, or random(seed).
+"""Where component weights come from: the Hub (pinned sha256), local keras-cv files, random(seed),
+or a PyTorch checkpoint (checkpoint_source.py: .safetensors, diffusers folders, hf://, LoRAs).
 
 `parse_weights` turns the --weights text into a `WeightsSource`; `resolve` turns that into one
 `ResolvedWeights` per component (a local file plus its identity for the manifest), downloading
@@ -15,16 +16,19 @@ from pathlib import Path
 from ..core.errors import UsageError, WeightsError
 from ..core.fsutil import sha256_file
 from ..core.registry import COMPONENTS, ModelFamily
+from .checkpoint_source import OVERRIDE_NAMES, CheckpointOptions, is_checkpoint
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
 class WeightsSource:
-    kind: str  # "hub" | "random" | "dir" | "files"
+    kind: str  # "hub" | "random" | "dir" | "files" | "checkpoint"
     seed: int = 0
     directory: Path | None = None
-    files: tuple[tuple[str, Path], ...] = ()
+    files: tuple[tuple[str, Path], ...] = ()  # "files": per component; "checkpoint": its overrides
+    checkpoint: str | None = None  # path or hf:// address
+    options: CheckpointOptions = CheckpointOptions()
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,26 @@ class ResolvedWeights:
         return self.identity.get("seed")
 
 
-def parse_weights(text: str | None, family: ModelFamily) -> WeightsSource:
+def parse_weights(text: str | None, family: ModelFamily,
+                  options: CheckpointOptions = CheckpointOptions()) -> WeightsSource:
+    """--weights (repeated values joined by commas) and the checkpoint options -> a source."""
     text = (text or family.default_weights).strip()
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bases = [t for t in items if "=" not in t]
+    if bases and is_checkpoint(bases[0]):
+        if len(bases) > 1:
+            raise UsageError(f"--weights names two models ({bases[0]}, {bases[1]}): give one, plus "
+                             "COMPONENT=PATH overrides (unet, vae, text_encoder)")
+        overrides = []
+        for item in items[1:] if items[0] == bases[0] else [t for t in items if t != bases[0]]:
+            name, _, path = item.partition("=")
+            if name.strip() not in OVERRIDE_NAMES or not path.strip():
+                raise UsageError(f"bad --weights override {item!r}: use unet=PATH, vae=PATH or text_encoder=PATH")
+            overrides.append((name.strip(), Path(path.strip()).expanduser()))
+        return WeightsSource("checkpoint", files=tuple(overrides), checkpoint=bases[0], options=options)
+    if options.given:
+        raise UsageError("--lora, --prediction-type and --no-ema apply to PyTorch checkpoints: pass a "
+                         ".safetensors file, a diffusers folder or hf://OWNER/REPO with --weights")
     if text == "hub":
         if family.hub_files is None:
             raise UsageError(
@@ -54,6 +76,9 @@ def parse_weights(text: str | None, family: ModelFamily) -> WeightsSource:
         if not seed_text.isdigit():
             raise UsageError(f"bad seed in --weights {text!r}: use random or random:SEED (an integer)")
         return WeightsSource("random", seed=int(seed_text))
+    if bases and len(items) > 1:
+        raise UsageError(f"--weights {text!r} mixes {bases[0]!r} with other values: give one source, or "
+                         "COMPONENT=PATH pairs")
     if "=" in text:
         pairs = []
         for item in text.split(","):
@@ -76,8 +101,18 @@ def parse_weights(text: str | None, family: ModelFamily) -> WeightsSource:
     return WeightsSource("dir", directory=path)
 
 
-def resolve(source: WeightsSource, family: ModelFamily, components: list[str]) -> dict[str, ResolvedWeights]:
-    """One ResolvedWeights per component; every file exists and looks like HDF5."""
+def resolve(source: WeightsSource, family: ModelFamily, components: list[str],
+            hash_files: bool = True) -> dict[str, ResolvedWeights]:
+    """One ResolvedWeights per component; every file exists and looks like HDF5 (keras-cv) or is a
+    checkpoint whose layout, family and widths are known. `hash_files=False`: planning only."""
+    if source.kind == "checkpoint":
+        from .checkpoint_source import identity_of, open_source
+
+        checkpoint = open_source(source.checkpoint, dict(source.files), source.options)
+        identity = identity_of(checkpoint, source.checkpoint) if hash_files else {
+            "kind": "checkpoint", "path": str(checkpoint.source.path), "family": checkpoint.family,
+            "architecture": checkpoint.architecture.to_json(), "prediction_type": checkpoint.prediction_type}
+        return {c: ResolvedWeights(c, None, identity) for c in components}
     resolved: dict[str, ResolvedWeights] = {}
     for component in components:
         if source.kind == "random":
@@ -161,6 +196,11 @@ def from_identity(identity: dict, family: ModelFamily, component: str) -> Resolv
         return ResolvedWeights(component, None, dict(identity))
     if kind == "hub" and family.hub_files is not None:
         return _download(family, component)
+    if kind == "checkpoint":
+        from .checkpoint_source import reopen
+
+        reopen(identity, check_hashes=True)
+        return ResolvedWeights(component, None, dict(identity))
     if kind == "file":
         path = Path(identity.get("path", ""))
         if not path.is_file() or sha256_file(path) != identity.get("sha256"):
@@ -204,11 +244,35 @@ def build_with_weights(family: str, component: str, dims, weights: ResolvedWeigh
 
     from .keras_models import build_component
 
+    if weights.identity.get("kind") == "checkpoint":
+        from .checkpoint_source import reopen
+
+        return reopen(weights.identity).build(component, dims.img_height, dims.img_width, dims.max_text_length)
     if weights.seed is not None:
         keras.utils.set_random_seed(weights.seed)
     model = build_component(family, component, dims)
     load_into(model, weights)
     return model
+
+
+def build_for_plan(family: str, component: str, dims, weights: ResolvedWeights):
+    """The component's Keras graph for planning (no weights loaded)."""
+    if weights.identity.get("kind") == "checkpoint":
+        from .checkpoint.architecture import Architecture
+        from .checkpoint.builders import build
+
+        architecture = Architecture.from_json(weights.identity["architecture"])
+        return build(architecture, component, dims.img_height, dims.img_width, dims.max_text_length)[0]
+    from .keras_models import build_component
+
+    return build_component(family, component, dims)
+
+
+def checkpoint_dims(identity: dict) -> dict:
+    """The dims a checkpoint fixes (context width, vocabulary, timestep embedding), for ModelDims."""
+    architecture = identity["architecture"]
+    return {"context_dim": architecture["unet"]["context_dim"], "vocab_size": architecture["text"]["vocab_size"],
+            "timestep_dim": architecture["unet"]["timestep_dim"]}
 
 
 __all__ = [

@@ -73,18 +73,22 @@ class Manifest:
     split: dict = field(default_factory=dict)  # the UNet plan: cap, parts, params
     # The precision's converter settings (optimizations, types, op sets), as the recipe table has them.
     converter: dict = field(default_factory=dict)
+    # What the UNet predicts: "epsilon" (SD 1.x, SD 2.x 512-base) or "v_prediction" (SD 2.x 768-v).
+    prediction_type: str = "epsilon"
     format_version: int = FORMAT_VERSION
 
     @property
     def model_dims(self) -> ModelDims:
         """The static shapes the files are built for; every field must be present and positive."""
+        defaults = {"timestep_dim": ModelDims.timestep_dim}  # sets made before it was recorded
+        dims = {**defaults, **self.dims}
         names = list(ModelDims.__dataclass_fields__)
-        bad = [n for n in names if not isinstance(self.dims.get(n), int) or isinstance(self.dims.get(n), bool)
-               or self.dims[n] < 1]
+        bad = [n for n in names if not isinstance(dims.get(n), int) or isinstance(dims.get(n), bool)
+               or dims[n] < 1]
         if bad:
-            raise ManifestError(f"manifest dims.{bad[0]} is {self.dims.get(bad[0])!r}, not a positive integer: "
+            raise ManifestError(f"manifest dims.{bad[0]} is {dims.get(bad[0])!r}, not a positive integer: "
                                 "convert the set again")
-        return ModelDims(**{n: self.dims[n] for n in names})
+        return ModelDims(**{n: dims[n] for n in names})
 
     def parts_of(self, component: str) -> list[Artifact]:
         return sorted((a for a in self.artifacts if a.component == component), key=lambda a: a.part)
@@ -136,6 +140,7 @@ MANIFEST_SCHEMA = {
         "created": {"type": "string"},
         "split": {"type": "object"},
         "converter": {"type": "object"},
+        "prediction_type": {"type": "string", "enum": ["epsilon", "v_prediction"]},
         "artifacts": {
             "type": "array",
             "items": {

@@ -41,6 +41,8 @@ class ModelDims:
     max_text_length: int = MAX_TEXT_LENGTH
     context_dim: int = 768
     vocab_size: int = CLIP_VOCAB_SIZE
+    # The sinusoidal timestep embedding fed to the UNet: 320 in SD 1.x / 2.x (the UNet's first width).
+    timestep_dim: int = TIMESTEP_EMBEDDING_DIM
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
@@ -59,6 +61,7 @@ class ModelDims:
             "max_text_length": self.max_text_length,
             "context_dim": self.context_dim,
             "vocab_size": self.vocab_size,
+            "timestep_dim": self.timestep_dim,
         }
 
 
@@ -90,7 +93,7 @@ class ComponentSpec:
         if self.name == "diffusion":
             return [
                 TensorSpec("latent", dims.latent_shape, "float32"),
-                TensorSpec("timestep_embedding", (b, TIMESTEP_EMBEDDING_DIM), "float32"),
+                TensorSpec("timestep_embedding", (b, dims.timestep_dim), "float32"),
                 TensorSpec("context", (b, dims.max_text_length, dims.context_dim), "float32"),
             ]
         if self.name == "decoder":

@@ -97,7 +97,11 @@ def _base_models(manifest: Manifest) -> list[str]:
     """The Hub repos the weights came from (keras-cv's ports), from the manifest's weight identities."""
     repos = []
     for identity in manifest.weights.values():
-        repo = identity.get("repo_id") if isinstance(identity, dict) and identity.get("kind") == "hub" else None
+        if not isinstance(identity, dict):
+            continue
+        repo = identity.get("repo_id") if identity.get("kind") == "hub" else None
+        if identity.get("kind") == "checkpoint" and str(identity.get("hub", "")).startswith("hf://"):
+            repo = identity["hub"][len("hf://"):].partition("@")[0]
         if isinstance(repo, str) and repo not in repos:
             repos.append(repo)
     return repos
@@ -114,7 +118,20 @@ def _weights_line(component: str, identity) -> str:
         return f"- {component}: random weights, seed {identity.get('seed')} (not a usable image model)"
     if kind == "file":
         return f"- {component}: local file `{Path(str(identity.get('path', ''))).name}`{sha}"
+    if kind == "checkpoint":
+        files = ", ".join(f"`{Path(str(f.get('path', ''))).name}` (sha256 `{f.get('sha256')}`)"
+                          for f in identity.get("files", []) if f.get("component") == _GROUP.get(component))
+        where = identity.get("hub") or Path(str(identity.get("path", ""))).name
+        ema = {True: ", EMA weights", False: ", raw (non-EMA) weights"}.get(identity.get("ema"), "")
+        loras = "".join(f"; LoRA `{Path(str(lora.get('path', ''))).name}` × {lora.get('scale')} "
+                        f"(sha256 `{lora.get('sha256')}`)" for lora in identity.get("loras", []))
+        return (f"- {component}: PyTorch checkpoint `{where}` ({identity.get('source_format')}, SD "
+                f"{'1.x' if identity.get('family') == 'v1' else '2.x'}, {identity.get('prediction_type')}"
+                f"{ema}): {files or 'see manifest.json'}{loras}")
     return f"- {component}: {json.dumps(identity)}"
+
+
+_GROUP = {"text_encoder": "text_encoder", "diffusion": "unet", "decoder": "vae", "image_encoder": "vae"}
 
 
 def model_card(directory: Path, manifest: Manifest, verify_report: dict | None, repo_id: str) -> str:

@@ -82,7 +82,8 @@ def generate(request: GenerateRequest, on_step: Callable[[int, int], None] | Non
         raise UsageError("--strength needs --image: it says how far to move away from that image")
 
     tokenizer = load_tokenizer(manifest.family, request.vocab)
-    pipeline = Pipeline(LiteRTComponents(request.model_dir, manifest, request.threads), dims, tokenizer)
+    pipeline = Pipeline(LiteRTComponents(request.model_dir, manifest, request.threads), dims, tokenizer,
+                        manifest.prediction_type)
     result = pipeline.generate(settings, on_step=on_step)
 
     text = {

@@ -23,6 +23,8 @@ Component = Callable[..., Mapping[str, np.ndarray]]
 
 # keras-cv's _UNCONDITIONAL_TOKENS: the empty prompt, padded with end-of-text.
 UNCONDITIONAL_PROMPT = ""
+# What the UNet predicts (the manifest says which): keras-cv's models and SD 1.x predict the noise.
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,15 @@ class GenerateResult:
 
 
 class Pipeline:
-    def __init__(self, components: Mapping[str, Component], dims: ModelDims, tokenizer: ClipTokenizer):
+    def __init__(self, components: Mapping[str, Component], dims: ModelDims, tokenizer: ClipTokenizer,
+                 prediction_type: str = "epsilon"):
+        if prediction_type not in PREDICTION_TYPES:
+            raise UsageError(f"prediction type {prediction_type!r} is unknown: this sd2tflite runs "
+                             f"{', '.join(PREDICTION_TYPES)}")
         self.components = components
         self.dims = dims
         self.tokenizer = tokenizer
+        self.prediction_type = prediction_type
 
     # ----------------------------------------------------------------- pieces keras-cv has too
 
@@ -120,11 +127,15 @@ class Pipeline:
         done, total = 0, first + 1
         for index in range(first, -1, -1):
             latent_prev = latent
-            t_emb = timestep_embedding(schedule[index], self.dims.batch_size)
+            t_emb = timestep_embedding(schedule[index], self.dims.batch_size, self.dims.timestep_dim)
             unconditional_eps = self.predict_noise(latent, t_emb, unconditional)
             conditional_eps = self.predict_noise(latent, t_emb, context)
-            eps = unconditional_eps + settings.guidance * (conditional_eps - unconditional_eps)
+            output = unconditional_eps + settings.guidance * (conditional_eps - unconditional_eps)
             a_t, a_prev = alpha[index], alpha_prev[index]
+            if self.prediction_type == "v_prediction":  # v = sqrt(a) eps - sqrt(1 - a) x0
+                eps = math.sqrt(a_t) * output + math.sqrt(1 - a_t) * latent_prev
+            else:
+                eps = output
             pred_x0 = (latent_prev - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
             latent = eps * math.sqrt(1.0 - a_prev) + math.sqrt(a_prev) * pred_x0
             if latent_mask is not None:

@@ -82,6 +82,6 @@ def verify(directory: Path, weights: str | None = None, vocab: Path | None = Non
                                        f"{'missing from the set' if missing else 'do not match the manifest'}"))
         else:
             on_stage(f"end to end: keras-cv vs LiteRT, {steps} steps")
-            pipeline = Pipeline(litert, dims, tokenizer)
+            pipeline = Pipeline(litert, dims, tokenizer, manifest.prediction_type)
             report.checks.append(end_to_end_check(manifest.family, keras, pipeline, dims, manifest.quant, steps))
     return report

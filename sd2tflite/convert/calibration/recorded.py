@@ -143,7 +143,8 @@ def _stratified(items: list, count: int) -> list:
 
 
 def record(keras_models: dict, dims: ModelDims, tokenizer, settings: RecordingSettings,
-           on_prompt: Callable[[int, int], None] | None = None) -> dict[str, list[dict[str, np.ndarray]]]:
+           on_prompt: Callable[[int, int], None] | None = None,
+           prediction_type: str = "epsilon") -> dict[str, list[dict[str, np.ndarray]]]:
     """Runs the Keras pipeline over the prompts; returns up to `samples` inputs per component."""
     from ...runtime.pipeline import GenerateSettings, Pipeline
 
@@ -151,7 +152,7 @@ def record(keras_models: dict, dims: ModelDims, tokenizer, settings: RecordingSe
                  for c in PIPELINE_COMPONENTS if c in keras_models}
     if len(recorders) < len(PIPELINE_COMPONENTS):
         raise UsageError("recording calibration data needs the text encoder, UNet and decoder weights")
-    pipeline = Pipeline(recorders, dims, tokenizer)
+    pipeline = Pipeline(recorders, dims, tokenizer, prediction_type)
     decoded = []
     for i, prompt in enumerate(settings.prompts):
         result = pipeline.generate(GenerateSettings(prompt, steps=settings.steps, guidance=settings.guidance,
@@ -209,7 +210,8 @@ def load_or_record(family: str, dims: ModelDims, weights: dict, settings: Record
     if missing:
         raise UsageError(f"recording calibration data needs the {', '.join(missing)} weights too")
     models = {c: build_with_weights(family, c, dims, weights[c]) for c in PIPELINE_COMPONENTS}
-    samples = record(models, dims, load_tokenizer(family), settings, on_prompt)
+    prediction_type = weights["diffusion"].identity.get("prediction_type", "epsilon")
+    samples = record(models, dims, load_tokenizer(family), settings, on_prompt, prediction_type)
     _save(path, samples, {"key": key, "family": family, "dims": dims.to_json(),
                           "weights": pipeline_weights(weights), "settings": asdict(settings)})
     return samples

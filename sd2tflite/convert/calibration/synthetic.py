@@ -69,7 +69,7 @@ def synthetic_samples(component: str, dims: ModelDims, count: int, seed: int) ->
                 context = context * np.float32(0.1) + np.float32(rng.standard_normal())
             samples.append({
                 "latent": latent,
-                "timestep_embedding": timestep_embedding(t, dims.batch_size),
+                "timestep_embedding": timestep_embedding(t, dims.batch_size, dims.timestep_dim),
                 "context": context,
             })
         elif component == "decoder":
