@@ -119,6 +119,19 @@ def test_earlier_outputs_may_be_replaced_other_files_never(litert_report, tiny_s
         assert path.read_bytes() == before
 
 
+def test_keras_eager_case_measures_every_component(tiny_sets):
+    """The Keras side of --compare keras (its XLA twin is in the slow tests), in this process."""
+    from sd2tflite.bench.worker import run_case
+
+    case = {"directory": str(tiny_sets["fp32"]), "backend": "keras", "threads": 2, "quant": "fp32",
+            "family": "tiny", "dims": {}, "reference": "r", "repeats": 1, "warmup": 0, "steps": 1,
+            "image_repeats": 1, "seed": 0, "vocab": None}
+    result = run_case(case)
+    assert {s["name"] for s in result["stages"]} == expected_stages(tiny_sets["fp32"], with_parts=False)
+    assert_positive_figures(result)
+
+
+@pytest.mark.slow  # Keras XLA compiles every component: minutes on 2 cores
 def test_compare_keras_adds_both_jit_modes_and_ratios(keras_report, tiny_sets):
     result, report = keras_report
     validate_bench_json(report)
@@ -251,6 +264,7 @@ def test_every_case_failing_is_one_line_error(tiny_sets, tmp_path, monkeypatch):
     assert not out.exists()
 
 
+@pytest.mark.slow  # needs the Keras XLA case
 def test_readme_summary_rows_come_from_the_report(keras_report):
     """scripts/bench_summary.py: one row per backend, figures copied from the report."""
     import importlib.util

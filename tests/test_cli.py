@@ -83,10 +83,18 @@ def test_not_a_weights_file(tmp_path):
     assert_one_line_error(result, 1, str(bogus), "not a Keras weights file")
 
 
+# The options tiny_sets were converted with (conftest.tiny_options), as command-line flags.
+SHARED_SET = ["--unet-parts", "2", "--calibration", "synthetic", "--calibration-samples", "8"]
+
+
 @pytest.fixture(scope="module")
-def cli_set(tmp_path_factory):
+def cli_set(tiny_sets, export_cache, tmp_path_factory):
+    """The CLI converting into a copy of the shared fp32 set: it must find every file up to date."""
+    import shutil
+
     out = tmp_path_factory.mktemp("cli") / "sd-tiny"
-    result = run([*TINY, "-o", str(out)])
+    shutil.copytree(tiny_sets["fp32"], out)
+    result = run([*TINY, "-o", str(out), *SHARED_SET, "--export-cache", str(export_cache)])
     assert result.exit_code == 0, (result.output, result.exception)
     return out, result
 
@@ -106,7 +114,8 @@ def test_convert_writes_files_and_manifest(cli_set):
         assert (out / a.path).stat().st_size == a.bytes
         assert sha256_file(out / a.path) == a.sha256
         assert a.conversion_seconds > 0 and a.peak_rss_bytes > 100 << 20 and a.params > 0
-    assert "manifest:" in result.output and "diffusion.tflite" in result.output
+    assert "manifest:" in result.output and "diffusion_part1.tflite" in result.output
+    assert result.output.count("reused") == 5  # the library's convert() wrote them; the CLI agrees
 
 
 def test_rerun_reuses_matching_files_and_rebuilds_tampered_ones(cli_set):
@@ -115,10 +124,10 @@ def test_rerun_reuses_matching_files_and_rebuilds_tampered_ones(cli_set):
     mtimes = {a.path: (out / a.path).stat().st_mtime_ns for a in before.artifacts}
     decoder = out / "decoder.tflite"
     decoder.write_bytes(decoder.read_bytes()[:-10] + b"0123456789")  # tampered, same size
-    result = run([*TINY, "-o", str(out)])
+    result = run([*TINY, "-o", str(out), *SHARED_SET])
     assert result.exit_code == 0, result.output
     after = load_manifest(out)
-    assert result.output.count("reused") == 3
+    assert result.output.count("reused") == 4
     assert "decoder.tflite" in result.output and "decoder.tflite" not in [l.split()[0] for l in result.output.splitlines() if "reused" in l]
     for a in after.artifacts:
         if a.path != "decoder.tflite":
@@ -134,7 +143,7 @@ def test_rerun_reuses_matching_files_and_rebuilds_tampered_ones(cli_set):
 def test_converting_one_component_keeps_the_others(cli_set):
     out, _ = cli_set
     before = {a.path: a.sha256 for a in load_manifest(out).artifacts}
-    result = run([*TINY, "-o", str(out), "--components", "decoder", "--force"])
+    result = run([*TINY, "-o", str(out), *SHARED_SET, "--components", "decoder", "--force"])
     assert result.exit_code == 0, result.output
     after = load_manifest(out)
     assert {a.path for a in after.artifacts} == set(before)
@@ -147,7 +156,7 @@ def test_verbose_keeps_the_exit_code(tmp_path):
     assert result.exit_code == 2 and "unknown model" in result.stderr
 
 
-def test_interrupted_run_leaves_no_partial_files_and_resumes(tmp_path):
+def test_interrupted_run_leaves_no_partial_files_and_resumes(tmp_path, export_cache):
     from sd2tflite.convert.orchestrate import NullProgress, convert
 
     from .conftest import tiny_request
@@ -161,7 +170,7 @@ def test_interrupted_run_leaves_no_partial_files_and_resumes(tmp_path):
                 raise KeyboardInterrupt
 
     out = tmp_path / "out"
-    request = tiny_request(out, components="decoder,image_encoder")
+    request = tiny_request(out, components="decoder,image_encoder", export_cache=str(export_cache))
     with pytest.raises(KeyboardInterrupt):
         convert(request, progress=InterruptAfterFirstFile())
     left = sorted(os.listdir(out))
@@ -242,3 +251,36 @@ def test_isolated_workers_give_the_same_files(tmp_path, tiny_dims, keras_models)
     sample = seeded_inputs("decoder", tiny_dims)[0]
     actual = load_component(tmp_path / "out", "decoder")(**sample)["image"]
     assert parity(call_keras(keras_models["decoder"], sample)[0], actual).psnr_db > 90
+
+
+def test_a_second_conversion_into_a_busy_folder_is_refused(tmp_path):
+    from sd2tflite.convert.outdir import output_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with output_lock(out):  # as a running conversion holds it
+        result = run([*TINY, "-o", str(out), "--components", "decoder"])
+    assert_one_line_error(result, 1, "being written by another sd2tflite convert", f"process {os.getpid()}")
+    assert os.listdir(out) == []  # nothing of the refused run; the lock left with its holder
+
+
+def test_the_lock_of_a_killed_run_does_not_block(tmp_path):
+    from sd2tflite.convert.outdir import LOCK_NAME, output_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    hold = ("import sys, time; from pathlib import Path; from sd2tflite.convert.outdir import output_lock\n"
+            "with output_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(Exception, match=f"process {proc.pid}"):
+            with output_lock(out):
+                pass
+    finally:
+        proc.kill()  # kill -9: no clean-up runs
+        proc.wait()
+    assert (out / LOCK_NAME).exists()
+    with output_lock(out):  # the kernel released the dead holder's lock
+        assert (out / LOCK_NAME).read_text() == str(os.getpid())
+    assert not (out / LOCK_NAME).exists()

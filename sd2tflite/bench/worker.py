@@ -52,7 +52,7 @@ def _image_stage(name: str, make_run: Callable[[CallLog], Callable[[], object]],
         for _ in range(case["image_repeats"]):
             log = CallLog()
             times.append(seconds(make_run(log)))
-            steps += log.stepseconds()
+            steps += log.step_seconds()
     common = {"bytes": None, "load_seconds": load_seconds, "peak_rss_bytes": rss.peak}
     return [{"name": "unet_step", "kind": "step", **common, "first_seconds": None, **summary(steps)},
             {"name": name, "kind": "image", **common, "first_seconds": first, **summary(times)}]
@@ -66,9 +66,9 @@ def _noise(dims, seed: int):
 
 def run_litert_case(case: dict) -> list[dict]:
     """Every part, every component (UNet chained), then whole images through sd2tflite's pipeline."""
-    from ..core.manifest import load_manifest, safe_relative_path
+    from ..core.manifest import load_manifest, path_in_set
     from ..runtime.pipeline import GenerateSettings, Pipeline
-    from ..runtime.litert import LiteRTComponents, interpreter, load_component
+    from ..runtime.litert import LiteRTComponents, load_component, signature_runner
 
     directory, threads = Path(case["directory"]), case["threads"]
     manifest = load_manifest(directory)
@@ -83,8 +83,7 @@ def run_litert_case(case: dict) -> list[dict]:
                 feed = {s.name: values[s.name].astype(s.dtype) for s in part.inputs}
                 stage, runner = _stage(
                     f"{component}_part{part.part}", "part",
-                    lambda p=part: interpreter(directory / safe_relative_path(p.path), threads)
-                    .get_signature_runner(p.signature_key),
+                    lambda p=part: signature_runner(path_in_set(directory, p.path), p.signature_key, threads),
                     lambda r, f=feed: r(**f), case, part.bytes)
                 values.update(runner(**feed))
                 stages.append(stage)

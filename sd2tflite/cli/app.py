@@ -5,6 +5,7 @@ Imports no TensorFlow at module level, so `sd2tflite --help` is instant.
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 
@@ -134,6 +135,11 @@ def generate(model_dir, prompt, output, steps, guidance, seed, negative_prompt, 
     """Text-to-image, image-to-image and inpainting from a converted set, on LiteRT only."""
     from pathlib import Path
 
+    from ..core.quiet import QUIET_ENV
+
+    if quiet:
+        os.environ[QUIET_ENV] = "1"  # LiteRT's native start-up line too
+
     from tqdm import tqdm
 
     from ..runtime.generate import GenerateRequest
@@ -226,6 +232,10 @@ def bench(model_dirs, threads, repeats, warmup, steps, image_repeats, compare, s
 
     Several MODEL_DIRS are measured side by side; each case runs in its own process.
     """
+    from ..core.quiet import QUIET_ENV
+
+    if quiet:
+        os.environ[QUIET_ENV] = "1"  # the cases' processes inherit it
     from pathlib import Path
 
     from tqdm import tqdm

@@ -13,32 +13,48 @@ import click
 from ..core.errors import SD2TFLiteError, UsageError
 
 
+def _secrets(options: dict) -> list[str]:
+    """Tokens that must never reach the terminal: --token, HF_TOKEN, the stored Hub login."""
+    found = [options.get("token"), os.environ.get("HF_TOKEN")]
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    try:
+        with open(os.environ.get("HF_TOKEN_PATH") or os.path.join(home, "token")) as f:
+            found.append(f.read().strip())
+    except OSError:
+        pass
+    return [t for t in found if t and len(t) >= 8]
+
+
+def _scrubbed(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 def handle_errors(fn):
-    """Library errors become one line on stderr and their exit code; -v shows the traceback."""
+    """Library errors become one line on stderr and their exit code; -v adds the traceback. Both
+    are scrubbed of the Hub token (a server may echo it back in an error)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import traceback
+
         verbose = kwargs.get("verbose", False)
         try:
             return fn(*args, **kwargs)
-        except SD2TFLiteError as exc:
-            if verbose:
-                import traceback
-
-                traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted: no partial files were left behind", err=True)
             sys.exit(130)
         except Exception as exc:  # noqa: BLE001 - last line of defence for users
+            secrets = _secrets(kwargs)
             if verbose:
-                raise
+                click.echo(_scrubbed("".join(traceback.format_exception(exc)), secrets), err=True, nl=False)
+            if isinstance(exc, SD2TFLiteError):
+                click.echo(_scrubbed(f"error: {exc}", secrets), err=True)
+                sys.exit(exc.exit_code)
             first = str(exc).splitlines()[0] if str(exc) else ""
-            click.echo(
-                f"error: unexpected {type(exc).__name__}: {first} (run with -v for the traceback)",
-                err=True,
-            )
+            hint = "" if verbose else " (run with -v for the traceback)"
+            click.echo(_scrubbed(f"error: unexpected {type(exc).__name__}: {first}{hint}", secrets), err=True)
             sys.exit(1)
 
     return wrapper

@@ -3,11 +3,10 @@ conversion workers it spawns (which inherit the environment, not the CLI's state
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 
-QUIET_ENV = "SD2TFLITE_QUIET"  # set by the CLI without -v; read by spawned workers
+from ..core.quiet import QUIET_ENV, native_stderr_muted
 
 
 def quiet_tensorflow(verbose: bool) -> None:
@@ -35,21 +34,3 @@ def _import_tensorflow_muted() -> None:
     # TensorFlow's start-up lines (absl, oneDNN) ignore TF_CPP_MIN_LOG_LEVEL.
     with native_stderr_muted():
         import tensorflow  # noqa: F401
-
-
-@contextlib.contextmanager
-def native_stderr_muted():
-    """Points file descriptor 2 at /dev/null while the block runs, when quiet: C++ code writes
-    there directly (the quantizer's `fully_quantize: ...` line). Python exceptions still
-    propagate, and are printed after the descriptor is restored."""
-    if not os.environ.get(QUIET_ENV):
-        yield
-        return
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)

@@ -108,6 +108,9 @@ def plan_split(
         math.ceil(estimate_file_bytes(total, bytes_per_weight) / max_part_bytes),
         math.ceil(total / params_cap),
     )
+    if min_parts > n_nodes:
+        raise PlanError(f"--unet-parts {min_parts}: the graph has only {n_nodes} layers to cut between: "
+                        f"ask for at most {n_nodes} parts")
     while n_parts <= n_nodes:
         cuts = _choose_cuts(graph, n_parts)
         plan = _make_plan(graph, cuts, bytes_per_weight, max_part_bytes, output_names or {})

@@ -16,7 +16,7 @@ from ..core.fsutil import write_bytes_atomic
 from ..core.precisions import RECIPES, QuantRecipe
 from ..core.registry import TensorSpec
 from .plan import HARD_FLATBUFFER_LIMIT, SIGNATURE_KEY, PlannedArtifact
-from .quiet import native_stderr_muted
+from ..core.quiet import native_stderr_muted
 
 
 def apply_recipe(converter, recipe: QuantRecipe, representative_dataset=None):

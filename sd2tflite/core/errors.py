@@ -43,5 +43,13 @@ class ManifestError(SD2TFLiteError):
     """A manifest is missing, unreadable or does not describe the files beside it."""
 
 
+class OutputError(SD2TFLiteError):
+    """A file cannot be written (permissions, a full disk, a folder that takes no files)."""
+
+
+class NumericsError(SD2TFLiteError):
+    """NaN or Inf where numbers must be finite: an input, or a component's output."""
+
+
 class HubError(SD2TFLiteError):
     """The Hugging Face Hub refused, could not be reached, or has no usable set at the address."""

@@ -15,6 +15,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import OutputError
+
 TMP_MARK = ".tmp-"
 
 
@@ -31,7 +33,8 @@ def is_temp_name(name: str) -> bool:
 
 @contextlib.contextmanager
 def atomic_write(target: Path, suffix: str = "") -> Iterator[Path]:
-    """Yields a temp path to write; on success it is fsynced and renamed over `target`."""
+    """Yields a temp path to write; on success it is fsynced and renamed over `target`. An OSError
+    while writing becomes one OutputError naming the file (the block should only write)."""
     target = Path(target)
     tmp = temp_path(target, suffix)
     try:
@@ -39,8 +42,12 @@ def atomic_write(target: Path, suffix: str = "") -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        raise OutputError(f"cannot write {target} ({exc.strerror or type(exc).__name__}): check that its folder "
+                          "is writable and has free space, or choose another path") from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def write_bytes_atomic(target: Path, data: bytes) -> None:

@@ -196,6 +196,17 @@ def safe_relative_path(text: str, where: str = "path") -> PurePosixPath:
     return path
 
 
+def path_in_set(directory: Path, text: str, where: str = "path") -> Path:
+    """A file of the set: its manifest path, which must still be inside the set's folder once
+    symlinks are followed (a link to a file elsewhere is refused, not read or published)."""
+    path = Path(directory) / safe_relative_path(text, where)
+    root = Path(directory).resolve()
+    if not path.resolve().is_relative_to(root):
+        raise ManifestError(f"{text} in {directory} resolves outside the set (to {path.resolve()}): copy the "
+                            "real file into the folder instead of linking it")
+    return path
+
+
 def save_manifest(manifest: Manifest, directory: Path) -> Path:
     path = directory / MANIFEST_NAME
     write_json_atomic(path, manifest.to_json())
@@ -206,6 +217,7 @@ def load_manifest(directory: Path) -> Manifest:
     path = Path(directory) / MANIFEST_NAME
     if not path.is_file():
         raise ManifestError(f"no {MANIFEST_NAME} in {directory}: point at a folder written by sd2tflite convert")
+    path = path_in_set(directory, MANIFEST_NAME)
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

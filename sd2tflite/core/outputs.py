@@ -6,6 +6,7 @@ replaced only with --force, or when it is an earlier output of the same kind (re
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -20,9 +21,15 @@ class NewFile(NamedTuple):
 
 
 def check_new_files(files: list[NewFile], force: bool) -> None:
+    """Every named output can be written, and no two outputs of one command are the same file."""
+    seen: dict[str, str] = {}
     for f in files:
         if f.path is None:
             continue
+        key = os.path.realpath(f.path)
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {f.option} both name {f.path}: give them different files")
+        seen[key] = f.option
         if f.path.is_dir():
             raise UsageError(f"{f.option} {f.path} is a directory: name a file")
         if f.path.exists() and not force and not (f.earlier_output and f.earlier_output(f.path)):
@@ -30,6 +37,8 @@ def check_new_files(files: list[NewFile], force: bool) -> None:
             raise UsageError(f"{f.path} exists{what}: choose another {f.option}, or pass --force to overwrite it")
         if not f.path.parent.is_dir():
             raise UsageError(f"{f.path.parent} does not exist: create it first")
+        if not os.access(f.path.parent, os.W_OK | os.X_OK):
+            raise UsageError(f"{f.path.parent} is not writable: choose another {f.option}")
 
 
 def json_with_keys(*keys: str) -> Callable[[Path], bool]:

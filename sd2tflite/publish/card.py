@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.errors import UsageError
 from ..core.fsutil import sha256_file
-from ..core.manifest import MANIFEST_NAME, VERIFY_REPORT_NAME, Manifest
+from ..core.manifest import MANIFEST_NAME, VERIFY_REPORT_NAME, Manifest, path_in_set
 from ..core.registry import FAMILIES
 
 CARD_NAME = "README.md"
@@ -18,6 +18,8 @@ def load_verify_report(directory: Path, path: Path | str | None = None) -> tuple
     """The verify report to show in the card: PATH if given, else DIR/verify.json if present."""
     explicit = path is not None
     path = Path(path) if explicit else Path(directory) / VERIFY_REPORT_NAME
+    if not explicit and path.is_file():
+        path = path_in_set(directory, VERIFY_REPORT_NAME)  # uploaded with the set: a link out is refused
     if not path.is_file():
         if explicit:
             raise UsageError(f"--verify-report {path} does not exist: run sd2tflite verify DIR --json {path}")

@@ -22,7 +22,7 @@ from typing import Callable
 
 from .. import __version__
 from ..core.errors import HubError, UsageError
-from ..core.manifest import MANIFEST_NAME, VERIFY_REPORT_NAME
+from ..core.manifest import MANIFEST_NAME, VERIFY_REPORT_NAME, path_in_set
 from ..runtime.hub import LOGIN_HINT, REPO_ID_RE, endpoint, with_retries
 from ..runtime.integrity import ensure_intact
 from .card import CARD_NAME, load_verify_report, model_card
@@ -142,7 +142,8 @@ def _operations(plan: PushPlan) -> list:
         if path == CARD_NAME:
             ops.append(CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=plan.card.encode()))
         else:
-            ops.append(CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(plan.directory / path)))
+            # Only files of the set (links that leave it are refused), as they were checked.
+            ops.append(CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(path_in_set(plan.directory, path))))
     return ops
 
 

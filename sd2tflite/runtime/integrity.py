@@ -16,7 +16,9 @@ import numpy as np
 
 from ..core.errors import ManifestError, SD2TFLiteError
 from ..core.fsutil import cache_root, sha256_file, write_json_atomic
-from ..core.manifest import MANIFEST_NAME, Manifest, load_manifest, safe_relative_path
+from ..core.manifest import MANIFEST_NAME, Manifest, load_manifest, path_in_set, safe_relative_path
+from ..core.precisions import RECIPES
+from ..core.registry import COMPONENTS
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,53 @@ def _structure_problems(manifest: Manifest) -> dict[str, list[str]]:
     return {c: p for c, p in problems.items() if p}
 
 
+DESCRIPTION = "description"  # Check.figures marker of the checks below
+
+
+def description_holds(checks: list[Check]) -> bool:
+    """False when the manifest does not describe its files (nothing can be compared against them)."""
+    return not any(not c.passed and c.figures.get(DESCRIPTION) for c in checks)
+
+
+def _description_checks(manifest: Manifest) -> list[Check]:
+    """What the manifest says beyond its schema: a precision and components this sd2tflite knows,
+    complete dims, and pipeline-facing signatures that are the ones those dims give (a wrong
+    img_height would otherwise make generate allocate for another size)."""
+    checks = []
+    if manifest.quant not in RECIPES:
+        checks.append(Check("integrity", "precision", False, f"precision {manifest.quant!r} is unknown to this "
+                            f"sd2tflite ({', '.join(RECIPES)}): convert again or use a matching sd2tflite",
+                            {DESCRIPTION: True}))
+    try:
+        dims = manifest.model_dims
+    except ManifestError as exc:
+        return checks + [Check("integrity", "dims", False, str(exc), {DESCRIPTION: True})]
+    for component in manifest.components:
+        if component not in COMPONENTS:
+            checks.append(Check("integrity", "components", False, f"component {component!r} is unknown to this "
+                                f"sd2tflite ({', '.join(COMPONENTS)}): convert again", {DESCRIPTION: True},
+                                component=component))
+            continue
+        spec = COMPONENTS[component]
+        expected = {s.name: s for s in spec.input_specs(dims)}
+        expected_output = spec.output_spec(dims)
+        parts = manifest.parts_of(component)
+        found = [s for a in parts for s in a.inputs if a.wiring.get(s.name) is None]
+        found += [s for s in parts[-1].outputs if s.name == expected_output.name]
+        wrong = [f"{s.name} is {s.dtype}{list(s.shape)}, dims give {e.dtype}{list(e.shape)}"
+                 for s in found for e in [expected.get(s.name, expected_output if s.name == expected_output.name
+                                                       else None)] if e is None or s != e]
+        if wrong or expected_output.name not in {s.name for s in parts[-1].outputs}:
+            checks.append(Check("integrity", f"{component} signature", False,
+                                ("; ".join(wrong) or f"no {expected_output.name} output")
+                                + ": the manifest's dims do not describe its files; convert again",
+                                {DESCRIPTION: True}, component=component))
+    if not any(not c.passed for c in checks):
+        checks.append(Check("integrity", "dims and signatures", True,
+                            f"{dims.img_width}x{dims.img_height}, batch {dims.batch_size}, as the files say"))
+    return checks
+
+
 def check_integrity(directory: Path, manifest: Manifest | None = None, load_in_litert: bool = True,
                     reuse_hashes: bool = False) -> tuple[Manifest | None, list[Check]]:
     """Every check, none skipped after a failure (except when the manifest itself is unreadable)."""
@@ -137,10 +186,15 @@ def check_integrity(directory: Path, manifest: Manifest | None = None, load_in_l
                for component, found in problems.items()]
     if not problems:
         checks.append(Check("integrity", "parts and wiring", True, "complete, wired to earlier parts"))
+    checks += _description_checks(manifest)
     listed = set()
     for artifact in manifest.artifacts:
-        path = directory / safe_relative_path(artifact.path)
         listed.add(str(safe_relative_path(artifact.path)))
+        try:
+            path = path_in_set(directory, artifact.path)
+        except ManifestError as exc:
+            checks.append(Check("integrity", artifact.path, False, str(exc), component=artifact.component))
+            continue
         checks.append(_file_check(path, artifact, load_in_litert, reuse_hashes))
     extra = sorted(
         str(p.relative_to(directory)) for p in directory.rglob("*.tflite")

@@ -12,13 +12,20 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ManifestError
-from ..core.manifest import Artifact, Manifest, load_manifest, safe_relative_path
+from ..core.quiet import native_stderr_muted
+from ..core.manifest import Artifact, Manifest, load_manifest, path_in_set
 
 
-def interpreter(path: Path, num_threads: int | None = None):
+def signature_runner(path: Path, signature_key: str, num_threads: int | None = None):
+    """A file's signature runner, ready to call. Under -q, LiteRT's "Created TensorFlow Lite
+    XNNPACK delegate" line (printed natively while the delegate is applied) is muted."""
     from ai_edge_litert.interpreter import Interpreter
 
-    return Interpreter(model_path=str(path), num_threads=num_threads or os.cpu_count() or 1)
+    with native_stderr_muted():
+        runner = Interpreter(model_path=str(path), num_threads=num_threads or os.cpu_count() or 1) \
+            .get_signature_runner(signature_key)
+        runner.get_input_details()  # allocates: the delegate is applied now, not at the first call
+    return runner
 
 
 class LiteRTComponent:
@@ -30,10 +37,10 @@ class LiteRTComponent:
         self.parts = parts
         self.runners = []
         for part in parts:
-            path = Path(directory) / safe_relative_path(part.path)
+            path = path_in_set(directory, part.path)
             if not path.is_file():
                 raise ManifestError(f"{path} is missing: convert again or copy the whole set")
-            self.runners.append(interpreter(path, num_threads).get_signature_runner(part.signature_key))
+            self.runners.append(signature_runner(path, part.signature_key, num_threads))
 
     @property
     def input_specs(self):

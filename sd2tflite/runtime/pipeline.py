@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..core.registry import ModelDims
-from ..core.errors import UsageError
+from ..core.errors import NumericsError, UsageError
 from .schedule import alphas, timestep_embedding, timesteps
 from .tokenizer import ClipTokenizer
 
@@ -60,23 +60,32 @@ class Pipeline:
 
     # ----------------------------------------------------------------- pieces keras-cv has too
 
+    def _run(self, component: str, output: str, where: str = "", **inputs) -> np.ndarray:
+        """One component call; NaN or Inf in its output stops the run, naming the component (a
+        broken conversion or an int8 overflow would otherwise become a black image)."""
+        result = np.asarray(self.components[component](**inputs)[output])
+        if not np.isfinite(result).all():
+            bad = int(np.size(result) - np.count_nonzero(np.isfinite(result)))
+            raise NumericsError(f"the {component} output holds {bad:,} NaN/Inf values{where}: the set is "
+                                "broken or overflows; run sd2tflite verify on it")
+        return result
+
     def encode_text(self, prompt: str) -> np.ndarray:
         b, length = self.dims.batch_size, self.dims.max_text_length
         tokens = np.asarray([self.tokenizer.tokens_for(prompt, length)] * b, dtype=np.int32)
         positions = np.repeat(np.arange(length, dtype=np.int32)[None], b, axis=0)
-        return np.asarray(self.components["text_encoder"](tokens=tokens, positions=positions)["context"])
+        return self._run("text_encoder", "context", tokens=tokens, positions=positions)
 
-    def predict_noise(self, latent, t_emb, context) -> np.ndarray:
-        return np.asarray(self.components["diffusion"](
-            latent=latent, timestep_embedding=t_emb, context=context)["noise_pred"])
+    def predict_noise(self, latent, t_emb, context, where: str = "") -> np.ndarray:
+        return self._run("diffusion", "noise_pred", where, latent=latent, timestep_embedding=t_emb, context=context)
 
     def decode(self, latent: np.ndarray) -> np.ndarray:
-        decoded = np.asarray(self.components["decoder"](latent=latent)["image"])
+        decoded = self._run("decoder", "image", latent=latent)
         return np.clip((decoded + 1) / 2 * 255, 0, 255).astype("uint8")
 
     def encode_image(self, image: np.ndarray) -> np.ndarray:
         batch = np.repeat(image[None].astype(np.float32), self.dims.batch_size, axis=0)
-        return np.asarray(self.components["image_encoder"](image=batch)["latent"])
+        return self._run("image_encoder", "latent", image=batch)
 
     def starting_noise(self, settings: GenerateSettings) -> np.ndarray:
         shape = self.dims.latent_shape
@@ -91,6 +100,8 @@ class Pipeline:
                 f"the noise has shape {list(noise.shape)}, this set needs {list(shape)} "
                 f"(or {list(shape[1:])}): save a matching array"
             )
+        if not np.isfinite(noise).all():
+            raise UsageError("the noise holds NaN or Inf values: save an array of finite numbers")
         return noise
 
     # ----------------------------------------------------------------- the loop
@@ -103,6 +114,8 @@ class Pipeline:
             raise UsageError(f"--strength {strength} must be in (0, 1]")
         if settings.mask is not None and settings.image is None:
             raise UsageError("a mask needs an image: pass --image with --mask")
+        if not math.isfinite(settings.guidance):
+            raise UsageError(f"--guidance {settings.guidance} is not a finite number: use e.g. 7.5")
 
         context = self.encode_text(settings.prompt)
         unconditional = self.encode_text(settings.negative_prompt or UNCONDITIONAL_PROMPT)
@@ -126,10 +139,11 @@ class Pipeline:
 
         done, total = 0, first + 1
         for index in range(first, -1, -1):
+            where = f" at step {done + 1} of {total}"
             latent_prev = latent
             t_emb = timestep_embedding(schedule[index], self.dims.batch_size, self.dims.timestep_dim)
-            unconditional_eps = self.predict_noise(latent, t_emb, unconditional)
-            conditional_eps = self.predict_noise(latent, t_emb, context)
+            unconditional_eps = self.predict_noise(latent, t_emb, unconditional, where)
+            conditional_eps = self.predict_noise(latent, t_emb, context, where)
             output = unconditional_eps + settings.guidance * (conditional_eps - unconditional_eps)
             a_t, a_prev = alpha[index], alpha_prev[index]
             if self.prediction_type == "v_prediction":  # v = sqrt(a) eps - sqrt(1 - a) x0

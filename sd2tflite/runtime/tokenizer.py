@@ -8,6 +8,7 @@ special tokens keep CLIP's ids, so keras-cv's constants (padding, unconditional 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import html
 import os
 import urllib.request
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from ..core.registry import MAX_TEXT_LENGTH
 from ..core.errors import UsageError
-from ..core.fsutil import atomic_write, cache_root, sha256_file
+from ..core.fsutil import cache_root, sha256_file, write_bytes_atomic
 
 START_TOKEN = 49406
 END_TOKEN = 49407
@@ -103,6 +104,10 @@ class ClipTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids with start and end markers, as SimpleTokenizer.encode returns them."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes on the command line arrive as surrogates
+            raise UsageError("the prompt is not valid UTF-8 text: pass it as UTF-8") from None
         text = self._whitespace.sub(" ", html.unescape(html.unescape(text)).strip()).strip().lower()
         byte_encoder = bytes_to_unicode()
         ids = []
@@ -131,18 +136,18 @@ def vocabulary_path(download: bool = True) -> Path:
     target = candidates[0]
     if not download:
         raise UsageError(f"no CLIP vocabulary cached: pass --vocab PATH to {VOCAB_FILE}")
-    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with atomic_write(target) as tmp:
-            with urllib.request.urlopen(VOCAB_URL, timeout=30) as response:
-                tmp.write_bytes(response.read())
-            if sha256_file(tmp) != VOCAB_SHA256:
-                raise UsageError(f"the downloaded {VOCAB_FILE} has the wrong sha256: pass --vocab PATH")
+        with urllib.request.urlopen(VOCAB_URL, timeout=30) as response:
+            data = response.read()
     except OSError as exc:
         raise UsageError(
             f"cannot download the CLIP vocabulary ({type(exc).__name__}: {exc}): download "
             f"{VOCAB_FILE} from the openai/CLIP repository and pass --vocab PATH"
         ) from exc
+    if hashlib.sha256(data).hexdigest() != VOCAB_SHA256:
+        raise UsageError(f"the downloaded {VOCAB_FILE} has the wrong sha256: pass --vocab PATH")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(target, data)
     return target
 
 
