@@ -4,8 +4,8 @@
     python scripts/bench_convert.py --quant fp32 --quant dynamic [--model v1] [--img 512]
     python scripts/bench_convert.py --quant dynamic --tag budget8GB -- --memory-budget 8GB
 
-Runs `sd2tflite convert --weights random:0` (same shapes and sizes as the released weights) as a
-subprocess, samples the RSS of it and all its workers, and writes scripts/results/convert-*.json
+Runs `sd2tflite convert --weights random:0` (same shapes and sizes as the released weights), or
+--weights CHECKPOINT, as a subprocess, samples the RSS of it and all its workers, and writes scripts/results/convert-*.json
 plus a Markdown table on stdout. Never run two of these at once on a 24 GB machine.
 """
 
@@ -26,11 +26,12 @@ from sd2tflite.core.manifest import load_manifest  # noqa: E402
 from sd2tflite.core.precisions import RECIPES  # noqa: E402
 
 
-def run_one(model: str, quant: str, img: int, out_root: Path, extra: list[str], tag: str = "") -> dict:
+def run_one(model: str, quant: str, img: int, out_root: Path, extra: list[str], tag: str = "",
+            weights: str = "random:0") -> dict:
     out_dir = out_root / f"sd-{model}-{quant}-{img}{'-' + tag if tag else ''}"
     cmd = [
         sys.executable, "-m", "sd2tflite.cli", "convert", "--model", model, "--quant", quant,
-        "--weights", "random:0", "--img-height", str(img), "--img-width", str(img),
+        "--weights", weights, "--img-height", str(img), "--img-width", str(img),
         "-o", str(out_dir), "--force", "-q", *extra,
     ]
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
@@ -58,7 +59,7 @@ def run_one(model: str, quant: str, img: int, out_root: Path, extra: list[str], 
         "model": model,
         "quant": quant,
         "img": img,
-        "weights": "random:0",
+        "weights": weights,
         "command": " ".join(cmd[2:]),
         "total_seconds": round(seconds, 1),
         "peak_tree_rss_bytes": rss.peak,
@@ -70,7 +71,8 @@ def run_one(model: str, quant: str, img: int, out_root: Path, extra: list[str], 
 def markdown(result: dict) -> str:
     gb = 1e9
     lines = [
-        f"**{result['model']} {result['quant']} {result['img']}×{result['img']}** (random weights): "
+        f"**{result['model']} {result['quant']} {result['img']}×{result['img']}** (random weights, "
+        f"--weights {Path(result.get('weights', 'random:0')).name}): "
         f"{result['total_seconds']:.0f} s total, peak RSS of the whole process tree "
         f"{result['peak_tree_rss_bytes'] / gb:.2f} GB",
         "",
@@ -92,12 +94,15 @@ def main() -> None:
     parser.add_argument("--img", type=int, default=512)
     parser.add_argument("--out", default=str(ROOT / "bench-out"))
     parser.add_argument("--tag", default="", help="suffix for the result file (e.g. the extra options)")
+    parser.add_argument("--weights", default="random:0",
+                        help="what to convert: random:0 (keras-cv's shapes) or a checkpoint, e.g. the file "
+                             "scripts/make_full_size_checkpoint.py writes (SD 1.5's names and shapes, random values)")
     parser.add_argument("extra", nargs="*", help="extra convert options after --")
     args = parser.parse_args()
     results_dir = ROOT / "scripts" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     for quant in args.quant or ["fp32", "dynamic"]:
-        result = run_one(args.model, quant, args.img, Path(args.out), args.extra, args.tag)
+        result = run_one(args.model, quant, args.img, Path(args.out), args.extra, args.tag, args.weights)
         suffix = f"-{args.tag}" if args.tag else ""
         path = results_dir / f"convert-{args.model}-{quant}-{args.img}{suffix}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")

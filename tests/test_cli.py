@@ -118,13 +118,13 @@ def test_convert_writes_files_and_manifest(cli_set):
     assert result.output.count("reused") == 5  # the library's convert() wrote them; the CLI agrees
 
 
-def test_rerun_reuses_matching_files_and_rebuilds_tampered_ones(cli_set):
+def test_rerun_reuses_matching_files_and_rebuilds_tampered_ones(cli_set, export_cache):
     out, _ = cli_set
     before = load_manifest(out)
     mtimes = {a.path: (out / a.path).stat().st_mtime_ns for a in before.artifacts}
     decoder = out / "decoder.tflite"
     decoder.write_bytes(decoder.read_bytes()[:-10] + b"0123456789")  # tampered, same size
-    result = run([*TINY, "-o", str(out), *SHARED_SET])
+    result = run([*TINY, "-o", str(out), *SHARED_SET, "--export-cache", str(export_cache)])
     assert result.exit_code == 0, result.output
     after = load_manifest(out)
     assert result.output.count("reused") == 4

@@ -335,22 +335,29 @@ def hub_env(fake_hub, tmp_path, monkeypatch):
 # A real converted set: two tiny LiteRT files and a manifest that describes them
 
 
-def _tflite(seed: int) -> bytes:
+def _tflite(component: str, seed: int) -> bytes:
+    """A small file with the component's real signature at v1, 128x128 (what the manifest's dims say):
+    its output is a seeded constant scaled by the mean of its inputs."""
     import tempfile
 
     import tensorflow as tf
 
-    weight = tf.constant(np.random.default_rng(seed).standard_normal((4, 2048)).astype(np.float32))
+    from sd2tflite.core.registry import COMPONENTS, FAMILIES
 
-    @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32, name="a"),
-                                  tf.TensorSpec([1, 4], tf.float32, name="b")])
-    def add_then_project(a, b):
-        return {"out": tf.matmul(a + b, weight)}
+    spec, dims = COMPONENTS[component], FAMILIES["v1"].dims(128, 128)
+    output = spec.output_spec(dims)
+    weight = tf.constant(np.random.default_rng(seed).standard_normal(output.shape).astype(np.float32))
+    inputs = [tf.TensorSpec(s.shape, s.dtype, name=s.name) for s in spec.input_specs(dims)]
+
+    @tf.function(input_signature=inputs)
+    def constant_times_mean(*args):
+        mean = tf.add_n([tf.reduce_mean(tf.cast(x, tf.float32)) for x in args])
+        return {output.name: weight * mean}
 
     module = tf.Module()
-    module.fn = add_then_project
+    module.fn = constant_times_mean
     with tempfile.TemporaryDirectory() as saved:
-        tf.saved_model.save(module, saved, signatures={"serving_default": add_then_project.get_concrete_function()})
+        tf.saved_model.save(module, saved, signatures={"serving_default": constant_times_mean.get_concrete_function()})
         return tf.lite.TFLiteConverter.from_saved_model(saved).convert()
 
 
@@ -365,7 +372,7 @@ def source_set(tmp_path_factory):
     artifacts = []
     for seed, component in enumerate(("text_encoder", "decoder")):
         path = directory / f"{component}.tflite"
-        path.write_bytes(_tflite(seed))
+        path.write_bytes(_tflite(component, seed))
         runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
         spec = lambda details: tuple(  # noqa: E731
             TensorSpec(name, tuple(int(d) for d in v["shape"]), np.dtype(v["dtype"]).name)
@@ -378,7 +385,9 @@ def source_set(tmp_path_factory):
             wiring={s.name: None for s in inputs}, conversion_seconds=1.5, peak_rss_bytes=10**9, build_key="k"))
     weights = {c: {"kind": "hub", "repo_id": "fchollet/stable-diffusion", "filename": f"kcv_{c}.h5",
                    "sha256": "ab" * 32} for c in ("text_encoder", "decoder")}
-    manifest = Manifest(family="v1", quant="dynamic", dims={"img_height": 128, "img_width": 128, "batch_size": 1},
+    from sd2tflite.core.registry import FAMILIES
+
+    manifest = Manifest(family="v1", quant="dynamic", dims=FAMILIES["v1"].dims(128, 128).to_json(),
                         weights=weights, artifacts=tuple(artifacts),
                         versions={"sd2tflite": "0.1.0", "tensorflow": "2.21.0", "ai-edge-litert": "2.3.0"},
                         command="sd2tflite convert --quant dynamic --img-height 128 --img-width 128",
@@ -450,7 +459,7 @@ def test_push_uploads_files_and_card_in_one_commit(fake_hub, model_set, tmp_path
     manifest = load_manifest(model_set)
     for a in manifest.artifacts:
         assert f"`{a.path}`" in card and f"{a.bytes:,}" in card and a.sha256 in card
-    assert "`a` float32[1, 4], `b` float32[1, 4] -> `out` float32[1, 2048]" in card
+    assert "`positions` int32[1, 77], `tokens` int32[1, 77] -> `context` float32[1, 77, 768]" in card
     assert "not verified" in card and f"sd2tflite verify hf://{REPO}" in card
     assert f"sd2tflite generate hf://{REPO}" in card
     assert manifest.command in card and "tensorflow 2.21.0" in card

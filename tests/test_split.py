@@ -87,7 +87,8 @@ def test_keras_parts_reproduce_unsplit_unet(keras_models, tiny_dims):
     np.testing.assert_allclose(values["noise_pred"], expected, rtol=0, atol=1e-5)
 
 
-def test_converted_three_parts_match_keras(tmp_path, keras_models, tiny_dims):
+@pytest.mark.slow  # a second export of the UNet (3 parts); the shared sets cover a 2-part chain
+def test_converted_three_parts_match_keras(tmp_path, keras_models, tiny_dims, export_cache):
     """A cap small enough to force 3 parts on the tiny UNet; LiteRT chain vs unsplit Keras."""
     from sd2tflite.convert.orchestrate import convert
     from sd2tflite.runtime.litert import load_component
@@ -111,8 +112,10 @@ def test_converted_three_parts_match_keras(tmp_path, keras_models, tiny_dims):
         )
         figures = parity(expected, unet(**sample)["noise_pred"])
         assert figures.psnr_db > 60 and figures.max_abs < 1e-3, figures
-    # Re-planned into one part: the old part files go, nothing else is touched.
+    # Re-planned into two parts (the shared sets' SavedModels): the old part files go, nothing else is touched.
     (tmp_path / "out" / "notes.txt").write_text("mine")
-    rerun = convert(tiny_request(tmp_path / "out", components="diffusion", force=True))
-    assert [a.path for a in rerun.manifest.artifacts] == ["diffusion.tflite"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["diffusion.tflite", "manifest.json", "notes.txt"]
+    rerun = convert(tiny_request(tmp_path / "out", components="diffusion", force=True, unet_parts=2,
+                                 export_cache=str(export_cache)))
+    assert [a.path for a in rerun.manifest.artifacts] == ["diffusion_part0.tflite", "diffusion_part1.tflite"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "diffusion_part0.tflite", "diffusion_part1.tflite", "manifest.json", "notes.txt"]

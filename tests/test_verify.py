@@ -28,7 +28,7 @@ def test_every_precision_passes_verify(reports, quant):
     assert report.passed, report.table()
     groups = [c.group for c in report.checks]
     assert groups.count("parity") == 4 and groups.count("end-to-end") == 1
-    assert groups.count("integrity") == 3 + 5  # manifest, structure, no extras + 5 files (2 UNet parts)
+    assert groups.count("integrity") == 4 + 5  # manifest, structure, description, no extras + 5 files (2 UNet parts)
     for check in report.checks:
         if check.group == "parity":
             min_psnr, min_cosine = RECIPES[quant].tolerance(check.name)

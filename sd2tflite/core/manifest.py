@@ -196,12 +196,20 @@ def safe_relative_path(text: str, where: str = "path") -> PurePosixPath:
     return path
 
 
+def _set_roots(directory: Path) -> tuple[Path, ...]:
+    """Where a set's files may resolve. A set downloaded from the Hub is a snapshot folder of the
+    Hugging Face cache, whose files link into the same repo's blobs/: its whole cache entry."""
+    root = directory.resolve()
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+        return root, root.parent.parent
+    return (root,)
+
+
 def path_in_set(directory: Path, text: str, where: str = "path") -> Path:
     """A file of the set: its manifest path, which must still be inside the set's folder once
     symlinks are followed (a link to a file elsewhere is refused, not read or published)."""
     path = Path(directory) / safe_relative_path(text, where)
-    root = Path(directory).resolve()
-    if not path.resolve().is_relative_to(root):
+    if not any(path.resolve().is_relative_to(root) for root in _set_roots(Path(directory))):
         raise ManifestError(f"{text} in {directory} resolves outside the set (to {path.resolve()}): copy the "
                             "real file into the folder instead of linking it")
     return path

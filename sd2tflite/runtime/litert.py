@@ -22,10 +22,9 @@ def signature_runner(path: Path, signature_key: str, num_threads: int | None = N
     from ai_edge_litert.interpreter import Interpreter
 
     with native_stderr_muted():
-        runner = Interpreter(model_path=str(path), num_threads=num_threads or os.cpu_count() or 1) \
-            .get_signature_runner(signature_key)
-        runner.get_input_details()  # allocates: the delegate is applied now, not at the first call
-    return runner
+        interpreter = Interpreter(model_path=str(path), num_threads=num_threads or os.cpu_count() or 1)
+        interpreter.allocate_tensors()  # the delegate is applied here, not at the first call
+        return interpreter.get_signature_runner(signature_key)
 
 
 class LiteRTComponent:

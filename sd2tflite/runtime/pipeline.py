@@ -17,7 +17,7 @@ import numpy as np
 from ..core.registry import ModelDims
 from ..core.errors import NumericsError, UsageError
 from .schedule import alphas, timestep_embedding, timesteps
-from .tokenizer import ClipTokenizer
+from .tokenizer import END_TOKEN, ClipTokenizer
 
 Component = Callable[..., Mapping[str, np.ndarray]]
 
@@ -53,6 +53,9 @@ class Pipeline:
         if prediction_type not in PREDICTION_TYPES:
             raise UsageError(f"prediction type {prediction_type!r} is unknown: this sd2tflite runs "
                              f"{', '.join(PREDICTION_TYPES)}")
+        if END_TOKEN >= dims.vocab_size:
+            raise UsageError(f"the set's text encoder knows {dims.vocab_size:,} tokens, CLIP's tokenizer uses ids up "
+                             f"to {END_TOKEN:,}: convert a checkpoint whose text encoder has CLIP's vocabulary")
         self.components = components
         self.dims = dims
         self.tokenizer = tokenizer

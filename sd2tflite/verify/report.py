@@ -38,7 +38,7 @@ class VerifyReport:
 
     def table(self) -> str:
         m = self.manifest
-        title = f"{m.family} {m.quant}, {m.dims['img_width']}x{m.dims['img_height']}" if m else "no manifest"
+        title = f"{m.family} {m.quant}, {m.dims.get('img_width')}x{m.dims.get('img_height')}" if m else "no manifest"
         lines = [f"verify {self.directory} ({title})"]
         for c in self.checks:
             lines.append(f"  {'✓' if c.passed else '✗'} {c.group:10s} {c.name:26s} {c.detail}")
