@@ -666,3 +666,50 @@ def test_card_of_a_set_without_released_weights(model_set):
     meta = yaml.safe_load(card.split("---\n")[1])
     assert "license" not in meta and "base_model" not in meta and "fp16" in meta["tags"]
     assert "random weights, seed 3" in card and "carry no license" in card
+
+
+# --------------------------------------------------------------------------------------------------
+# hf:// as a checkpoint for convert --weights: only what the conversion reads is downloaded
+
+
+def _upload(fake_hub, repo_id: str, files: dict[str, bytes]) -> None:
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi(endpoint=fake_hub.url, token=TOKEN)
+    api.create_repo(repo_id, exist_ok=True)
+    api.create_commit(repo_id, operations=[CommitOperationAdd(path_in_repo=p, path_or_fileobj=data)
+                                           for p, data in files.items()], commit_message="upload")
+
+
+def test_a_diffusers_repo_downloads_only_the_weights_convert_reads(fake_hub):
+    from sd2tflite.convert.checkpoint_source import download
+
+    weights = b"not read by this test" * 100
+    files = {"model_index.json": b"{}", "scheduler/scheduler_config.json": b"{}",
+             "safety_checker/model.safetensors": weights, "feature_extractor/preprocessor_config.json": b"{}",
+             "v1-5-pruned.ckpt": weights}
+    for part in ("unet", "vae", "text_encoder"):
+        files[f"{part}/config.json"] = b"{}"
+        name = "model" if part == "text_encoder" else "diffusion_pytorch_model"
+        files[f"{part}/{name}.safetensors"] = weights
+        files[f"{part}/{name}.fp16.safetensors"] = weights[:50]
+        files[f"{part}/{name}.bin"] = weights
+    _upload(fake_hub, "someone/sd-diffusers", files)
+    folder = download("hf://someone/sd-diffusers")
+    got = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert got == sorted(["model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
+                          "text_encoder/model.safetensors", "unet/config.json",
+                          "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+                          "vae/diffusion_pytorch_model.safetensors"])
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == weights
+
+
+def test_a_single_file_repo_gives_its_file_and_an_ambiguous_one_says_so(fake_hub):
+    from sd2tflite.convert.checkpoint_source import download
+
+    _upload(fake_hub, "someone/one-file", {"dreamshaper_8.safetensors": b"x" * 100, "notes.txt": b"#"})
+    path = download("hf://someone/one-file@main")
+    assert path.name == "dreamshaper_8.safetensors" and path.read_bytes() == b"x" * 100
+    _upload(fake_hub, "someone/two-files", {"a.safetensors": b"a", "b.safetensors": b"b"})
+    with pytest.raises(UsageError, match="2 top-level .safetensors files .a.safetensors, b.safetensors."):
+        download("hf://someone/two-files")

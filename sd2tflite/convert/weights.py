@@ -55,7 +55,7 @@ def parse_weights(text: str | None, family: ModelFamily,
             raise UsageError(f"--weights names two models ({bases[0]}, {bases[1]}): give one, plus "
                              "COMPONENT=PATH overrides (unet, vae, text_encoder)")
         overrides = []
-        for item in items[1:] if items[0] == bases[0] else [t for t in items if t != bases[0]]:
+        for item in (t for t in items if t != bases[0]):
             name, _, path = item.partition("=")
             if name.strip() not in OVERRIDE_NAMES or not path.strip():
                 raise UsageError(f"bad --weights override {item!r}: use unet=PATH, vae=PATH or text_encoder=PATH")
