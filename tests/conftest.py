@@ -91,6 +91,12 @@ def seeded_inputs(component: str, dims, seed: int = 1234):
     return synthetic_samples(component, dims, 2, seed)
 
 
+@pytest.fixture()
+def fp32_set(tiny_sets, tmp_path):
+    """A private copy of the shared fp32 set, safe to tamper with."""
+    return Path(shutil.copytree(tiny_sets["fp32"], tmp_path / "set"))
+
+
 def run(args, env=None):
     """The sd2tflite command line, in process."""
     from click.testing import CliRunner

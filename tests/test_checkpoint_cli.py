@@ -62,7 +62,7 @@ def test_verify_refuses_a_changed_checkpoint(decoder_set, tmp_path):
 
 
 @pytest.mark.parametrize("args, code, fragment", [
-    (["--weights", "model.ckpt"], 2, "unpickling"),
+    (["--weights", "model.ckpt"], 1, "unpickling"),
     (["--weights", str(V1_FILE), "--model", "tiny"], 2, "--model tiny has no PyTorch checkpoints"),
     (["--lora", "x.safetensors"], 2, "apply to PyTorch checkpoints"),
     (["--weights", str(V1_FILE), "--weights", "tokenizer=x.safetensors"], 2, "bad --weights override"),

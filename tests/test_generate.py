@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +17,6 @@ from .conftest import assert_one_line_error, run
 
 # CLIP's vocabulary (MIT licence, sha256 pinned by keras-cv): tests/data/README.md
 VOCAB = Path(__file__).resolve().parent / "data" / "bpe_simple_vocab_16e6.txt.gz"
-
-
-@pytest.fixture()
-def fp32_set(tiny_sets, tmp_path):
-    """A private copy of the fp32 set, safe to tamper with."""
-    return Path(shutil.copytree(tiny_sets["fp32"], tmp_path / "set"))
 
 
 def _pixels(path):

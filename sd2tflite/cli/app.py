@@ -14,6 +14,7 @@ import click
 from .. import __version__
 from ..convert.quiet import quiet_tensorflow
 from ..core.outputs import NewFile, check_new_files, json_with_keys, png_with_text
+from ..core.registry import PREDICTION_TYPES
 from .options import (TqdmProgress, handle_errors, model_dir_argument, parse_bytes, require_converter,
                       thread_list, threads_option, verbosity, vocab_option)
 
@@ -37,7 +38,7 @@ def main() -> None:
 @click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]",
               help="Checkpoints: merge a LoRA (kohya / A1111 or diffusers / PEFT .safetensors) into the UNet and "
                    "text encoder before converting; repeatable; scale 1 by default.")
-@click.option("--prediction-type", default=None, type=click.Choice(["epsilon", "v_prediction"]),
+@click.option("--prediction-type", default=None, type=click.Choice(PREDICTION_TYPES),
               help="Checkpoints: what the UNet predicts (default: the diffusers scheduler config; SD 1.x "
                    "epsilon; SD 2.x single files must say: 512-base epsilon, 768-v v_prediction).")
 @click.option("--ema/--no-ema", default=True, show_default=True,

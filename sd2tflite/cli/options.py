@@ -16,11 +16,12 @@ from ..core.errors import SD2TFLiteError, UsageError
 def _secrets(options: dict) -> list[str]:
     """Tokens that must never reach the terminal: --token, HF_TOKEN, the stored Hub login."""
     found = [options.get("token"), os.environ.get("HF_TOKEN")]
-    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
     try:
-        with open(os.environ.get("HF_TOKEN_PATH") or os.path.join(home, "token")) as f:
+        from huggingface_hub import constants
+
+        with open(constants.HF_TOKEN_PATH) as f:
             found.append(f.read().strip())
-    except OSError:
+    except (ImportError, OSError):
         pass
     return [t for t in found if t and len(t) >= 8]
 

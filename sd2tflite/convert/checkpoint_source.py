@@ -11,7 +11,6 @@ from pathlib import Path
 from ..core.errors import UsageError, WeightsError
 from ..core.fsutil import sha256_file
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 # --weights COMPONENT=PATH next to a checkpoint replaces that part of it.
 OVERRIDE_NAMES = ("unet", "vae", "text_encoder", "diffusion", "decoder", "image_encoder")
 
@@ -32,6 +31,7 @@ class CheckpointOptions:
 def is_checkpoint(text: str) -> bool:
     """A PyTorch checkpoint rather than keras-cv weights (hub, DIR of .h5 files, random)."""
     from .checkpoint.layouts import is_diffusers_folder
+    from .checkpoint.reader import PICKLE_SUFFIXES
 
     if text.startswith("hf://"):
         return True
@@ -76,8 +76,19 @@ def reopen(identity: dict, check_hashes: bool = False):
                            loras=[(lora["path"], lora["scale"]) for lora in identity.get("loras", [])])
 
 
-# What a diffusers repo needs for the four components (configs and the weights of one variant).
-_DIFFUSERS_PARTS = ("unet", "vae", "text_encoder")
+def _repo_weight_files(files: list[str], part: str) -> list[str]:
+    """The files of a diffusers repo's component that the importer reads, as layouts.component_files
+    picks them in a folder: the plain weights (single or sharded), else the .fp16 variant."""
+    from .checkpoint.layouts import WEIGHT_NAMES
+
+    stem = f"{part}/{WEIGHT_NAMES[part]}"
+    for variant in ("", ".fp16"):
+        if f"{stem}{variant}.safetensors.index.json" in files:
+            shards = [f for f in files if f.startswith(f"{stem}{variant}-") and f.endswith(".safetensors")]
+            return [f"{stem}{variant}.safetensors.index.json", *shards]
+        if f"{stem}{variant}.safetensors" in files:
+            return [f"{stem}{variant}.safetensors"]
+    return []
 
 
 def download(uri: str) -> Path:
@@ -96,10 +107,8 @@ def download(uri: str) -> Path:
     files = [s.rfilename for s in info.siblings or []]
     if "model_index.json" in files:
         patterns = ["model_index.json", "scheduler/scheduler_config.json"]
-        for part in _DIFFUSERS_PARTS:
-            weights = [f for f in files if f.startswith(f"{part}/") and ".safetensors" in f]
-            full = [f for f in weights if ".fp16." not in f]
-            patterns += [f"{part}/config.json", *(full or weights)]
+        for part in ("unet", "vae", "text_encoder"):
+            patterns += [f"{part}/config.json", *_repo_weight_files(files, part)]
         if not any(".safetensors" in p for p in patterns):
             raise WeightsError(f"{uri} has no .safetensors weights (only pickled ones, which sd2tflite never "
                                "loads): convert it to safetensors first")

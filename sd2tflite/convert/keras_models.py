@@ -196,7 +196,7 @@ def _tiny_decoder(dims: ModelDims, w: TinyWidths = TINY) -> keras.Model:
     )
 
 
-def _take_mean_latent(x):
+def take_mean_latent(x):
     # keras-cv's ImageEncoder keeps the first 4 of 8 channels (the mean) and scales them.
     return x[..., :4] * 0.18215
 
@@ -219,7 +219,7 @@ def _tiny_image_encoder(dims: ModelDims, w: TinyWidths = TINY) -> keras.Model:
             keras.layers.Activation("swish"),
             PaddedConv2D(8, 3, padding=1),
             PaddedConv2D(8, 1),
-            keras.layers.Lambda(_take_mean_latent),
+            keras.layers.Lambda(take_mean_latent),
         ],
         name="tiny_image_encoder",
     )

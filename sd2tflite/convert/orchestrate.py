@@ -12,6 +12,7 @@ part's converter memory is returned to the OS when its process ends.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..core.errors import ConversionError, SD2TFLiteError
+from ..core.errors import ConversionError, OutputError, SD2TFLiteError
 from ..core.fsutil import sha256_file, write_json_atomic
 from ..core.manifest import VERIFY_REPORT_NAME, Artifact, Manifest, load_manifest, save_manifest
 from ..core.precisions import RECIPES
@@ -83,14 +84,18 @@ def convert(request: ConvertRequest, progress=None) -> ConvertResult:
     out_dir = Path(request.out_dir)
     check_output_dir(out_dir, request.force)
     created_out_dir = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {out_dir} ({exc.strerror}): choose another --output") from exc
     try:
         with output_lock(out_dir):
             check_output_dir(out_dir, request.force)  # again: another run may have written meanwhile
             return _convert_locked(request, out_dir, progress or NullProgress())
     finally:
-        if created_out_dir and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # a run that wrote nothing leaves nothing behind
+        with contextlib.suppress(OSError):  # another run may have just created its lock file
+            if created_out_dir and not any(out_dir.iterdir()):
+                out_dir.rmdir()  # a run that wrote nothing leaves nothing behind
 
 
 def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> ConvertResult:
@@ -131,14 +136,17 @@ def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> Convert
             progress.advance()
         # Components this run did not touch stay in the set if it is the same model and precision.
         kept: list[Artifact] = []
+        prediction_type = request.weights[request.components[0]].identity.get("prediction_type", "epsilon")
         try:
             before = load_manifest(out_dir)
-            if (before.family, before.quant, before.dims) == (request.family, request.quant, request.dims.to_json()):
+            if (before.family, before.quant, before.model_dims) == (request.family, request.quant, request.dims):
                 kept = [a for a in before.artifacts if a.component not in request.components
                         and (out_dir / a.path).is_file()]
+                if "diffusion" not in request.components and any(a.component == "diffusion" for a in kept):
+                    prediction_type = before.prediction_type  # the kept UNet's, not this run's weights'
         except SD2TFLiteError:
             pass
-        weights = {c: before.weights[c] for c in {a.component for a in kept}} if kept else {}
+        weights = {c: before.weights.get(c, {}) for c in {a.component for a in kept}} if kept else {}
         weights.update({c: request.weights[c].identity for c in request.components})
         result_artifacts = kept + result_artifacts
         manifest = Manifest(
@@ -152,13 +160,14 @@ def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> Convert
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             split=split,
             converter=RECIPES[request.quant].converter_settings(),
-            prediction_type=request.weights[request.components[0]].identity.get("prediction_type", "epsilon"),
+            prediction_type=prediction_type,
         )
         manifest_path = save_manifest(manifest, out_dir)
-        # Files of an earlier plan (e.g. more UNet parts) that this manifest no longer lists.
+        # Files of an earlier plan (e.g. more UNet parts), or of components not kept, that this
+        # manifest no longer lists: ours (an earlier manifest listed them), and stale.
         current = {a.path for a in result_artifacts}
-        for stale, component in old_files.items():
-            if stale not in current and stale.endswith(".tflite") and component in request.components:
+        for stale in old_files:
+            if stale not in current and stale.endswith(".tflite"):
                 (out_dir / stale).unlink(missing_ok=True)
         (out_dir / PROGRESS_NAME).unlink(missing_ok=True)
         if built:  # a verify report of the earlier files would describe files that are gone

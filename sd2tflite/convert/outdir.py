@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..core.errors import OutputDirError, SD2TFLiteError
+from ..core.errors import OutputDirError, OutputError, SD2TFLiteError
 from ..core.fsutil import is_temp_name
 from ..core.manifest import MANIFEST_NAME, VERIFY_REPORT_NAME, Artifact, load_manifest, safe_relative_path
 
@@ -28,7 +28,10 @@ def output_lock(out_dir: Path) -> Iterator[None]:
     run leaves no stale lock. The lock file (holding the pid) is removed on the way out."""
     path = out_dir / LOCK_NAME
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot write into {out_dir} ({exc.strerror}): choose another --output") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

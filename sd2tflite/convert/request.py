@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..core.errors import UsageError
 from ..core.precisions import get_recipe
-from ..core.registry import COMPONENTS, FAMILIES, PIPELINE_COMPONENTS, ModelDims, parse_components
+from ..core.registry import COMPONENTS, FAMILIES, PIPELINE_COMPONENTS, PREDICTION_TYPES, ModelDims, parse_components
 from .calibration.recorded import RecordingSettings, read_prompts
 from .calibration.selective import KeepFloat
 from .plan import CONVERTER_RSS_BASE, DEFAULT_MAX_PART_BYTES, HARD_FLATBUFFER_LIMIT, default_memory_budget
@@ -108,8 +108,8 @@ def check_options(o: ConvertOptions) -> None:
     if not recorded and (o.calibration_prompts or o.calibration_images):
         raise UsageError("--calibration-prompts / --calibration-images need a calibrated precision (int8, "
                          "int8-strict, int16x8) with --calibration recorded")
-    if o.prediction_type is not None and o.prediction_type not in ("epsilon", "v_prediction"):
-        raise UsageError(f"--prediction-type {o.prediction_type!r}: choose epsilon or v_prediction")
+    if o.prediction_type is not None and o.prediction_type not in PREDICTION_TYPES:
+        raise UsageError(f"--prediction-type {o.prediction_type!r}: choose {' or '.join(PREDICTION_TYPES)}")
     if o.keep_float and o.quant != "int8":
         raise UsageError(f"--keep-float works with --quant int8 (float fallback), not {o.quant}")
 

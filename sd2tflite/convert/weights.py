@@ -59,6 +59,8 @@ def parse_weights(text: str | None, family: ModelFamily,
             name, _, path = item.partition("=")
             if name.strip() not in OVERRIDE_NAMES or not path.strip():
                 raise UsageError(f"bad --weights override {item!r}: use unet=PATH, vae=PATH or text_encoder=PATH")
+            if name.strip() in dict(overrides):
+                raise UsageError(f"--weights gives {name.strip()}= twice: keep one")
             overrides.append((name.strip(), Path(path.strip()).expanduser()))
         return WeightsSource("checkpoint", files=tuple(overrides), checkpoint=bases[0], options=options)
     if options.given:

@@ -1,5 +1,5 @@
 """Error types. Each carries a one-line message that names the problem and the fix, and the
-exit code the CLI uses for it. Library code raises these; only cli.py turns them into exits."""
+exit code the CLI uses for it. Library code raises these; only the CLI (cli/options.py) turns them into exits."""
 
 from __future__ import annotations
 

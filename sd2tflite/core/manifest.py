@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from .errors import ManifestError
 from .fsutil import write_json_atomic
-from .registry import ModelDims, TensorSpec
+from .registry import PREDICTION_TYPES, ModelDims, TensorSpec
 from .schema import schema_problems
 
 FORMAT_VERSION = 1
@@ -140,7 +140,7 @@ MANIFEST_SCHEMA = {
         "created": {"type": "string"},
         "split": {"type": "object"},
         "converter": {"type": "object"},
-        "prediction_type": {"type": "string", "enum": ["epsilon", "v_prediction"]},
+        "prediction_type": {"type": "string", "enum": list(PREDICTION_TYPES)},
         "artifacts": {
             "type": "array",
             "items": {

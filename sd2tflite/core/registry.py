@@ -1,7 +1,7 @@
 """The one place that lists model families and components.
 
 Everything else (weights, split, convert, tests) iterates over these tables; adding a component
-or a family is one entry here plus its builder in models.py. Imports no TensorFlow.
+or a family is one entry here plus its builder in convert/keras_models.py. Imports no TensorFlow.
 """
 
 from __future__ import annotations
@@ -126,6 +126,9 @@ COMPONENTS: dict[str, ComponentSpec] = {
                       splittable=False),
     )
 }
+
+# What the UNet predicts: the noise (SD 1.x, SD 2.x 512-base, keras-cv) or v (SD 2.x 768-v).
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 # What a text-to-image run calls (the image encoder only runs for image-to-image and inpainting).
 PIPELINE_COMPONENTS = ("text_encoder", "diffusion", "decoder")

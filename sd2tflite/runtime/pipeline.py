@@ -14,7 +14,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ..core.registry import ModelDims
+from ..core.registry import PREDICTION_TYPES, ModelDims
 from ..core.errors import NumericsError, UsageError
 from .schedule import alphas, timestep_embedding, timesteps
 from .tokenizer import END_TOKEN, ClipTokenizer
@@ -23,8 +23,6 @@ Component = Callable[..., Mapping[str, np.ndarray]]
 
 # keras-cv's _UNCONDITIONAL_TOKENS: the empty prompt, padded with end-of-text.
 UNCONDITIONAL_PROMPT = ""
-# What the UNet predicts (the manifest says which): keras-cv's models and SD 1.x predict the noise.
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 @dataclass(frozen=True)

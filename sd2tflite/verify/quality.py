@@ -13,7 +13,7 @@ from ..core.metrics import parity
 from ..core.registry import COMPONENTS
 from ..convert.calibration.recorded import RecordingSettings, record
 
-# Disjoint from recording.DEFAULT_PROMPTS, and other seeds: never calibration data.
+# Disjoint from calibration/recorded.DEFAULT_PROMPTS, and other seeds: never calibration data.
 HELD_OUT = RecordingSettings(
     prompts=(
         "a photograph of an astronaut riding a horse",
@@ -24,8 +24,9 @@ HELD_OUT = RecordingSettings(
 )
 
 
-def held_out_inputs(keras: dict, dims, tokenizer, settings: RecordingSettings = HELD_OUT) -> dict[str, list[dict]]:
-    return record(keras, dims, tokenizer, settings)
+def held_out_inputs(keras: dict, dims, tokenizer, settings: RecordingSettings = HELD_OUT,
+                    prediction_type: str = "epsilon") -> dict[str, list[dict]]:
+    return record(keras, dims, tokenizer, settings, prediction_type=prediction_type)
 
 
 def component_figures(keras_model, litert, samples: list[dict], component: str):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+from dataclasses import replace
 
 import numpy as np
 
@@ -18,13 +20,29 @@ def reference_models(manifest: Manifest, weights_text: str | None = None,
     """component -> Keras model with the weights the set was converted from (or from --weights)."""
     from ..convert.weights import build_with_weights, from_identity, parse_weights, resolve
 
+    from ..convert.checkpoint_source import CheckpointOptions, is_checkpoint
+
     family = FAMILIES[manifest.family]
     dims = manifest.model_dims
     components = components or manifest.components
     if weights_text:
-        resolved = resolve(parse_weights(weights_text, family), family, components)
+        # A checkpoint given here is read as the set's was (prediction type, EMA choice, LoRAs).
+        recorded = next((w for w in manifest.weights.values() if w.get("kind") == "checkpoint"), None)
+        options = CheckpointOptions()
+        if recorded is not None and is_checkpoint(weights_text.split(",")[0].strip()):
+            options = CheckpointOptions(manifest.prediction_type, recorded.get("ema") is not False,
+                                        tuple(f"{lora['path']}:{lora['scale']}" for lora in recorded.get("loras", [])))
+        resolved = resolve(parse_weights(weights_text, family, options), family, components)
     else:
-        resolved = {c: from_identity(manifest.weights.get(c, {}), family, c) for c in components}
+        found: dict[str, object] = {}  # one look (and one hash of a multi-GB file) per distinct source
+        resolved = {}
+        for c in components:
+            identity = manifest.weights.get(c, {})
+            key = json.dumps(identity, sort_keys=True)
+            if identity.get("kind") == "checkpoint" and key in found:
+                resolved[c] = replace(found[key], component=c)
+            else:
+                resolved[c] = found[key] = from_identity(identity, family, c)
     return {c: build_with_weights(manifest.family, c, dims, resolved[c]) for c in components}
 
 

@@ -70,7 +70,8 @@ def verify(directory: Path, weights: str | None = None, vocab: Path | None = Non
         from .quality import held_out_inputs, quality_report
 
         on_stage("int8 quality: recording held-out inputs from the Keras pipeline")
-        report.quality = quality_report(manifest, keras, litert, held_out_inputs(keras, dims, tokenizer))
+        report.quality = quality_report(manifest, keras, litert, held_out_inputs(keras, dims, tokenizer,
+                                                                                 prediction_type=manifest.prediction_type))
     if end_to_end:
         needed = pipeline_parts
         missing = needed - set(manifest.components)

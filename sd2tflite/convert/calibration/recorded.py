@@ -1,6 +1,6 @@
 """int8 calibration data recorded from real pipeline runs, cached on disk with its provenance.
 
-The Keras pipeline (sd2tflite.pipeline over the Keras components, the same maths as keras-cv)
+The Keras pipeline (sd2tflite.runtime.pipeline over the Keras components, the same maths as keras-cv)
 runs a prompt set; every component call's inputs are recorded:
   text_encoder   token sequences of the prompts and of the empty prompt
   diffusion      (latent, timestep embedding, context) at every step, conditional and
@@ -29,7 +29,7 @@ from ...core.registry import COMPONENTS, PIPELINE_COMPONENTS, ModelDims
 FORMAT = 1
 
 # Written for this project: varied subjects (people, animals, landscapes, objects, text) and styles.
-# verify's held-out prompts (verify.VERIFY_PROMPTS) are deliberately not among them.
+# verify's held-out prompts (verify/checks.VERIFY_PROMPTS) are deliberately not among them.
 DEFAULT_PROMPTS = (
     "a portrait of an old fisherman with a grey beard, golden hour, 85mm photograph",
     "a red fox jumping over a snowy log in a pine forest",

@@ -3,7 +3,7 @@
 A calibration source is any callable `(component, dims, count, seed) -> list[dict[name, array]]`
 giving samples for a component's pipeline-facing inputs. The built-in one is synthetic: seeded
 inputs with the right shapes and plausible ranges. UNet parts after the first are calibrated on
-what the float parts before them compute from these samples (convert.py does that).
+what the float parts before them compute from these samples (convert/export.py does that).
 """
 
 from __future__ import annotations

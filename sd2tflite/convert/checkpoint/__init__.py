@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sd2tflite.core.errors import UsageError, WeightsError
+from sd2tflite.core.registry import PREDICTION_TYPES
 
 from .architecture import SD1, SD2, Architecture, TextArch, UNetArch, VaeArch, infer
 from .layouts import GROUPS, Group, Source, open_override, open_source
@@ -29,7 +30,6 @@ __all__ = [
 ]
 
 COMPONENTS = ("text_encoder", "diffusion", "decoder", "image_encoder")
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 _OVERRIDE_ALIASES = {"unet": "unet", "diffusion": "unet", "vae": "vae", "decoder": "vae",
                      "image_encoder": "vae", "text_encoder": "text_encoder"}
 

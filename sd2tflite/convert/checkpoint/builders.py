@@ -24,6 +24,7 @@ from keras_cv.src.models.stable_diffusion.padded_conv2d import PaddedConv2D
 from keras_cv.src.models.stable_diffusion.resnet_block import ResnetBlock
 from keras_cv.src.models.stable_diffusion.text_encoder import CLIPEmbedding, CLIPEncoderLayer, quick_gelu
 
+from sd2tflite.convert.keras_models import take_mean_latent
 from sd2tflite.core.errors import UsageError, WeightsError
 
 from .architecture import Architecture, TextArch, UNetArch, VaeArch
@@ -251,11 +252,6 @@ def build_decoder(a: VaeArch, img_height: int, img_width: int, tag: Tags) -> ker
         tag(PaddedConv2D(3, 3, padding=1), "decoder.conv_out", "conv"),
     ]
     return keras.Sequential(layers, name="decoder")
-
-
-def take_mean_latent(x):
-    """keras-cv's ImageEncoder output: the mean (first 4 of 8 channels) scaled by 0.18215."""
-    return x[..., :4] * 0.18215
 
 
 def build_image_encoder(a: VaeArch, img_height: int, img_width: int, tag: Tags) -> keras.Model:

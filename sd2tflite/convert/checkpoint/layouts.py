@@ -415,13 +415,13 @@ def open_single_file(path: Path, use_ema: bool) -> Source:
 # ---------------------------------------------------------------- diffusers folders
 
 
-_WEIGHT_NAMES = {"text_encoder": "model", "unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model"}
+WEIGHT_NAMES = {"text_encoder": "model", "unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model"}
 
 
 def component_files(folder: Path, group: str) -> list[Path]:
     """The safetensors files of one diffusers component folder: sharded index or single file;
     the plain files first, the `.fp16` variant when only that exists."""
-    stem = _WEIGHT_NAMES[group]
+    stem = WEIGHT_NAMES[group]
     for variant in ("", ".fp16"):
         index = folder / f"{stem}{variant}.safetensors.index.json"
         if index.is_file():

@@ -8,7 +8,6 @@ and widened to float32 (bf16 is the upper half of a float32).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sd2tflite.core.errors import WeightsError
+from sd2tflite.core.fsutil import sha256_file
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 _MAX_HEADER = 100 * 1024 * 1024
@@ -126,11 +126,7 @@ class SafetensorsFile:
 
     @cached_property
     def sha256(self) -> str:
-        h = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        return h.hexdigest()
+        return sha256_file(self.path)
 
 
 def open_safetensors(path: Path | str) -> SafetensorsFile:
