@@ -16,12 +16,14 @@ from ..core.errors import SD2TFLiteError, UsageError
 def _secrets(options: dict) -> list[str]:
     """Tokens that must never reach the terminal: --token, HF_TOKEN, the stored Hub login."""
     found = [options.get("token"), os.environ.get("HF_TOKEN")]
+    # Where huggingface_hub keeps the login (its constants.HF_TOKEN_PATH), without importing it: an
+    # import here would freeze its HF_HUB_OFFLINE / HF_ENDPOINT reading for the rest of the process.
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    home = os.environ.get("HF_HOME") or os.path.join(cache, "huggingface")
     try:
-        from huggingface_hub import constants
-
-        with open(constants.HF_TOKEN_PATH) as f:
+        with open(os.environ.get("HF_TOKEN_PATH") or os.path.join(home, "token")) as f:
             found.append(f.read().strip())
-    except (ImportError, OSError):
+    except OSError:
         pass
     return [t for t in found if t and len(t) >= 8]
 
