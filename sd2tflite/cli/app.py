@@ -124,6 +124,10 @@ def convert(dry_run, verbose, quiet, max_part_bytes, weights, loras, **options):
               help="With --image: how much of the schedule to run (0-1; default 1.0).")
 @click.option("--resize/--no-resize", default=True, show_default=True,
               help="Resize an --image of another size to the set's size (else refuse).")
+@click.option("--sampler", default="ddim", show_default=True,
+              help="ddim (keras-cv's, bit for bit), euler, euler-a (ancestral) or dpm++2m (DPM-Solver++ 2M): "
+                   "diffusers' Euler, EulerAncestral and DPMSolverMultistep schedulers.")
+@click.option("--karras", is_flag=True, help="Karras sigmas (euler, euler-a, dpm++2m).")
 @click.option("--save-latents", default=None, type=click.Path(dir_okay=False),
               help="Also write the final latents (.npy).")
 @vocab_option()
@@ -132,7 +136,7 @@ def convert(dry_run, verbose, quiet, max_part_bytes, weights, loras, **options):
 @verbosity
 @handle_errors
 def generate(model_dir, prompt, output, steps, guidance, seed, negative_prompt, noise_file, image_file,
-             mask_file, strength, resize, save_latents, vocab, threads, force, verbose, quiet):
+             mask_file, strength, resize, sampler, karras, save_latents, vocab, threads, force, verbose, quiet):
     """Text-to-image, image-to-image and inpainting from a converted set, on LiteRT only."""
     from pathlib import Path
 
@@ -148,10 +152,10 @@ def generate(model_dir, prompt, output, steps, guidance, seed, negative_prompt, 
     from ..runtime.pipeline import GenerateSettings
 
     opt = lambda p: Path(p) if p else None  # noqa: E731
+    settings = GenerateSettings(prompt, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative_prompt,
+                                strength=strength, sampler=sampler, karras=karras)  # checked before any download
     request = GenerateRequest(
-        model_dir=model_dir_argument(model_dir), output=Path(output),
-        settings=GenerateSettings(prompt, steps=steps, guidance=guidance, seed=seed,
-                                  negative_prompt=negative_prompt, strength=strength),
+        model_dir=model_dir_argument(model_dir), output=Path(output), settings=settings,
         noise_file=opt(noise_file), image_file=opt(image_file), mask_file=opt(mask_file),
         resize=resize, threads=threads, vocab=opt(vocab), save_latents=opt(save_latents), force=force,
     )

@@ -109,6 +109,8 @@ def _recorded_settings(request: GenerateRequest, settings: GenerateSettings, man
         "steps": settings.steps,
         "guidance": settings.guidance,
         "strength": settings.strength,
+        "sampler": settings.sampler,
+        "karras": settings.karras,
         "image": str(request.image_file) if request.image_file else None,
         "mask": str(request.mask_file) if request.mask_file else None,
         "model": {"family": manifest.family, "quant": manifest.quant, "dims": manifest.dims,

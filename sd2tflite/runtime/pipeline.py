@@ -1,9 +1,11 @@
 """Text-to-image, image-to-image and inpainting over any four component callables. No TensorFlow.
 
-The maths is keras-cv's `StableDiffusion.generate_image` step for step (schedule, guidance,
-update rule, decode and clipping), so the same starting noise gives the same image as keras-cv
-running the same weights; `verify` measures exactly that. A component is a callable taking its
-inputs by name and returning a dict of named outputs: the LiteRT runtime provides them.
+With the default ddim sampler the maths is keras-cv's `StableDiffusion.generate_image` step for
+step (schedule, guidance, update rule, decode and clipping), so the same starting noise gives the
+same image as keras-cv running the same weights; `verify` measures exactly that. The other samplers
+(samplers.py) change only the schedule, the UNet input scaling and the update. A component is a
+callable taking its inputs by name and returning a dict of named outputs: the LiteRT runtime
+provides them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 
 from ..core.registry import PREDICTION_TYPES, ModelDims
 from ..core.errors import NumericsError, UsageError
-from .schedule import alphas, timestep_embedding, timesteps
+from .samplers import DEFAULT_SAMPLER, check_sampler, make_sampler, seeded_noise
+from .schedule import timestep_embedding
 from .tokenizer import END_TOKEN, ClipTokenizer
 
 Component = Callable[..., Mapping[str, np.ndarray]]
@@ -36,6 +39,11 @@ class GenerateSettings:
     image: np.ndarray | None = None  # (h, w, 3) float in [-1, 1]: image-to-image / inpainting
     mask: np.ndarray | None = None  # (h, w) in [0, 1]: 1 = repaint, 0 = keep
     strength: float | None = None  # share of the schedule to run from the image (default 1.0)
+    sampler: str = DEFAULT_SAMPLER  # a name in samplers.SAMPLERS
+    karras: bool = False  # Karras sigmas (sigma-space samplers only)
+
+    def __post_init__(self) -> None:
+        check_sampler(self.sampler, self.karras)  # refused where the settings are made, before any loading
 
 
 @dataclass
@@ -121,44 +129,39 @@ class Pipeline:
         context = self.encode_text(settings.prompt)
         unconditional = self.encode_text(settings.negative_prompt or UNCONDITIONAL_PROMPT)
         noise = self.starting_noise(settings)
-        schedule = timesteps(settings.steps)
-        alpha, alpha_prev = alphas(schedule)
+        sampler = make_sampler(settings.sampler, settings.steps, self.prediction_type, settings.karras)
+        steps = len(sampler.timesteps)
 
-        # Image-to-image and inpainting start part-way down the schedule from the noised image.
-        first = len(schedule) - 1
+        # Image-to-image and inpainting start part-way down the schedule from the noised image
+        # (diffusers' img2img: at the noise level of the first step run, for every sampler).
+        start = 0
         known = None
         if settings.image is not None:
             known = self.encode_image(settings.image)
-            first = max(0, round(len(schedule) * strength) - 1)
+            start = steps - max(1, round(steps * strength))
             if strength >= 1.0 and settings.mask is not None:
-                latent = noise  # full inpainting: the masked region starts from pure noise
+                latent = sampler.initial_latent(noise)  # full inpainting: the masked region starts from pure noise
             else:
-                latent = (math.sqrt(alpha[first]) * known + math.sqrt(1 - alpha[first]) * noise).astype(np.float32)
+                latent = sampler.add_noise(known, noise, start).astype(np.float32)
         else:
-            latent = noise
+            latent = sampler.initial_latent(noise)
         latent_mask = _latent_mask(settings.mask, self.dims) if settings.mask is not None else None
+        noise_source = seeded_noise(noise)  # ancestral samplers only
 
-        done, total = 0, first + 1
-        for index in range(first, -1, -1):
-            where = f" at step {done + 1} of {total}"
-            latent_prev = latent
-            t_emb = timestep_embedding(schedule[index], self.dims.batch_size, self.dims.timestep_dim)
-            unconditional_eps = self.predict_noise(latent, t_emb, unconditional, where)
-            conditional_eps = self.predict_noise(latent, t_emb, context, where)
+        total = steps - start
+        for done, index in enumerate(range(start, steps), 1):
+            where = f" at step {done} of {total}"
+            model_input = sampler.scale_input(latent, index)
+            t_emb = timestep_embedding(sampler.timesteps[index], self.dims.batch_size, self.dims.timestep_dim)
+            unconditional_eps = self.predict_noise(model_input, t_emb, unconditional, where)
+            conditional_eps = self.predict_noise(model_input, t_emb, context, where)
             output = unconditional_eps + settings.guidance * (conditional_eps - unconditional_eps)
-            a_t, a_prev = alpha[index], alpha_prev[index]
-            if self.prediction_type == "v_prediction":  # v = sqrt(a) eps - sqrt(1 - a) x0
-                eps = math.sqrt(a_t) * output + math.sqrt(1 - a_t) * latent_prev
-            else:
-                eps = output
-            pred_x0 = (latent_prev - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
-            latent = eps * math.sqrt(1.0 - a_prev) + math.sqrt(a_prev) * pred_x0
+            latent = sampler.step(output, index, latent, noise_source)
             if latent_mask is not None:
-                # Outside the mask, follow the input image noised to the same level.
-                known_t = math.sqrt(a_prev) * known + math.sqrt(1.0 - a_prev) * noise
+                # Outside the mask, follow the input image noised to the level after this step.
+                known_t = sampler.add_noise(known, noise, index + 1)
                 latent = latent_mask * latent + (1.0 - latent_mask) * known_t
             latent = latent.astype(np.float32)
-            done += 1
             if on_step:
                 on_step(done, total)
 

@@ -1,0 +1,273 @@
+"""Samplers: diffusers' recorded loops replayed (tests/data/samplers/, made by
+scripts/make_sampler_fixtures.py), ddim equal to keras-cv's update bit for bit, image-to-image and
+inpainting wiring, the ancestral noise stream, and the option errors. No model conversion."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sd2tflite.core.errors import UsageError
+from sd2tflite.core.registry import ModelDims
+from sd2tflite.runtime.pipeline import GenerateSettings, Pipeline
+from sd2tflite.runtime.samplers import SAMPLERS, make_sampler, seeded_noise
+from sd2tflite.runtime.schedule import alphas, timestep_embedding, timesteps
+from sd2tflite.runtime.tokenizer import ClipTokenizer
+
+from .conftest import assert_one_line_error, run
+
+FIXTURES = Path(__file__).parent / "data" / "samplers"
+CASES = sorted(FIXTURES.glob("*.npz"))
+# diffusers' latents carry its float32 rounding of the early, large latents (|x| ~ 40 at sigma
+# 14.6): measured at most 6.8e-6 of the latent's size at the same step (euler-a, 25 steps).
+LATENT_TOLERANCE = 1e-5
+
+
+def _parse(path: Path) -> tuple[str, str, bool, int]:
+    name, prediction_type, kind, steps = path.stem.rsplit("-", 3)
+    return name, prediction_type, kind == "karras", int(steps)
+
+
+def test_the_fixtures_cover_every_case():
+    cases = {_parse(p) for p in CASES}
+    assert cases == {(n, p, k, s) for n in ("euler", "euler-a", "dpm++2m") for p in ("epsilon", "v_prediction")
+                     for k in (False, True) for s in (8, 25)}
+    versions = json.loads((FIXTURES / "versions.json").read_text())
+    assert versions["diffusers"] and versions["torch"].startswith("2.13.0")
+    assert sum(f.stat().st_size for f in FIXTURES.iterdir()) < 200_000
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_sampler_reproduces_diffusers(path):
+    name, prediction_type, karras, steps = _parse(path)
+    data = dict(np.load(path))
+    sampler = make_sampler(name, steps, prediction_type, karras)
+
+    # Schedule: the same timesteps (the UNet sees them as float32) and sigmas.
+    if name == "dpm++2m":
+        np.testing.assert_array_equal(sampler.timesteps, data["timesteps"])
+    else:  # float32 spacing; Karras timesteps go through diffusers' float32 log sigmas
+        assert np.abs(sampler.timesteps - data["timesteps"]).max() <= 5e-5
+    assert len(sampler.sigmas) == steps + 1 and sampler.sigmas[-1] == data["sigmas"][-1] == 0
+    assert np.max(np.abs(sampler.sigmas[:-1] / data["sigmas"][:-1] - 1)) <= 3e-7
+
+    # The loop, on our own latents (errors accumulate as in a real run), diffusers' outputs and noise.
+    drawn = iter(data.get("step_noise", []))
+    calls = []
+
+    def recorded_noise(shape):
+        calls.append(shape)
+        return next(drawn)
+
+    latent = sampler.initial_latent(data["noise"])
+    expected = data["noise"] * data["init_noise_sigma"]
+    assert np.abs(latent - expected).max() <= 3e-7 * np.abs(expected).max()
+    worst = 0.0
+    for i in range(steps):
+        model_input = sampler.scale_input(latent, i)
+        assert model_input.dtype == np.float32
+        recorded_input = data["model_inputs"][i]
+        assert np.abs(model_input - recorded_input).max() <= LATENT_TOLERANCE * np.abs(recorded_input).max()
+        latent = sampler.step(data["model_outputs"][i], i, latent, recorded_noise)
+        assert latent.dtype == np.float32
+        error = np.abs(latent - data["latents"][i]).max() / np.abs(data["latents"][i]).max()
+        worst = max(worst, error)
+        assert error <= LATENT_TOLERANCE, (i, error)
+    assert len(calls) == (steps if name == "euler-a" else 0)
+    assert worst > 0  # float64 against float32: never bit-equal, so the replay did run
+    print(f"{path.stem}: max latent difference {worst:.2e} of the latent's size")  # the README's figures (-rP)
+
+
+# ---------------------------------------------------------------- ddim: keras-cv's update, unchanged
+
+
+def _keras_cv_loop(predict, noise, settings: GenerateSettings, prediction_type: str, known=None, latent_mask=None):
+    """The update loop as pipeline.py had it before samplers existed (keras-cv's `generate_image`)."""
+    schedule = timesteps(settings.steps)
+    alpha, alpha_prev = alphas(schedule)
+    strength = settings.strength if settings.strength is not None else 1.0
+    first = len(schedule) - 1
+    if known is not None:
+        first = max(0, round(len(schedule) * strength) - 1)
+        if strength >= 1.0 and latent_mask is not None:
+            latent = noise
+        else:
+            latent = (math.sqrt(alpha[first]) * known + math.sqrt(1 - alpha[first]) * noise).astype(np.float32)
+    else:
+        latent = noise
+    for index in range(first, -1, -1):
+        latent_prev = latent
+        output = predict(latent, schedule[index])
+        a_t, a_prev = alpha[index], alpha_prev[index]
+        if prediction_type == "v_prediction":
+            eps = math.sqrt(a_t) * output + math.sqrt(1 - a_t) * latent_prev
+        else:
+            eps = output
+        pred_x0 = (latent_prev - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+        latent = eps * math.sqrt(1.0 - a_prev) + math.sqrt(a_prev) * pred_x0
+        if latent_mask is not None:
+            known_t = math.sqrt(a_prev) * known + math.sqrt(1.0 - a_prev) * noise
+            latent = latent_mask * latent + (1.0 - latent_mask) * known_t
+        latent = latent.astype(np.float32)
+    return latent
+
+
+DIMS = ModelDims(img_height=32, img_width=48, batch_size=2)
+_RNG = np.random.default_rng(7)
+_MIX = _RNG.normal(size=(4, 4)).astype(np.float32)
+IMAGE = _RNG.uniform(-1, 1, (32, 48, 3)).astype(np.float32)
+MASK = np.zeros((32, 48), np.float32)
+MASK[8:24, 16:40] = 1.0
+
+
+class FakeComponents(dict):
+    """Deterministic numpy stand-ins; the UNet records what it is fed."""
+
+    def __init__(self):
+        super().__init__(text_encoder=self.text, diffusion=self.unet, decoder=self.decoder, image_encoder=self.encoder)
+        self.fed: list[tuple[np.ndarray, np.ndarray]] = []
+
+    @staticmethod
+    def text(tokens, positions):
+        return {"context": np.sin(tokens[:, :, None] * 0.01 + np.arange(DIMS.context_dim)).astype(np.float32)}
+
+    def unet(self, latent, timestep_embedding, context):
+        self.fed.append((latent, timestep_embedding))
+        bias = timestep_embedding[:, None, None, :4] + context[:, None, :1, :4]
+        return {"noise_pred": np.tanh(latent @ _MIX + bias).astype(np.float32)}
+
+    @staticmethod
+    def decoder(latent):
+        return {"image": np.tanh(np.repeat(np.repeat(latent[..., :3], 8, 1), 8, 2))}
+
+    @staticmethod
+    def encoder(image):
+        return {"latent": np.repeat(image[:, ::8, ::8, :1], 4, -1).astype(np.float32)}
+
+
+def _pipeline(prediction_type: str = "epsilon") -> tuple[Pipeline, FakeComponents]:
+    components = FakeComponents()
+    return Pipeline(components, DIMS, ClipTokenizer.generated(), prediction_type), components
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("steps", [1, 7, 25])
+@pytest.mark.parametrize("mode", ["text", "img2img", "inpaint", "inpaint-full"])
+def test_ddim_through_the_sampler_interface_is_keras_cvs_update_bit_for_bit(prediction_type, steps, mode):
+    extra = {"text": {}, "img2img": {"image": IMAGE, "strength": 0.6},
+             "inpaint": {"image": IMAGE, "mask": MASK, "strength": 0.7}, "inpaint-full": {"image": IMAGE, "mask": MASK}}
+    settings = GenerateSettings("a red circle", steps=steps, guidance=7.5, seed=3, **extra[mode])
+    pipeline, _ = _pipeline(prediction_type)
+    result = pipeline.generate(settings)
+
+    reference, components = _pipeline(prediction_type)
+    context = reference.encode_text(settings.prompt)
+    unconditional = reference.encode_text("")
+
+    def predict(latent, t):
+        t_emb = timestep_embedding(t, DIMS.batch_size, DIMS.timestep_dim)
+        uncond = components.unet(latent, t_emb, unconditional)["noise_pred"]
+        cond = components.unet(latent, t_emb, context)["noise_pred"]
+        return uncond + settings.guidance * (cond - uncond)
+
+    known = reference.encode_image(IMAGE) if mode != "text" else None
+    from sd2tflite.runtime.pipeline import _latent_mask
+
+    latent_mask = _latent_mask(MASK, DIMS) if "inpaint" in mode else None
+    expected = _keras_cv_loop(predict, result.noise, settings, prediction_type, known, latent_mask)
+    assert np.array_equal(result.latents, expected)
+    assert np.abs(result.latents).max() > 0.1
+
+
+# ---------------------------------------------------------------- the pipeline with the new samplers
+
+
+@pytest.mark.parametrize("name", ["euler", "euler-a", "dpm++2m"])
+def test_image_to_image_starts_at_the_first_step_runs_noise_level(name):
+    pipeline, components = _pipeline()
+    settings = GenerateSettings("a red circle", steps=8, seed=5, image=IMAGE, strength=0.5, sampler=name, karras=True)
+    result = pipeline.generate(settings)
+    sampler = make_sampler(name, 8, "epsilon", karras=True)
+    start = 4  # round(8 * 0.5) steps run: the last four
+    known = pipeline.encode_image(IMAGE)
+    first_latent = sampler.add_noise(known, result.noise, start).astype(np.float32)
+    fed_latents = [f[0] for f in components.fed[::2]]  # unconditional and conditional calls share the input
+    assert len(fed_latents) == 4
+    np.testing.assert_array_equal(fed_latents[0], sampler.scale_input(first_latent, start))
+    for (_, t_emb), t in zip(components.fed[::2], sampler.timesteps[start:]):
+        np.testing.assert_array_equal(t_emb, timestep_embedding(t, DIMS.batch_size, DIMS.timestep_dim))
+    if name != "dpm++2m":  # sigma space: x0 + sigma * noise
+        np.testing.assert_allclose(first_latent, known + result.noise * sampler.sigmas[start], rtol=0, atol=1e-6)
+    else:  # variance preserving: alpha x0 + sigma_t noise
+        sigma = sampler.sigmas[start]
+        expected = (known + result.noise * sigma) / math.sqrt(sigma**2 + 1)
+        np.testing.assert_allclose(first_latent, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["euler", "euler-a", "dpm++2m"])
+@pytest.mark.parametrize("strength", [None, 0.6])
+def test_inpainting_ends_on_the_image_outside_the_mask(name, strength):
+    pipeline, _ = _pipeline()
+    result = pipeline.generate(GenerateSettings("a red circle", steps=6, seed=2, image=IMAGE, mask=MASK,
+                                                strength=strength, sampler=name))
+    from sd2tflite.runtime.pipeline import _latent_mask
+
+    keep = _latent_mask(MASK, DIMS)[0, :, :, 0] == 0
+    known = pipeline.encode_image(IMAGE)
+    np.testing.assert_array_equal(result.latents[:, keep], known[:, keep])
+    assert np.abs(result.latents[:, ~keep] - known[:, ~keep]).max() > 0.05  # the masked region was repainted
+
+
+def test_ancestral_noise_is_a_stream_of_the_runs_starting_noise():
+    noise = np.random.default_rng(0).standard_normal((1, 2, 2, 4)).astype(np.float32)
+    a = seeded_noise(noise)((1, 2, 2, 4))
+    np.testing.assert_array_equal(a, seeded_noise(noise.copy())((1, 2, 2, 4)))
+    assert a.dtype == np.float32 and np.abs(a - noise).min() > 0  # not the starting noise again
+    assert not np.array_equal(a, seeded_noise(noise + 1)((1, 2, 2, 4)))
+
+    pipeline, _ = _pipeline()
+    one, two, other = (pipeline.generate(GenerateSettings("x", steps=4, seed=s, sampler="euler-a")).latents
+                       for s in (0, 0, 1))
+    assert np.array_equal(one, two) and np.abs(one - other).max() > 0.1
+    # --noise reproduces the seeded run that drew it, ancestral noise included.
+    from_noise = pipeline.generate(GenerateSettings("x", steps=4, seed=None, noise=pipeline.starting_noise(
+        GenerateSettings("x", seed=0)), sampler="euler-a")).latents
+    np.testing.assert_array_equal(from_noise, one)
+    deterministic = pipeline.generate(GenerateSettings("x", steps=4, seed=0, sampler="euler")).latents
+    assert np.abs(one - deterministic).max() > 0.01  # the ancestral noise did change the run
+
+
+def test_karras_changes_the_schedule_and_ddim_refuses_it():
+    plain, karras = make_sampler("euler", 8, "epsilon"), make_sampler("euler", 8, "epsilon", karras=True)
+    assert plain.sigmas[0] == pytest.approx(karras.sigmas[0]) and plain.sigmas[-2] == pytest.approx(karras.sigmas[-2])
+    assert karras.sigmas[4] < plain.sigmas[4] * 0.7  # Karras spends more steps at low noise
+    assert karras.timesteps[1] != round(karras.timesteps[1])  # fractional timesteps
+    with pytest.raises(UsageError, match="--karras does not apply to --sampler ddim"):
+        GenerateSettings("x", karras=True)
+    with pytest.raises(UsageError, match="--sampler 'heun' is unknown: use one of ddim, euler, euler-a, dpm\\+\\+2m"):
+        GenerateSettings("x", sampler="heun")
+    assert list(SAMPLERS) == ["ddim", "euler", "euler-a", "dpm++2m"]
+
+
+def test_cli_sampler_defaults_are_the_library_defaults():
+    from sd2tflite.cli.app import generate
+    from sd2tflite.runtime.samplers import DEFAULT_SAMPLER
+
+    parsed = generate.make_context("generate", ["set", "prompt"]).params
+    assert (parsed["sampler"], parsed["karras"]) == (DEFAULT_SAMPLER, False) == (GenerateSettings("x").sampler,
+                                                                                  GenerateSettings("x").karras)
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--karras"], ["--karras does not apply to --sampler ddim", "--sampler euler, euler-a, dpm++2m"]),
+    (["--sampler", "ddim", "--karras"], ["--karras does not apply"]),
+    (["--sampler", "heun"], ["--sampler 'heun' is unknown", "ddim, euler, euler-a, dpm++2m"]),
+])
+def test_cli_sampler_errors_are_one_line_and_come_before_the_set_is_read(tmp_path, args, fragments):
+    result = run(["generate", str(tmp_path / "no-such-set"), "a red circle", "-o", str(tmp_path / "o.png"), *args])
+    assert_one_line_error(result, 2, *fragments)
+    assert not (tmp_path / "o.png").exists()
