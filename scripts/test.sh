@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Fresh machine to test results in one command: venv, install with test extras, run pytest.
-# Extra arguments go to pytest (e.g. scripts/test.sh -m slow for the full-size tests).
+# Extra arguments go to pytest (e.g. scripts/test.sh -m slow -n 0 for the full-size tests, one at a time:
+# each needs ~10 GB). The suite runs on every core (pytest-xdist), a test file per worker, so a file's
+# module fixtures are built once.
 set -euo pipefail
 EXTRAS=test . "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "$ROOT"
 set +e
-"$VENV/bin/python" -m pytest -q "$@"
+"$VENV/bin/python" -m pytest -q -n auto --dist loadfile "$@"
 code=$?
 set -e
 if [ "$code" -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi

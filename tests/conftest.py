@@ -48,6 +48,46 @@ def tiny_request(out_dir: Path, quant: str = "fp32", **overrides):
     return build_request(tiny_options(out_dir, quant, **overrides))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def keras_builds_once():
+    """Each distinct Keras component is built once per test process. Building the tiny UNet's
+    functional graph costs ~9 s (keras-cv's layers trace through TensorFlow), and the suite's
+    conversions, verify runs and references would otherwise build the same models ~60 times.
+    The key holds everything a build depends on (family, component, dims, the weights'
+    identity), so a different file, seed or checkpoint still gets its own build; planning,
+    which needs only the graph, takes any build of the same architecture. Spawned workers
+    (--isolate) build their own."""
+    import json
+
+    from sd2tflite.convert import weights
+
+    build_with_weights, build_for_plan = weights.build_with_weights, weights.build_for_plan
+    built: dict = {}
+
+    def architecture(family, component, dims, resolved) -> tuple:
+        checkpoint = resolved.identity.get("architecture") if resolved.identity.get("kind") == "checkpoint" else None
+        return family, component, dims, json.dumps(checkpoint, sort_keys=True)
+
+    def with_weights(family, component, dims, resolved):
+        key = (architecture(family, component, dims, resolved), json.dumps(resolved.identity, sort_keys=True))
+        if key not in built:
+            built[key] = build_with_weights(family, component, dims, resolved)
+        return built[key]
+
+    def for_plan(family, component, dims, resolved):
+        graph = architecture(family, component, dims, resolved)
+        same = [model for (shape, _), model in built.items() if shape == graph]
+        if not same:
+            same = [build_for_plan(family, component, dims, resolved)]
+            built[(graph, "plan")] = same[0]
+        return same[0]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(weights, "build_with_weights", with_weights)
+        patch.setattr(weights, "build_for_plan", for_plan)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_dims():
     return FAMILIES["tiny"].dims(IMG, IMG)
@@ -63,24 +103,54 @@ def keras_models(tiny_dims):
     return {c: build_with_weights("tiny", c, tiny_dims, resolved[c]) for c in COMPONENTS}
 
 
+def _run_root(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this run shares (the parent of the workers' own
+    base temp folders), or the base temp folder without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def export_cache(tmp_path_factory):
-    """One export of the tiny model's SavedModels, shared by every conversion of the test run
-    (convert's --export-cache): precisions differ only in the converter step."""
-    return tmp_path_factory.mktemp("export-cache")
+    """One export of the tiny model's SavedModels, shared by every conversion of the test run and
+    by every xdist worker (convert's --export-cache, content-keyed and written atomically):
+    precisions differ only in the converter step."""
+    cache = _run_root(tmp_path_factory) / "export-cache"
+    cache.mkdir(exist_ok=True)
+    return cache
 
 
 @pytest.fixture(scope="session")
 def tiny_sets(export_cache, tmp_path_factory):
-    """quant -> directory of a complete set written by the product's own convert(). The UNet is
-    cut into two parts so every set exercises the chained runtime."""
+    """quant -> directory of a complete set written by the product's own convert(), once per test
+    run: the xdist workers share them (read-only; tests that change a set copy it first). Each set
+    is built under its own file lock by whichever worker takes it first, so two workers build two
+    sets at a time. The UNet is cut into two parts so every set exercises the chained runtime."""
+    from filelock import FileLock, Timeout
+
     from sd2tflite.convert.orchestrate import convert
 
-    sets = {}
-    for quant in SET_PRECISIONS:
-        out = tmp_path_factory.mktemp(f"set-{quant}") / "set"
-        convert(tiny_request(out, quant, unet_parts=2, export_cache=str(export_cache)))
-        sets[quant] = out
+    root = _run_root(tmp_path_factory)
+    sets = {quant: root / f"set-{quant}" / "set" for quant in SET_PRECISIONS}
+
+    def build(quant: str, blocking: bool) -> bool:
+        done = root / f"set-{quant}.done"  # beside the set: a set holds only what convert wrote
+        lock = FileLock(str(root / f"set-{quant}.lock"))
+        try:
+            lock.acquire(blocking=blocking)
+        except Timeout:  # another worker is building it
+            return False
+        try:
+            if not done.exists():
+                convert(tiny_request(sets[quant], quant, unet_parts=2, export_cache=str(export_cache)))
+                done.touch()
+        finally:
+            lock.release()
+        return True
+
+    waiting = [quant for quant in SET_PRECISIONS if not build(quant, blocking=False)]
+    for quant in waiting:
+        build(quant, blocking=True)
     return sets
 
 

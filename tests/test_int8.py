@@ -14,6 +14,8 @@ from sd2tflite.core.manifest import load_manifest
 from .conftest import assert_one_line_error, run, tiny_request
 
 RECORDING = dict(calibration="recorded", calibration_prompt_count=4, calibration_steps=6, calibration_samples=16)
+# The smallest recording that still has two prompts and several steps: what the cache test needs.
+SMALL_RECORDING = dict(calibration="recorded", calibration_prompt_count=2, calibration_steps=3, calibration_samples=4)
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +58,9 @@ def test_manifest_records_the_calibration_and_the_cache_is_reused(tmp_path, monk
     from sd2tflite.convert.calibration import recorded as recording
     from sd2tflite.convert.orchestrate import convert
 
-    first = convert(tiny_request(tmp_path / "first", quant="int8", components="decoder", **RECORDING))
+    first = convert(tiny_request(tmp_path / "first", quant="int8", components="decoder", **SMALL_RECORDING))
     calibration = first.manifest.artifacts[0].calibration
-    assert calibration["source"] == "recorded" and calibration["prompts"] == 4 and calibration["steps"] == 6
+    assert calibration["source"] == "recorded" and calibration["prompts"] == 2 and calibration["steps"] == 3
     cached = recording.cache_dir() / f"{calibration['key']}.npz"
     provenance = json.loads(cached.with_suffix(".json").read_text())
     assert provenance["family"] == "tiny" and provenance["settings"]["prompts"][0] == recording.DEFAULT_PROMPTS[0]
@@ -68,12 +70,12 @@ def test_manifest_records_the_calibration_and_the_cache_is_reused(tmp_path, monk
         raise AssertionError("the cached recording should have been used")
 
     monkeypatch.setattr(recording, "record", must_not_record)
-    result = convert(tiny_request(tmp_path / "again", quant="int8", components="decoder", **RECORDING))
+    result = convert(tiny_request(tmp_path / "again", quant="int8", components="decoder", **SMALL_RECORDING))
     assert result.manifest.artifacts[0].calibration["key"] == calibration["key"]
     # Other settings are another recording.
     with pytest.raises(AssertionError, match="cached recording"):
         convert(tiny_request(tmp_path / "other", quant="int8", components="decoder",
-                             **{**RECORDING, "calibration_steps": 5}))
+                             **{**SMALL_RECORDING, "calibration_steps": 2}))
 
 
 @pytest.mark.slow  # the search converts the text encoder a dozen times
