@@ -4,6 +4,7 @@ against BENCH_SCHEMA, the table and the picture cover every part and component. 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -286,3 +287,16 @@ def test_readme_summary_rows_come_from_the_report(keras_report):
     assert rows[0]["parts"] == 2 and rows[0]["all_mib"] > rows[0]["unet_mib"] > 0
     table = summary.markdown(rows)
     assert table.count("\n") == len(rows) + 1 and "| 128×128 | LiteRT fp32 | " in table
+
+
+def test_rss_is_split_into_anonymous_and_file_backed_memory():
+    import numpy as np
+
+    from sd2tflite.bench.measure import tree_rss_split
+
+    anon, file = tree_rss_split(os.getpid())
+    assert file > 1 << 20  # the interpreter and the shared libraries it maps
+    block = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB of touched anonymous memory
+    grown, _ = tree_rss_split(os.getpid())
+    assert grown - anon >= 60 << 20
+    del block

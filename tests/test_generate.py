@@ -267,3 +267,28 @@ def test_noise_of_the_wrong_shape(tiny_sets, tmp_path):
     np.save(tmp_path / "n.npy", np.zeros((3, 3), np.float32))
     result = _generate(tiny_sets["fp32"], tmp_path / "o.png", "--noise", str(tmp_path / "n.npy"))
     assert_one_line_error(result, 2, "[3, 3]", "[1, 16, 16, 4]")
+
+
+def test_each_component_is_released_after_its_stage_and_the_pixels_are_the_same(tiny_sets):
+    """The UNet never shares memory with the text encoder or the decoder (issue 14's budget)."""
+    from sd2tflite.runtime.litert import LiteRTComponents
+    from sd2tflite.runtime.pipeline import GenerateSettings, Pipeline
+    from sd2tflite.runtime.tokenizer import load_tokenizer
+
+    manifest = load_manifest(tiny_sets["fp32"])
+    held_at_release = []
+
+    class Watched(LiteRTComponents):
+        def release(self, component):
+            held_at_release.append((component, sorted(self._loaded)))
+            super().release(component)
+
+    images = {}
+    for release in (True, False):
+        components = Watched(tiny_sets["fp32"], manifest, release_unused=release)
+        pipeline = Pipeline(components, manifest.model_dims, load_tokenizer("tiny"), manifest.prediction_type)
+        images[release] = pipeline.generate(GenerateSettings("a red circle", steps=2)).images
+        assert sorted(components._loaded) == ([] if release else ["decoder", "diffusion", "text_encoder"])
+    assert held_at_release[:3] == [("text_encoder", ["text_encoder"]), ("diffusion", ["diffusion"]),
+                                   ("decoder", ["decoder"])]
+    np.testing.assert_array_equal(images[True], images[False])

@@ -26,27 +26,39 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def _rss_bytes(pid: int) -> int:
+def _rss_split(pid: int) -> tuple[int, int]:
+    """(anonymous, file-backed) resident bytes of one process: file-backed pages (mapped .tflite
+    files) are what the OS can drop under pressure; anonymous ones are what gets a process killed."""
+    anon = file = 0
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+            if line.startswith("RssAnon:"):
+                anon = int(line.split()[1]) * 1024
+            elif line.startswith(("RssFile:", "RssShmem:")):
+                file += int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return anon, file
 
 
-def tree_rss_bytes(root: int) -> int:
-    """Current RSS of `root` and all its descendants."""
-    total, stack, seen = 0, [root], set()
+def tree_rss_split(root: int) -> tuple[int, int]:
+    """Current (anonymous, file-backed) RSS of `root` and all its descendants."""
+    anon = file = 0
+    stack, seen = [root], set()
     while stack:
         pid = stack.pop()
         if pid in seen:
             continue
         seen.add(pid)
-        total += _rss_bytes(pid)
+        a, f = _rss_split(pid)
+        anon, file = anon + a, file + f
         stack.extend(_children(pid))
-    return total
+    return anon, file
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Current RSS of `root` and all its descendants."""
+    return sum(tree_rss_split(root))
 
 
 class PeakTreeRSS:
@@ -56,12 +68,19 @@ class PeakTreeRSS:
         self.root = root or os.getpid()
         self.interval = interval
         self.peak = 0
+        self.peak_anon = 0  # the largest anonymous RSS seen (not necessarily at the same moment as `peak`)
+        self.peak_file = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
+    def _take(self) -> None:
+        anon, file = tree_rss_split(self.root)
+        self.peak = max(self.peak, anon + file)
+        self.peak_anon, self.peak_file = max(self.peak_anon, anon), max(self.peak_file, file)
+
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss_bytes(self.root))
+            self._take()
             time.sleep(self.interval)
 
     def __enter__(self) -> "PeakTreeRSS":
@@ -71,7 +90,7 @@ class PeakTreeRSS:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, tree_rss_bytes(self.root))
+        self._take()
 
 
 def measure(fn: Callable[[], object], repeats: int, warmup: int) -> dict:

@@ -5,6 +5,7 @@ File names, signatures and the wiring between UNet parts come from the manifest 
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -68,11 +69,21 @@ def load_component(directory: Path, component: str, manifest: Manifest | None = 
 
 class LiteRTComponents(Mapping):
     """component name -> LiteRTComponent, each loaded on first use (text-to-image never loads
-    the image encoder)."""
+    the image encoder) and, with `release_unused` (the default), unloaded when the pipeline says
+    it is done with it: a run holds one stage's files, packed weights and activation arena at a
+    time instead of all of them (the peak is the largest stage, not the sum)."""
 
-    def __init__(self, directory: Path, manifest: Manifest, num_threads: int | None = None):
+    def __init__(self, directory: Path, manifest: Manifest, num_threads: int | None = None,
+                 release_unused: bool = True):
         self.directory, self.manifest, self.num_threads = Path(directory), manifest, num_threads
+        self.release_unused = release_unused
         self._loaded: dict[str, LiteRTComponent] = {}
+
+    def release(self, component: str) -> None:
+        """Unloads a component (its interpreters, their mapped file and memory); loaded again if
+        it is used again."""
+        if self.release_unused and self._loaded.pop(component, None) is not None:
+            gc.collect()  # the interpreters' native memory goes with their last reference
 
     def __getitem__(self, component: str) -> LiteRTComponent:
         if component not in self._loaded:

@@ -113,6 +113,13 @@ class Pipeline:
             raise UsageError("the noise holds NaN or Inf values: save an array of finite numbers")
         return noise
 
+    def _done_with(self, component: str) -> None:
+        """Tells components that can unload (LiteRTComponents) that this run no longer needs one:
+        the UNet is done before the decoder starts, so the two never share the memory."""
+        release = getattr(self.components, "release", None)
+        if release is not None:
+            release(component)
+
     # ----------------------------------------------------------------- the loop
 
     def generate(self, settings: GenerateSettings, on_step: Callable[[int, int], None] | None = None) -> GenerateResult:
@@ -128,6 +135,7 @@ class Pipeline:
 
         context = self.encode_text(settings.prompt)
         unconditional = self.encode_text(settings.negative_prompt or UNCONDITIONAL_PROMPT)
+        self._done_with("text_encoder")
         noise = self.starting_noise(settings)
         sampler = make_sampler(settings.sampler, settings.steps, self.prediction_type, settings.karras)
         steps = len(sampler.timesteps)
@@ -138,6 +146,7 @@ class Pipeline:
         known = None
         if settings.image is not None:
             known = self.encode_image(settings.image)
+            self._done_with("image_encoder")
             start = steps - max(1, round(steps * strength))
             if strength >= 1.0 and settings.mask is not None:
                 latent = sampler.initial_latent(noise)  # full inpainting: the masked region starts from pure noise
@@ -165,7 +174,9 @@ class Pipeline:
             if on_step:
                 on_step(done, total)
 
+        self._done_with("diffusion")
         images = self.decode(latent)
+        self._done_with("decoder")
         if settings.mask is not None:
             # The VAE does not reproduce pixels exactly: keep the input outside the mask.
             original = np.clip((settings.image + 1) / 2 * 255, 0, 255).round().astype("uint8")

@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Peak memory of a whole text-to-image run from converted sets, split into anonymous and
+file-backed RSS, with every component kept loaded (before) and with each released after its
+stage (what `sd2tflite generate` does now).
+
+    python scripts/bench_generate_memory.py /work/bench-out/sd-v1-{fp32,dynamic}-512 --tag v1-512
+
+Each run is a fresh process running sd2tflite's pipeline on LiteRT; this process samples its
+/proc status every 50 ms (RssAnon, RssFile + RssShmem) and the child reports its kernel-tracked
+peak (VmHWM). Writes scripts/results/generate-memory-TAG.json and .md. Run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sd2tflite.bench.measure import PeakTreeRSS, machine  # noqa: E402
+from sd2tflite.core.fsutil import write_json_atomic  # noqa: E402
+from sd2tflite.core.manifest import load_manifest  # noqa: E402
+
+RESULTS = ROOT / "scripts" / "results"
+VOCAB = ROOT / "tests" / "data" / "bpe_simple_vocab_16e6.txt.gz"
+
+CHILD = """
+import json, sys, time
+from pathlib import Path
+from sd2tflite.core.manifest import load_manifest
+from sd2tflite.runtime.litert import LiteRTComponents
+from sd2tflite.runtime.pipeline import GenerateSettings, Pipeline
+from sd2tflite.runtime.tokenizer import load_tokenizer
+
+directory, release, steps, vocab = Path(sys.argv[1]), sys.argv[2] == "release", int(sys.argv[3]), sys.argv[4]
+manifest = load_manifest(directory)
+components = LiteRTComponents(directory, manifest, release_unused=release)
+tokenizer = load_tokenizer(manifest.family, Path(vocab) if vocab else None)
+pipeline = Pipeline(components, manifest.model_dims, tokenizer, manifest.prediction_type)
+start = time.perf_counter()
+pipeline.generate(GenerateSettings("a photograph of an astronaut riding a horse", steps=steps, seed=0))
+seconds = time.perf_counter() - start
+status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+print(json.dumps({"seconds": seconds, "vm_hwm_bytes": int(status["VmHWM"].split()[0]) * 1024}))
+"""
+
+
+def run(directory: Path, release: bool, steps: int) -> dict:
+    vocab = str(VOCAB) if VOCAB.is_file() else ""
+    cmd = [sys.executable, "-c", CHILD, str(directory), "release" if release else "keep", str(steps), vocab]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with PeakTreeRSS(proc.pid, interval=0.05) as rss:
+        out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"generate on {directory} failed:\n{err[-3000:]}")
+    child = json.loads(out.strip().splitlines()[-1])
+    manifest = load_manifest(directory)
+    files = sum(a.bytes for a in manifest.artifacts if a.component != "image_encoder")  # what text-to-image loads
+    return {"set": directory.name, "quant": manifest.quant, "release": release, "steps": steps,
+            "file_bytes": files, "peak_rss_bytes": child["vm_hwm_bytes"], "peak_anon_bytes": rss.peak_anon,
+            "peak_file_bytes": rss.peak_file, "seconds": child["seconds"]}
+
+
+def markdown(rows: list[dict]) -> str:
+    gb = 1e9
+    lines = ["| set | components | files (GB) | peak RSS (GB) | × files | peak anonymous (GB) | peak file-backed (GB) | seconds |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['set']} | {'released after their stage' if r['release'] else 'all kept loaded'} | "
+                     f"{r['file_bytes'] / gb:.2f} | {r['peak_rss_bytes'] / gb:.2f} | "
+                     f"{r['peak_rss_bytes'] / r['file_bytes']:.1f} | {r['peak_anon_bytes'] / gb:.2f} | "
+                     f"{r['peak_file_bytes'] / gb:.2f} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dirs", nargs="+", type=Path, help="converted sets")
+    parser.add_argument("--tag", required=True, help="result file suffix, e.g. v1-512")
+    parser.add_argument("--steps", type=int, default=2, help="denoising steps (memory does not grow with them)")
+    args = parser.parse_args()
+    rows = []
+    for directory in args.dirs:
+        for release in (False, True):
+            rows.append(run(directory, release, args.steps))
+            print(markdown(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"generate-memory-{args.tag}"
+    write_json_atomic(Path(f"{out}.json"), {"machine": machine(), "command": " ".join(sys.argv), "runs": rows})
+    Path(f"{out}.md").write_text(markdown(rows) + "\n")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
