@@ -75,30 +75,17 @@ class ClipTokenizer:
 
     @classmethod
     def generated(cls) -> "ClipTokenizer":
-        """Byte-level vocabulary plus merges of common English letter pairs (the tiny model)."""
-        merges = [(a, b + "</w>") for a in "etaoinshr" for b in "etaoinshr"]
+        """Byte-level vocabulary plus merges of common English letter pairs (the tiny model). The words
+        of the trained tiny model's grammar are whole tokens (their merges rank first), so its
+        one-layer text encoder reads words, not letters."""
+        merges = _word_merges(TINY_WORDS)
+        merges += [m for m in ((a, b + "</w>") for a in "etaoinshr" for b in "etaoinshr") if m not in merges]
         return cls(merges, name="generated")
 
     def bpe(self, token: str) -> str:
         if token in self.cache:
             return self.cache[token]
-        word = tuple(token[:-1]) + (token[-1] + "</w>",)
-        while len(word) > 1:
-            pairs = set(zip(word, word[1:]))
-            bigram = min(pairs, key=lambda p: self.bpe_ranks.get(p, float("inf")))
-            if bigram not in self.bpe_ranks:
-                break
-            first, second = bigram
-            merged, i = [], 0
-            while i < len(word):
-                if i < len(word) - 1 and word[i] == first and word[i + 1] == second:
-                    merged.append(first + second)
-                    i += 2
-                else:
-                    merged.append(word[i])
-                    i += 1
-            word = tuple(merged)
-        result = " ".join(word)
+        result = " ".join(_apply_merges(token, self.bpe_ranks))
         self.cache[token] = result
         return result
 
@@ -124,6 +111,42 @@ class ClipTokenizer:
                 f"the prompt is {len(ids)} tokens, the text encoder takes {length}: shorten it"
             )
         return ids + [END_TOKEN] * (length - len(ids))
+
+
+# The shapes grammar of the trained tiny model (sd2tflite/verify/shapes.py; tests check they agree).
+TINY_WORDS = ("a", "on", "background", "red", "green", "blue", "yellow", "white", "black",
+              "circle", "square", "triangle", "top", "bottom", "left", "right", "center")
+
+
+def _apply_merges(token: str, ranks: dict[tuple[str, str], int]) -> tuple[str, ...]:
+    """CLIP's BPE on one word: merge the lowest-ranked adjacent pair until none is known."""
+    word = (*token[:-1], token[-1] + "</w>")
+    while len(word) > 1:
+        pairs = set(zip(word, word[1:]))
+        bigram = min(pairs, key=lambda p: ranks.get(p, float("inf")))
+        if bigram not in ranks:
+            break
+        first, second = bigram
+        merged, i = [], 0
+        while i < len(word):
+            if i < len(word) - 1 and word[i] == first and word[i + 1] == second:
+                merged.append(first + second)
+                i += 2
+            else:
+                merged.append(word[i])
+                i += 1
+        word = tuple(merged)
+    return word
+
+
+def _word_merges(words) -> list[tuple[str, str]]:
+    """BPE merges that make each word one token. A merge only joins what the earlier merges left of
+    a word, so adding one never changes how an earlier word splits."""
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        while len(parts := _apply_merges(word, {m: i for i, m in enumerate(merges)})) > 1:
+            merges.append((parts[0], parts[1]))
+    return merges
 
 
 def vocabulary_path(download: bool = True) -> Path:
