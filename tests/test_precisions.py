@@ -12,7 +12,7 @@ from sd2tflite.core.metrics import parity
 
 from sd2tflite.convert.keras_models import call_keras
 
-from .conftest import SET_PRECISIONS, seeded_inputs
+from .conftest import SET_PRECISIONS, seeded_inputs, tiny_request
 
 
 def _bytes(set_dir, component):
@@ -100,3 +100,27 @@ def test_only_builtin_ops(tiny_sets):
             model = flatbuffer_utils.read_model(str(set_dir / artifact.path))
             custom = [op.customCode for op in model.operatorCodes if op.customCode]
             assert not custom, f"{artifact.path} {quant}: {custom}"
+
+
+def test_attention_in_query_blocks_is_exact_and_runs_one_block_at_a_time(tmp_path, keras_models, tiny_dims,
+                                                                        monkeypatch):
+    """The exported UNet computes attention in query blocks (convert/attention.py). At 128x128 the
+    tiny UNet's largest attention has 256 queries, so blocks of 64 give four per layer there."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from sd2tflite.convert import attention
+    from sd2tflite.convert.orchestrate import convert
+    from sd2tflite.runtime.litert import load_component
+
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 64)
+    convert(tiny_request(tmp_path / "s", components="diffusion", unet_parts=1))
+    path = tmp_path / "s" / load_manifest(tmp_path / "s").parts_of("diffusion")[0].path
+    ops = [d["op_name"] for d in Interpreter(model_path=str(path))._get_ops_details()]
+    ops = [op for op in ops if op in ("BATCH_MATMUL", "SOFTMAX")]
+    # The first attention layer (256 queries): score, softmax, values per block, block after block
+    # (never every block's scores before the first softmax is consumed).
+    assert ops[:12] == ["BATCH_MATMUL", "SOFTMAX", "BATCH_MATMUL"] * 4, ops[:12]
+    runner = load_component(tmp_path / "s", "diffusion")
+    for sample in seeded_inputs("diffusion", tiny_dims):
+        expected = call_keras(keras_models["diffusion"], sample)[0]
+        assert parity(expected, runner(**sample)["noise_pred"]).psnr_db > 90

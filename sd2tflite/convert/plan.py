@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ..core.precisions import RECIPES
 from ..core.registry import COMPONENTS, TensorSpec
 from ..core.versions import CONVERTER_LIBRARIES, library_versions
+from . import attention
 from .split import SplitPlan, estimate_file_bytes
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ def _keys(request: ConvertRequest, component: str, part_fields: dict) -> dict[st
         "weights": request.weights[component].identity,
         "calibration": calibration_identity(request),
         "keep_float": request.keep_float.to_json() if request.keep_float else None,
+        "attention_query_block": attention.QUERY_BLOCK,  # the exported graph's shape (attention.py)
         **part_fields,
     }
     export = {k: v for k, v in identity.items() if k not in _PRECISION_FIELDS}
