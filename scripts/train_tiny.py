@@ -71,6 +71,8 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="a 2-minute run to look at (not the shipped weights)")
     for name in ("vae_steps", "unet_steps", "pool_per_scene"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help="override (experiments)")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="score the weights in --out again (no training); updates the report's scores")
     parser.add_argument("--report", type=Path, default=None,
                         help="JSON of the run (default: scripts/results/train-tiny.json, or OUT/train.json with --smoke)")
     args = parser.parse_args()
@@ -78,8 +80,13 @@ def main() -> int:
     config = replace(SMOKE if args.smoke else Config(), seed=args.seed, **overrides)
     report_path = args.report or (args.out / "train.json" if args.smoke else ROOT / "scripts/results/train-tiny.json")
     started = time.perf_counter()
-    report = train(config, args.out, report_path, started)
-    report["command"] = " ".join([Path(sys.executable).name, *sys.argv])
+    if args.evaluate:
+        models = load_trained(args.out)
+        report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    else:
+        models, report = train(config, args.out, started)
+        report["command"] = " ".join([Path(sys.executable).name, *sys.argv])
+    report.update(evaluate(models, config, report_path, started))
     write_json_atomic(report_path, report)
     print(f"report: {report_path}")
     return 0
@@ -89,7 +96,8 @@ def log(started: float, text: str) -> None:
     print(f"[{time.perf_counter() - started:7.1f} s] {text}", flush=True)
 
 
-def train(config: Config, out: Path, report_path: Path, started: float) -> dict:
+def train(config: Config, out: Path, started: float) -> tuple[dict, dict]:
+    """The four components trained, rounded to float16 and written to OUT; the run's figures."""
     import keras
     import tensorflow as tf
 
@@ -123,13 +131,8 @@ def train(config: Config, out: Path, report_path: Path, started: float) -> dict:
     latents = (latents - mean) / std
     check = _encode(encoder, [shapes.render(*pool[0])])[0]
     assert np.abs(check - latents[0]).max() < 1e-3, "folding the latent scale changed the encoder's output"
-    recon = np.asarray(models["decoder"](latents[:64], training=False))
-    originals = np.stack([shapes.render(scene, seed) for scene, seed in pool[:64]])
-    recon_adherence = shapes.adherence(recon, [s.caption for s, _ in pool[:64]]).score
-    recon_psnr = float(20 * np.log10(2.0 / np.sqrt(np.mean((np.clip(recon, -1, 1) - originals) ** 2))))
     timings["encode_s"] = time.perf_counter() - t0
-    log(started, f"latent before folding: mean {np.round(mean, 3).tolist()}, std {std:.4f}; VAE reconstruction "
-                 f"PSNR {recon_psnr:.1f} dB, checker {recon_adherence:.3f} on 64 training pictures")
+    log(started, f"latent before folding: mean {np.round(mean, 3).tolist()}, std {std:.4f}")
 
     # ------------------------------------------------------------ text encoder + UNet
     t0 = time.perf_counter()
@@ -153,9 +156,43 @@ def train(config: Config, out: Path, report_path: Path, started: float) -> dict:
     log(started, f"wrote {out} ({sum(sizes.values()) / 1e6:.2f} MB: {sizes}); training took "
                  f"{timings['train_total_s'] / 60:.1f} min")
 
-    # ------------------------------------------------------------ a look: held-out prompts, keras-cv's sampler
-    t0 = time.perf_counter()
+    return models, {
+        "config": asdict(config),
+        "parameters": params,
+        "vae_loss_last": vae_loss,
+        "unet_loss_last": unet_loss,
+        "latent_fold": {"mean": mean.tolist(), "std": std},
+        "used_tokens": int(used.sum()),
+        "file_bytes": sizes,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "machine": {"cpus": os.cpu_count()},
+    }
+
+
+def load_trained(out: Path) -> dict:
+    from sd2tflite.convert.keras_models import build_component
+
+    dims = FAMILIES["tiny"].dims(IMG, IMG)
+    models = {c: build_component("tiny", c, dims) for c in COMPONENTS}
+    for c, model in models.items():
+        model.load_weights(str(out / f"{c}.weights.h5"))
+    return models
+
+
+def evaluate(models: dict, config: Config, report_path: Path, started: float) -> dict:
+    """The VAE's round trip of every caption, and the held-out prompts sampled with keras-cv's update
+    rule (grids of them beside the report), scored by the shapes checker."""
+    scenes = shapes.all_scenes()
+    originals = np.stack([shapes.render(s, seed=i) for i, s in enumerate(scenes)])
+    latents = _encode(models["image_encoder"], list(originals))
+    recon = np.clip(np.concatenate([np.asarray(models["decoder"](latents[i:i + 64], training=False))
+                                    for i in range(0, len(latents), 64)]), -1, 1)
+    round_trip = shapes.adherence(recon, scenes)
+    psnr = float(20 * np.log10(2.0 / np.sqrt(np.mean((recon - originals) ** 2))))
+    log(started, f"VAE round trip of all {len(scenes)} captions: latent std {latents.std():.3f}, PSNR {psnr:.1f} dB, "
+                 f"checker {round_trip.score:.3f} {round_trip.per_attribute}")
     evaluation = {}
+    tokenizer = ClipTokenizer.generated()
     prompts = shapes.held_out_prompts()
     for guidance in config.eval_guidance:
         images = sample(models, tokenizer, prompts, config.eval_steps, guidance)
@@ -164,20 +201,10 @@ def train(config: Config, out: Path, report_path: Path, started: float) -> dict:
         log(started, f"held-out adherence ({len(prompts)} prompts, {config.eval_steps} steps, guidance {guidance}): "
                      f"{result.score:.3f} {result.per_attribute}")
         _save_grid(report_path.with_name(f"{report_path.stem}-samples-guidance-{guidance:g}.png"), images)
-    timings["eval_s"] = time.perf_counter() - t0
-    return {
-        "config": asdict(config),
-        "parameters": params,
-        "vae_loss_last": vae_loss,
-        "unet_loss_last": unet_loss,
-        "latent_fold": {"mean": mean.tolist(), "std": std},
-        "vae_reconstruction": {"psnr_db": recon_psnr, "adherence": recon_adherence},
-        "held_out_adherence": evaluation,
-        "used_tokens": int(used.sum()),
-        "file_bytes": sizes,
-        "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "machine": {"cpus": os.cpu_count()},
-    }
+    return {"vae_round_trip": {"latent_std": float(latents.std()), "psnr_db": psnr, "adherence": round_trip.score,
+                               "per_attribute": round_trip.per_attribute},
+            "held_out_adherence": {"prompts": len(prompts), "steps": config.eval_steps, "sampler": "keras-cv ddim",
+                                   **evaluation}}
 
 
 def _schedule(peak: float, total: int, warmup: int):
@@ -303,7 +330,7 @@ def _save_compressed(model, target: Path) -> int:
     with atomic_write(target, ".weights.h5") as raw:
         plain = raw.with_name(raw.name + ".plain.weights.h5")
         model.save_weights(str(plain))
-        with h5py.File(plain, "r") as src, h5py.File(raw, "w") as dst:
+        with h5py.File(plain, "r") as src, h5py.File(raw, "w", libver="latest") as dst:
             def copy(group_in, group_out):
                 group_out.attrs.update(group_in.attrs)
                 for name, item in group_in.items():

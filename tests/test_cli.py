@@ -105,7 +105,7 @@ def test_convert_writes_files_and_manifest(cli_set):
     assert manifest.family == "tiny" and manifest.quant == "fp32"
     assert manifest.components == ["text_encoder", "diffusion", "decoder", "image_encoder"]
     assert {"tensorflow", "keras", "keras_cv", "sd2tflite"} <= set(manifest.versions)
-    assert manifest.weights["diffusion"] == {"kind": "random", "seed": 1}
+    assert manifest.weights["diffusion"]["kind"] == "trained"  # --model tiny's default: the shipped weights
     listed = {a.path for a in manifest.artifacts}
     assert set(os.listdir(out)) == listed | {"manifest.json"}, "no temp or work files left"
     for a in manifest.artifacts:

@@ -22,7 +22,8 @@ def fake_h5(path: Path, payload: bytes = b"") -> Path:
 def test_parse_sources(tmp_path):
     v1, tiny = FAMILIES["v1"], FAMILIES["tiny"]
     assert W.parse_weights(None, v1).kind == "hub"
-    assert W.parse_weights(None, tiny) == W.WeightsSource("random", seed=0)
+    assert W.parse_weights(None, tiny) == W.WeightsSource("trained")
+    assert W.parse_weights("random", tiny) == W.WeightsSource("random", seed=0)
     assert W.parse_weights("random:7", tiny).seed == 7
     assert W.parse_weights(str(tmp_path), v1).directory == tmp_path
     files = W.parse_weights("decoder=a.h5, diffusion=b.h5", v1).files
@@ -70,3 +71,32 @@ def test_hub_download_checks_the_pinned_sha256(tmp_path, monkeypatch):
 def test_random_seeds_differ_per_component():
     resolved = W.resolve(W.WeightsSource("random", seed=5), FAMILIES["tiny"], ["text_encoder", "decoder"])
     assert resolved["text_encoder"].seed == 5 and resolved["decoder"].seed == 7
+
+
+def test_trained_weights_ship_with_the_package_and_name_their_sha256():
+    tiny = FAMILIES["tiny"]
+    resolved = W.resolve(W.parse_weights(None, tiny), tiny, ["text_encoder", "diffusion", "decoder", "image_encoder"])
+    total = 0
+    for component, weights in resolved.items():
+        assert weights.path == W.TRAINED_ROOT / "tiny" / f"{component}.weights.h5"
+        assert weights.identity == {"kind": "trained", "name": "sd2tflite-tiny", "file": f"tiny/{component}.weights.h5",
+                                    "sha256": sha256_file(weights.path)}
+        assert W.from_identity(weights.identity, tiny, component) == weights
+        total += weights.path.stat().st_size
+    assert total < 10e6  # float16, gzip, unused token rows zeroed
+    with pytest.raises(UsageError, match="ships no trained weights"):
+        W.parse_weights("trained", FAMILIES["v1"])
+    stale = dict(resolved["decoder"].identity, sha256="0" * 64)
+    with pytest.raises(WeightsError, match="convert it again"):
+        W.from_identity(stale, tiny, "decoder")
+
+
+def test_the_tiny_default_size_is_what_it_is_trained_for():
+    from sd2tflite.convert.request import ConvertOptions, build_request
+
+    tiny = build_request(ConvertOptions(family="tiny"), resolve_weights=False)
+    assert (tiny.dims.img_height, tiny.dims.img_width) == (128, 128)
+    v1 = build_request(ConvertOptions(family="v1"), resolve_weights=False)
+    assert (v1.dims.img_height, v1.dims.img_width) == (512, 512)
+    wide = build_request(ConvertOptions(family="tiny", img_width=256), resolve_weights=False)
+    assert (wide.dims.img_height, wide.dims.img_width) == (128, 256)

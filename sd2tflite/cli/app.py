@@ -34,7 +34,8 @@ def main() -> None:
 @click.option("--weights", multiple=True,
               help="hub | DIR (keras-cv's Hub file names) | COMPONENT=PATH,... (.h5) | random[:SEED] | a PyTorch "
                    "checkpoint: FILE.safetensors, a diffusers folder or hf://OWNER/REPO[@REV], repeatable with "
-                   "unet=PATH, vae=PATH, text_encoder=PATH overrides. Default: hub for v1/v2, random for tiny.")
+                   "unet=PATH, vae=PATH, text_encoder=PATH overrides | trained (tiny: the package's weights, trained on "
+                   "shapes captions). Default: hub for v1/v2, trained for tiny.")
 @click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]",
               help="Checkpoints: merge a LoRA (kohya / A1111 or diffusers / PEFT .safetensors) into the UNet and "
                    "text encoder before converting; repeatable; scale 1 by default.")
@@ -46,8 +47,8 @@ def main() -> None:
 @click.option("--components", default="all", show_default=True,
               help="Comma-separated: text_encoder,diffusion,decoder,image_encoder.")
 @click.option("--batch-size", default=1, show_default=True, type=int)
-@click.option("--img-height", default=512, show_default=True, type=int)
-@click.option("--img-width", default=512, show_default=True, type=int)
+@click.option("--img-height", default=None, type=int, help="Default: the model's size (512; 128 for tiny).")
+@click.option("--img-width", default=None, type=int, help="Default: the model's size (512; 128 for tiny).")
 @click.option("--max-part-bytes", default=None, callback=parse_bytes,
               help="Largest UNet part file (default 1400MiB: plain flatbuffers, under 2 GiB).")
 @click.option("--unet-parts", default=None, type=int, help="Split the UNet into at least N parts.")

@@ -42,12 +42,12 @@ from ..core.registry import ModelDims
 class TinyWidths:
     """Widths of the tiny family: multiples of 32 because GroupNormalization uses 32 groups."""
 
-    unet: tuple[int, int, int] = (32, 64, 64)
+    unet: tuple[int, int, int] = (64, 64, 64)
     unet_heads: int = 2
     text_width: int = 64
     text_heads: int = 2
     text_layers: int = 1
-    vae: tuple[int, int, int] = (64, 64, 32)
+    vae: tuple[int, int, int] = (64, 64, 64)
 
 
 TINY = TinyWidths()

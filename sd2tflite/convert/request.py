@@ -26,9 +26,9 @@ class ConvertOptions:
     family: str = "v1"
     quant: str = "fp32"
     components: str = "all"
-    weights: str | None = None  # None: the family's default (hub, or random for tiny)
-    img_height: int = 512
-    img_width: int = 512
+    weights: str | None = None  # None: the family's default (hub; the trained weights for tiny)
+    img_height: int | None = None  # None: the family's size (512; 128 for tiny, what it is trained for)
+    img_width: int | None = None
     batch_size: int = 1
     out_dir: str | None = None  # None: models/sd-FAMILY-QUANT
     max_part_bytes: int = DEFAULT_MAX_PART_BYTES
@@ -88,7 +88,7 @@ def check_options(o: ConvertOptions) -> None:
     recipe = get_recipe(o.quant)
     parse_components(o.components)
     for name, value in (("--img-height", o.img_height), ("--img-width", o.img_width)):
-        if value <= 0 or value % 128:
+        if value is not None and (value <= 0 or value % 128):
             raise UsageError(f"{name} {value} is not a positive multiple of 128: use e.g. 256 or 512")
     at_least_one = (("--batch-size", o.batch_size), ("--unet-parts", o.unet_parts),
                     ("--calibration-samples", o.calibration_samples), ("--calibration-steps", o.calibration_steps),

@@ -1,5 +1,6 @@
 """Where component weights come from: the Hub (pinned sha256), local keras-cv files, random(seed),
-or a PyTorch checkpoint (checkpoint_source.py: .safetensors, diffusers folders, hf://, LoRAs).
+the weights trained and shipped in the package (tiny), or a PyTorch checkpoint (checkpoint_source.py:
+.safetensors, diffusers folders, hf://, LoRAs).
 
 `parse_weights` turns the --weights text into a `WeightsSource`; `resolve` turns that into one
 `ResolvedWeights` per component (a local file plus its identity for the manifest), downloading
@@ -19,11 +20,12 @@ from ..core.registry import COMPONENTS, ModelFamily
 from .checkpoint_source import OVERRIDE_NAMES, CheckpointOptions, is_checkpoint
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+TRAINED_ROOT = Path(__file__).resolve().parents[1] / "data"
 
 
 @dataclass(frozen=True)
 class WeightsSource:
-    kind: str  # "hub" | "random" | "dir" | "files" | "checkpoint"
+    kind: str  # "hub" | "random" | "trained" | "dir" | "files" | "checkpoint"
     seed: int = 0
     directory: Path | None = None
     files: tuple[tuple[str, Path], ...] = ()  # "files": per component; "checkpoint": its overrides
@@ -73,6 +75,11 @@ def parse_weights(text: str | None, family: ModelFamily,
                 "or local files"
             )
         return WeightsSource("hub")
+    if text == "trained":
+        if family.trained is None:
+            raise UsageError(f"the {family.name} model ships no trained weights: use --weights "
+                             f"{family.default_weights}, a checkpoint or local files")
+        return WeightsSource("trained")
     if text == "random" or text.startswith("random:"):
         seed_text = text.partition(":")[2] or "0"
         if not seed_text.isdigit():
@@ -127,6 +134,9 @@ def resolve(source: WeightsSource, family: ModelFamily, components: list[str],
         if source.kind == "hub":
             resolved[component] = _download(family, component)
             continue
+        if source.kind == "trained":
+            resolved[component] = _trained(family, component)
+            continue
         if source.kind == "dir":
             if family.hub_files is None:
                 raise UsageError(
@@ -159,6 +169,17 @@ def _check_weights_file(path: Path, component: str) -> None:
             f"{path} is not a Keras weights file (.h5 / .weights.h5, HDF5): pass the {component} "
             "weights saved by Keras"
         )
+
+
+def _trained(family: ModelFamily, component: str) -> ResolvedWeights:
+    """The package's own weights file for a component; its sha256 names it in the manifest."""
+    path = TRAINED_ROOT / family.trained / f"{component}.weights.h5"
+    if not path.is_file():
+        raise WeightsError(f"this sd2tflite install lacks its trained {family.name} weights ({path}): reinstall "
+                           "the package, or pass --weights random")
+    _check_weights_file(path, component)
+    return ResolvedWeights(component, path, {"kind": "trained", "name": f"sd2tflite-{family.trained}",
+                                             "file": f"{family.trained}/{path.name}", "sha256": sha256_file(path)})
 
 
 def _download(family: ModelFamily, component: str) -> ResolvedWeights:
@@ -198,6 +219,14 @@ def from_identity(identity: dict, family: ModelFamily, component: str) -> Resolv
         return ResolvedWeights(component, None, dict(identity))
     if kind == "hub" and family.hub_files is not None:
         return _download(family, component)
+    if kind == "trained" and family.trained is not None:
+        found = _trained(family, component)
+        if found.identity["sha256"] != identity.get("sha256"):
+            raise WeightsError(
+                f"the set was converted from other trained {family.name} weights (sha256 "
+                f"{str(identity.get('sha256'))[:12]}…) than this sd2tflite ships ({found.identity['sha256'][:12]}…): "
+                "convert it again, or verify with the sd2tflite version that converted it")
+        return found
     if kind == "checkpoint":
         from .checkpoint_source import reopen
 

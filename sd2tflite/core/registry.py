@@ -163,9 +163,12 @@ class ModelFamily:
     hub_files: dict[str, HubFile] | None  # None: no released weights (tiny)
     default_weights: str
     license: str | None
+    default_size: int = 512  # image side the weights are trained for: convert's default --img-height/width
+    trained: str | None = None  # weights shipped in the package (sd2tflite/data/NAME/COMPONENT.weights.h5)
 
-    def dims(self, img_height: int = 512, img_width: int = 512, batch_size: int = 1) -> ModelDims:
-        return ModelDims(img_height, img_width, batch_size, context_dim=self.context_dim)
+    def dims(self, img_height: int | None = None, img_width: int | None = None, batch_size: int = 1) -> ModelDims:
+        return ModelDims(img_height or self.default_size, img_width or self.default_size, batch_size,
+                         context_dim=self.context_dim)
 
 
 FAMILIES: dict[str, ModelFamily] = {
@@ -175,8 +178,9 @@ FAMILIES: dict[str, ModelFamily] = {
                     "creativeml-openrail-m"),
         ModelFamily("v2", "keras-cv StableDiffusionV2 (SD 2.1)", 1024, _V2_FILES, "hub",
                     "openrail++"),
-        ModelFamily("tiny", "v1 topology at small widths, real interfaces (tests, demos)", 768,
-                    None, "random", None),
+        # Trained by scripts/train_tiny.py on the shapes captions of sd2tflite/verify/shapes.py.
+        ModelFamily("tiny", "v1 topology at small widths, real interfaces, trained on shapes (tests, demos)", 768,
+                    None, "trained", None, default_size=128, trained="tiny"),
     )
 }
 

@@ -118,6 +118,9 @@ def _weights_line(component: str, identity) -> str:
         return f"- {component}: Hub `{identity.get('repo_id')}` / `{identity.get('filename')}`{sha}"
     if kind == "random":
         return f"- {component}: random weights, seed {identity.get('seed')} (not a usable image model)"
+    if kind == "trained":
+        return (f"- {component}: sd2tflite's trained `{identity.get('file')}` (draws the shapes captions of "
+                f"`sd2tflite/verify/shapes.py`){sha}")
     if kind == "file":
         return f"- {component}: local file `{Path(str(identity.get('path', ''))).name}`{sha}"
     if kind == "checkpoint":

@@ -4,7 +4,8 @@ they describe, a fixed held-out prompt set, and a prompt-adherence checker that 
 "a red circle on a blue background, top left" is one flat-colored shape on a flat background. The
 checker reads the background from the border pixels, the shape as the largest blob of pixels far
 from it, the blob's color (nearest named color of its median), its centroid's position bucket, and
-its rough shape from the fill ratio of its bounding box (circle pi/4, square 1, triangle 1/2).
+its rough shape from the fill ratio of its bounding box (circle pi/4, square 1, triangle 1/2) and
+how low in that box its centroid sits (a triangle's 2/3, else 1/2).
 numpy + stdlib only (Pillow for PNG files), so a runtime-side tool could use it too.
 """
 
@@ -39,8 +40,6 @@ POSITIONS: dict[str, tuple[float, float]] = {
     "bottom right": (0.75, 0.75),
     "center": (0.5, 0.5),
 }
-# Fill ratio of the bounding box: circle pi/4, square 1, triangle 1/2; the bucket edges are midpoints.
-FILL_RATIOS = {"triangle": 0.5, "circle": float(np.pi / 4), "square": 1.0}
 ATTRIBUTES = ("color", "position", "shape", "background")
 
 _CAPTION = re.compile(
@@ -204,19 +203,31 @@ def check(image: np.ndarray, caption: str | Scene) -> Check:
                              pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])
     background_rgb = np.median(border, axis=0)
     background = _nearest_color(background_rgb)
-    far = np.linalg.norm(pixels - background_rgb, axis=-1) > _FAR
-    blob = _largest_blob(far)
+    far = _largest_blob(np.linalg.norm(pixels - background_rgb, axis=-1) > _FAR)
+    if far.sum() < _MIN_PIXELS:
+        return Check(expected, None, background, 0.0, int(far.sum()))
+    # The outline: pixels nearer the shape's color than the background's (the 50 % contour of a blur).
+    shape_rgb = np.median(pixels[far], axis=0)
+    blob = _largest_blob(np.linalg.norm(pixels - shape_rgb, axis=-1) < np.linalg.norm(pixels - background_rgb, axis=-1))
     count = int(blob.sum())
-    if count < _MIN_PIXELS:
-        return Check(expected, None, background, 0.0, count)
     ys, xs = np.nonzero(blob)
-    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
-    fill = count / float(box)
+    top, height = ys.min(), ys.max() - ys.min() + 1
+    fill = count / float(height * (xs.max() - xs.min() + 1))
     color = _nearest_color(np.median(pixels[blob], axis=0))
     cx, cy = (xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h
     position = min(POSITIONS, key=lambda p: (POSITIONS[p][0] - cx) ** 2 + (POSITIONS[p][1] - cy) ** 2)
-    shape = min(FILL_RATIOS, key=lambda s: abs(FILL_RATIOS[s] - fill))
+    shape = _shape_class(fill, (ys.mean() - top + 0.5) / height)
     return Check(expected, Scene(color, shape, background, position), background, fill, count)
+
+
+def _shape_class(fill: float, centroid_depth: float) -> str:
+    """Triangle: its mass sits low in its box (centroid 2/3 down, circle and square 1/2) or fills
+    half of it; else square above a fill of 0.855, circle below (pi/4 and 1 drawn; a decoder's blur
+    rounds corners and fills triangles in: on the trained VAE's round trip of all 450 captions these
+    bounds get 93 % of shapes right, and the renderer's own pictures all)."""
+    if centroid_depth > 0.54 or fill < 0.65:
+        return "triangle"
+    return "square" if fill > 0.855 else "circle"
 
 
 def _largest_blob(mask: np.ndarray) -> np.ndarray:
