@@ -97,6 +97,11 @@ def test_damage_is_collected_and_named(tiny_sets, tmp_path):
     assert "not run" in failed["pipeline"]
     assert "✓ parity     image_encoder" in result.output
     assert "✗ integrity  decoder.tflite" in result.output
+    # GPU support is information: damaged files are not read for it, intact ones are.
+    gpu = {f["path"]: f for f in json.loads((tmp_path / "r.json").read_text())["gpu_delegate"]["files"]}
+    assert gpu["decoder.tflite"]["reason"] == gpu[part.name]["reason"] == \
+        "not analyzed: the file failed its integrity check"
+    assert "integrity" not in gpu["image_encoder.tflite"]["reason"]
 
 
 def test_escaping_manifest_path_fails_verify(tiny_sets, tmp_path):

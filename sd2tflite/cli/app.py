@@ -185,10 +185,13 @@ def generate(model_dir, prompt, output, steps, guidance, seed, negative_prompt, 
               help="Also write the report as JSON (MODEL_DIR/verify.json is what push-hub's card shows).")
 @vocab_option()
 @threads_option
+@click.option("--gpu-analyzer", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A Python with TensorFlow 2.17, whose model analyzer still checks GPU delegate support "
+                   "(later ones do not: without it the GPU column says unknown).")
 @click.option("--force", is_flag=True, help="Overwrite existing --json files.")
 @verbosity
 @handle_errors
-def verify(model_dir, weights, steps, end_to_end, json_path, vocab, threads, force, verbose, quiet):
+def verify(model_dir, weights, steps, end_to_end, json_path, vocab, threads, gpu_analyzer, force, verbose, quiet):
     """Check a set: integrity, each component against Keras, and whole images against keras-cv.
 
     Exit code 0 when every check passes, 1 when any fails, 2 for usage errors.
@@ -204,7 +207,7 @@ def verify(model_dir, weights, steps, end_to_end, json_path, vocab, threads, for
     quiet_tensorflow(verbose)
     report = run_verify(
         model_dir_argument(model_dir), weights=weights, vocab=Path(vocab) if vocab else None, steps=steps,
-        end_to_end=end_to_end, threads=threads,
+        end_to_end=end_to_end, threads=threads, gpu_analyzer=gpu_analyzer,
         on_stage=(lambda text: None) if quiet else (lambda text: click.echo(f"… {text}", err=True)),
     )
     click.echo(report.table())

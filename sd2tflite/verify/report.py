@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..core.manifest import Manifest
 from ..runtime.integrity import Check
+from .gpu import GpuSupport, describe_set, summary_json
 
 
 @dataclass
@@ -17,6 +18,7 @@ class VerifyReport:
     settings: dict = field(default_factory=dict)
     quality: dict = field(default_factory=dict)  # calibrated precisions: quality.quality_report
     manifest_sha256: str | None = None  # ties the report to the exact files it checked
+    gpu: list[GpuSupport] = field(default_factory=list)  # per file; information, not part of `passed`
 
     @property
     def passed(self) -> bool:
@@ -34,6 +36,7 @@ class VerifyReport:
             "settings": self.settings,
             "checks": [c.to_json() for c in self.checks],
             "quality": self.quality,
+            "gpu_delegate": summary_json(self.gpu) if self.gpu else None,
         }
 
     def table(self) -> str:
@@ -47,6 +50,7 @@ class VerifyReport:
 
             lines.append("  int8 quality against float Keras on held-out pipeline inputs (report):")
             lines.extend(describe(self.quality))
+        lines.extend(describe_set(self.gpu))
         failed = sum(not c.passed for c in self.checks)
         lines.append("PASSED" if self.passed else f"FAILED: {failed} of {len(self.checks)} checks")
         return "\n".join(lines)

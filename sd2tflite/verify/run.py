@@ -6,6 +6,7 @@ Three groups of checks, all run and all reported (failures are collected, not ra
                from the same weights, on seeded inputs that look like the pipeline's
   end-to-end   the LiteRT pipeline vs keras-cv's own `StableDiffusion.generate_image` fed the same
                Keras components and the same starting noise
+and, as information that never fails verify, whether Android's GPU delegate takes each file whole (gpu.py).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from ..runtime.litert import LiteRTComponents
 from ..runtime.pipeline import Pipeline
 from ..runtime.tokenizer import load_tokenizer
 from .checks import GUIDANCE, VERIFY_PROMPTS, VERIFY_TIMESTEPS, component_check, end_to_end_check, parity_inputs
+from .gpu import analyze_set
 from .reference import reference_models
 from .report import VerifyReport
 
 
 def verify(directory: Path, weights: str | None = None, vocab: Path | None = None, steps: int = 3,
-           end_to_end: bool = True, threads: int | None = None,
+           end_to_end: bool = True, threads: int | None = None, gpu_analyzer: str | None = None,
            on_stage: Callable[[str], None] = lambda text: None) -> VerifyReport:
     if steps < 1:
         raise UsageError(f"--steps {steps} must be at least 1")
@@ -43,6 +45,10 @@ def verify(directory: Path, weights: str | None = None, vocab: Path | None = Non
     report.checks += checks
     if manifest is None:
         return report
+    on_stage("GPU delegate: operator support (LiteRT's analyzer)")
+    damaged = {c.name: "not analyzed: the file failed its integrity check" for c in checks
+               if not c.passed and c.name in {a.path for a in manifest.artifacts}}
+    report.gpu = analyze_set(Path(directory), manifest, damaged, gpu_analyzer)  # information: never a failed check
     if manifest.family not in FAMILIES:
         report.checks.append(Check("parity", "model family", False,
                                    f"unknown family {manifest.family!r}: this sd2tflite cannot rebuild it"))
