@@ -13,6 +13,8 @@ cannot take whole still runs, with the refused operators on the CPU)."""
 
 from __future__ import annotations
 
+import dataclasses
+import mmap
 import os
 import re
 import subprocess
@@ -52,17 +54,19 @@ class GpuSupport:
     blockers: tuple[Blocker, ...] = ()
     runtime: str | None = None  # the TFLite version whose delegate rules were applied
     reason: str = ""
+    folded: int = 0  # operator inputs read as float16 constants, as the delegate reads them (fold_fp16_dequantize)
 
     @property
     def unsupported_ops(self) -> int:
         return sum(b.count for b in self.blockers)
 
     def describe(self) -> str:
+        folded = f" (float16 weights read as the delegate reads them: {self.folded:,} inputs)" if self.folded else ""
         if self.status == SUPPORTED:
-            return f"all {self.ops:,} ops supported"
+            return f"all {self.ops:,} ops supported{folded}"
         if self.status == NOT_SUPPORTED:
             listed = "; ".join(f"{op} ×{count} ({reason})" for op, count, reason in self.grouped())
-            return f"{self.unsupported_ops:,} of {self.ops:,} ops not supported: {listed}"
+            return f"{self.unsupported_ops:,} of {self.ops:,} ops not supported{folded}: {listed}"
         return f"unknown: {self.reason}"
 
     def grouped(self) -> list[tuple[str, int, str]]:
@@ -78,6 +82,7 @@ class GpuSupport:
     def to_json(self) -> dict:
         return {"path": self.path, "status": self.status, "ops": self.ops,
                 "unsupported_ops": self.unsupported_ops, "runtime": self.runtime, "reason": self.reason,
+                "float16_inputs_folded": self.folded,
                 "blockers": [{"op": b.op, "reason": b.reason, "count": b.count} for b in self.blockers]}
 
 
@@ -171,14 +176,65 @@ def external_analyzer(python: str):
     return analyze
 
 
+def _schema():
+    try:
+        from ai_edge_litert import schema_py_generated
+    except ImportError:
+        from tensorflow.lite.python import schema_py_generated
+    return schema_py_generated
+
+
+def fold_fp16_dequantize(data, write: bool = True) -> int:
+    """Point every input that a float16 DEQUANTIZE feeds at that float16 tensor, in place in `data`
+    (a bytearray; with write=False any buffer, only counted). The GPU delegate does this before it
+    checks an operator (its partition helper remaps those inputs: fp16 weights are its native
+    format); the analyzer checks each operator alone and would count the dequantized weights of an
+    fp16 CONV_2D as runtime inputs and refuse it. Returns the number of inputs moved."""
+    fb = _schema()
+    model = fb.Model.GetRootAs(data, 0)
+    codes = [max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+             for code in (model.OperatorCodes(i) for i in range(model.OperatorCodesLength()))]
+    moved = 0
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        ops = [graph.Operators(i) for i in range(graph.OperatorsLength())]
+        sources = {op.Outputs(0): op.Inputs(0) for op in ops
+                   if codes[op.OpcodeIndex()] == fb.BuiltinOperator.DEQUANTIZE and op.InputsLength() == 1
+                   and graph.Tensors(op.Inputs(0)).Type() == fb.TensorType.FLOAT16}
+        for op in ops:
+            if not sources or codes[op.OpcodeIndex()] == fb.BuiltinOperator.DEQUANTIZE or not op.InputsLength():
+                continue
+            inputs = op.InputsAsNumpy()  # a view into `data`
+            for k, tensor in enumerate(inputs.tolist()):
+                if tensor in sources:
+                    if write:
+                        inputs[k] = sources[tensor]
+                    moved += 1
+    return moved
+
+
+def _fp16_folded_copy(path: Path, tmp: Path) -> tuple[Path, int]:
+    """`path`, or a copy of it with fold_fp16_dequantize applied when it has float16 weights. The
+    look reads only the flatbuffer's tables (mapped); the copy is made for fp16 files only."""
+    try:
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            if not fold_fp16_dequantize(mapped, write=False):
+                return path, 0
+    except Exception:  # noqa: BLE001 - not a readable flatbuffer: the analyzer says so in its own words
+        return path, 0
+    data = bytearray(path.read_bytes())
+    moved = fold_fp16_dequantize(data)
+    copy = tmp / path.name
+    copy.write_bytes(data)
+    return copy, moved
+
+
 def _probe_model() -> bytes:
     """A one-operator model whose operator is a custom op no GPU delegate knows: an analyzer that
     checks must refuse it."""
-    try:
-        from ai_edge_litert import schema_py_generated as fb
-    except ImportError:
-        from tensorflow.lite.python import schema_py_generated as fb
     import flatbuffers
+
+    fb = _schema()
 
     code = fb.OperatorCodeT()
     code.builtinCode = code.deprecatedBuiltinCode = fb.BuiltinOperator.CUSTOM
@@ -238,10 +294,12 @@ def analyze_file(path: Path, name: str | None = None, python: str | None = None)
     if analyzer is None:
         return GpuSupport(name, UNKNOWN, reason=why_not)
     try:
-        text = analyzer(str(path), True, True)
+        with tempfile.TemporaryDirectory(prefix="sd2tflite-gpu-") as tmp:
+            analyzed, folded = _fp16_folded_copy(Path(path), Path(tmp))
+            text = analyzer(str(analyzed), True, True)
     except Exception as exc:  # noqa: BLE001
         return GpuSupport(name, UNKNOWN, reason=f"the analyzer failed ({_one_line(exc)})")
-    return parse_analyzer_text(name, text)
+    return dataclasses.replace(parse_analyzer_text(name, text), folded=folded)
 
 
 def analyze_set(directory: Path, manifest: Manifest, skip: dict[str, str] | None = None,
@@ -283,6 +341,7 @@ def describe_set(results: list[GpuSupport]) -> list[str]:
 
 
 def summary_json(results: list[GpuSupport]) -> dict:
-    return {"analyzer": "LiteRT model analyzer, GPU delegate compatibility (information; verify does not fail on it)",
+    return {"analyzer": "TFLite's model analyzer, GPU delegate compatibility (information; verify does not fail on it)",
+            "runtime": next((r.runtime for r in results if r.runtime), None),
             "files_supported": sum(r.status == SUPPORTED for r in results), "files": [r.to_json() for r in results]}
 
