@@ -1,9 +1,12 @@
 #!/usr/bin/env python
 """Peak memory of a whole text-to-image run from converted sets, split into anonymous and
 file-backed RSS, with every component kept loaded (before) and with each released after its
-stage (what `sd2tflite generate` does now).
+stage (what `sd2tflite generate` does now). With --weight-cache DIR: released after their stage,
+XNNPACK's packed weights in cache files in DIR, twice (the first run writes the files, the second
+maps them).
 
     python scripts/bench_generate_memory.py /work/bench-out/sd-v1-{fp32,dynamic}-512 --tag v1-512
+    python scripts/bench_generate_memory.py /work/bench-out/sd-v1-fp32-512 --tag v1-512-cache --weight-cache /tmp/xnn
 
 Each run is a fresh process running sd2tflite's pipeline on LiteRT; this process samples its
 /proc status every 50 ms (RssAnon, RssFile + RssShmem) and the child reports its kernel-tracked
@@ -37,8 +40,9 @@ from sd2tflite.runtime.pipeline import GenerateSettings, Pipeline
 from sd2tflite.runtime.tokenizer import load_tokenizer
 
 directory, release, steps, vocab = Path(sys.argv[1]), sys.argv[2] == "release", int(sys.argv[3]), sys.argv[4]
+cache = Path(sys.argv[5]) if sys.argv[5] else None
 manifest = load_manifest(directory)
-components = LiteRTComponents(directory, manifest, release_unused=release)
+components = LiteRTComponents(directory, manifest, release_unused=release, weight_cache=cache)
 tokenizer = load_tokenizer(manifest.family, Path(vocab) if vocab else None)
 pipeline = Pipeline(components, manifest.model_dims, tokenizer, manifest.prediction_type)
 start = time.perf_counter()
@@ -49,9 +53,11 @@ print(json.dumps({"seconds": seconds, "vm_hwm_bytes": int(status["VmHWM"].split(
 """
 
 
-def run(directory: Path, release: bool, steps: int) -> dict:
+def run(directory: Path, release: bool, steps: int, cache: Path | None = None) -> dict:
     vocab = str(VOCAB) if VOCAB.is_file() else ""
-    cmd = [sys.executable, "-c", CHILD, str(directory), "release" if release else "keep", str(steps), vocab]
+    cached = cache is not None and any(cache.glob("*.xnnpack"))
+    cmd = [sys.executable, "-c", CHILD, str(directory), "release" if release else "keep", str(steps), vocab,
+           str(cache or "")]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with PeakTreeRSS(proc.pid, interval=0.05) as rss:
         out, err = proc.communicate()
@@ -62,7 +68,8 @@ def run(directory: Path, release: bool, steps: int) -> dict:
     files = sum(a.bytes for a in manifest.artifacts if a.component != "image_encoder")  # what text-to-image loads
     return {"set": directory.name, "quant": manifest.quant, "release": release, "steps": steps,
             "file_bytes": files, "peak_rss_bytes": child["vm_hwm_bytes"], "peak_anon_bytes": rss.peak_anon,
-            "peak_file_bytes": rss.peak_file, "seconds": child["seconds"]}
+            "peak_file_bytes": rss.peak_file, "seconds": child["seconds"],
+            "weight_cache": None if cache is None else ("mapped" if cached else "written")}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -70,7 +77,9 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| set | components | files (GB) | peak RSS (GB) | × files | peak anonymous (GB) | peak file-backed (GB) | seconds |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['set']} | {'released after their stage' if r['release'] else 'all kept loaded'} | "
+        how = "released after their stage" if r["release"] else "all kept loaded"
+        how += f", weight cache {r['weight_cache']}" if r.get("weight_cache") else ""
+        lines.append(f"| {r['set']} | {how} | "
                      f"{r['file_bytes'] / gb:.2f} | {r['peak_rss_bytes'] / gb:.2f} | "
                      f"{r['peak_rss_bytes'] / r['file_bytes']:.1f} | {r['peak_anon_bytes'] / gb:.2f} | "
                      f"{r['peak_file_bytes'] / gb:.2f} | {r['seconds']:.0f} |")
@@ -82,11 +91,16 @@ def main() -> None:
     parser.add_argument("dirs", nargs="+", type=Path, help="converted sets")
     parser.add_argument("--tag", required=True, help="result file suffix, e.g. v1-512")
     parser.add_argument("--steps", type=int, default=2, help="denoising steps (memory does not grow with them)")
+    parser.add_argument("--weight-cache", type=Path, default=None,
+                        help="folder for XNNPACK weight cache files (emptied first): two released runs with it")
     args = parser.parse_args()
     rows = []
     for directory in args.dirs:
-        for release in (False, True):
-            rows.append(run(directory, release, args.steps))
+        if args.weight_cache:
+            for old in args.weight_cache.glob("*.xnnpack"):
+                old.unlink()
+        for release in ((True, True) if args.weight_cache else (False, True)):
+            rows.append(run(directory, release, args.steps, args.weight_cache))
             print(markdown(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"generate-memory-{args.tag}"

@@ -133,11 +133,16 @@ def convert(dry_run, verbose, quiet, max_part_bytes, weights, loras, **options):
               help="Also write the final latents (.npy).")
 @vocab_option()
 @threads_option
+@click.option("--weight-cache/--no-weight-cache", default=True, show_default=True,
+              help="Keep XNNPACK's packed weights in files under ~/.cache/sd2tflite/xnnpack ($SD2TFLITE_CACHE): "
+                   "written on a set's first run (about the set's size on disk), mapped after, so they are "
+                   "memory the OS can drop instead of anonymous memory. Same images bit for bit.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @verbosity
 @handle_errors
 def generate(model_dir, prompt, output, steps, guidance, seed, negative_prompt, noise_file, image_file,
-             mask_file, strength, resize, sampler, karras, save_latents, vocab, threads, force, verbose, quiet):
+             mask_file, strength, resize, sampler, karras, save_latents, vocab, threads, weight_cache, force,
+             verbose, quiet):
     """Text-to-image, image-to-image and inpainting from a converted set, on LiteRT only."""
     from pathlib import Path
 
@@ -159,6 +164,7 @@ def generate(model_dir, prompt, output, steps, guidance, seed, negative_prompt, 
         model_dir=model_dir_argument(model_dir), output=Path(output), settings=settings,
         noise_file=opt(noise_file), image_file=opt(image_file), mask_file=opt(mask_file),
         resize=resize, threads=threads, vocab=opt(vocab), save_latents=opt(save_latents), force=force,
+        weight_cache=weight_cache,
     )
     with tqdm(total=None, disable=quiet, file=sys.stderr, unit="step", desc="denoising") as bar:
         def on_step(done, total):

@@ -11,11 +11,11 @@ QUIET_ENV = "SD2TFLITE_QUIET"
 
 
 @contextlib.contextmanager
-def native_stderr_muted():
-    """Points file descriptor 2 at /dev/null while the block runs, when quiet: C++ code writes
-    there directly (the quantizer's `fully_quantize: ...` line). Python exceptions still
-    propagate, and are printed after the descriptor is restored."""
-    if not os.environ.get(QUIET_ENV):
+def native_stderr_muted(always: bool = False):
+    """Points file descriptor 2 at /dev/null while the block runs, when quiet (or `always`): C++
+    code writes there directly (the quantizer's `fully_quantize: ...` line). Python exceptions
+    still propagate, and are printed after the descriptor is restored."""
+    if not (always or os.environ.get(QUIET_ENV)):
         yield
         return
     saved = os.dup(2)

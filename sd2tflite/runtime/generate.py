@@ -19,6 +19,7 @@ from .integrity import ensure_intact
 from .litert import LiteRTComponents
 from .pipeline import GenerateSettings, Pipeline
 from .tokenizer import load_tokenizer
+from .weight_cache import default_cache_dir
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class GenerateRequest:
     vocab: Path | None = None
     save_latents: Path | None = None
     force: bool = False
+    weight_cache: bool = True  # XNNPACK's packed weights as files (weight_cache.py): file-backed memory
 
 
 @dataclass
@@ -82,8 +84,9 @@ def generate(request: GenerateRequest, on_step: Callable[[int, int], None] | Non
         raise UsageError("--strength needs --image: it says how far to move away from that image")
 
     tokenizer = load_tokenizer(manifest.family, request.vocab)
-    pipeline = Pipeline(LiteRTComponents(request.model_dir, manifest, request.threads), dims, tokenizer,
-                        manifest.prediction_type)
+    cache = default_cache_dir() if request.weight_cache else None
+    pipeline = Pipeline(LiteRTComponents(request.model_dir, manifest, request.threads, weight_cache=cache), dims,
+                        tokenizer, manifest.prediction_type)
     result = pipeline.generate(settings, on_step=on_step)
 
     text = {

@@ -41,7 +41,7 @@ HASH_CACHE_NAME = "sha256.json"
 RACY_WINDOW_NS = 2_000_000_000  # files changed this recently are hashed, never remembered (as git does)
 
 
-def _sha256(path: Path, reuse: bool) -> str:
+def file_sha256(path: Path, reuse: bool) -> str:
     """The file's sha256. With `reuse`, a digest computed before is taken when the file's device,
     inode, size, mtime and ctime are all unchanged: any write moves ctime, and ctime cannot be set
     back, so a modified file is always read again. `generate` re-reads no gigabytes per run."""
@@ -215,7 +215,7 @@ def _file_check(path: Path, artifact, load_in_litert: bool, reuse_hashes: bool) 
     if size != artifact.bytes:
         return failed(f"{size:,} bytes, the manifest says {artifact.bytes:,} (truncated or replaced): "
                       "copy it again or convert again")
-    digest = _sha256(path, reuse_hashes)
+    digest = file_sha256(path, reuse_hashes)
     if digest != artifact.sha256:
         return failed(f"sha256 {digest[:12]}… differs from the manifest's {artifact.sha256[:12]}… "
                       "(modified): copy it again or convert again")
@@ -229,7 +229,7 @@ def _file_check(path: Path, artifact, load_in_litert: bool, reuse_hashes: bool) 
 
 def ensure_intact(directory: Path, load_in_litert: bool = True, reuse_hashes: bool = False) -> Manifest:
     """The manifest of an intact set, or ManifestError naming the first problem. `reuse_hashes`:
-    see _sha256 (generate and bench; verify and push-hub always read every byte)."""
+    see file_sha256 (generate and bench; verify and push-hub always read every byte)."""
     manifest, checks = check_integrity(directory, load_in_litert=load_in_litert, reuse_hashes=reuse_hashes)
     failed = [c for c in checks if not c.passed]
     if failed:

@@ -5,6 +5,7 @@ File names, signatures and the wiring between UNet parts come from the manifest 
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 from collections.abc import Iterator, Mapping
@@ -15,23 +16,100 @@ import numpy as np
 from ..core.errors import ManifestError
 from ..core.quiet import native_stderr_muted
 from ..core.manifest import Artifact, Manifest, load_manifest, path_in_set
+from . import weight_cache as xnn_cache
 
 
-def signature_runner(path: Path, signature_key: str, num_threads: int | None = None):
-    """A file's signature runner, ready to call. Under -q, LiteRT's "Created TensorFlow Lite
-    XNNPACK delegate" line (printed natively while the delegate is applied) is muted."""
+def signature_runner(path: Path, signature_key: str, num_threads: int | None = None,
+                     weight_cache: Path | None = None):
+    """A file's signature runner, ready to call: named arrays in, a dict of named arrays out.
+    With `weight_cache` (a folder), XNNPACK's packed weights live in a file there (see
+    weight_cache.py) and LiteRT's CompiledModel runs the file; the outputs are the same bits.
+    Under -q, LiteRT's "Created TensorFlow Lite XNNPACK delegate" line (printed natively while
+    the delegate is applied) is muted."""
+    threads = num_threads or os.cpu_count() or 1
+    if weight_cache is not None:
+        runner = _cached_runner(Path(path), signature_key, threads, Path(weight_cache))
+        if runner is not None:
+            return runner
     from ai_edge_litert.interpreter import Interpreter
 
     with native_stderr_muted():
-        interpreter = Interpreter(model_path=str(path), num_threads=num_threads or os.cpu_count() or 1)
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
         interpreter.allocate_tensors()  # the delegate is applied here, not at the first call
         return interpreter.get_signature_runner(signature_key)
+
+
+_environment = None  # one LiteRT environment per process, shared by every CompiledModel
+
+
+def _cached_runner(path: Path, signature_key: str, threads: int, folder: Path):
+    """A CompiledRunner whose XNNPACK weights are in the cache file for `path` (built on first use
+    under a temp name, renamed when complete), or None when the folder cannot take the file."""
+    from .integrity import file_sha256
+
+    target = xnn_cache.cache_file(file_sha256(path, reuse=True), folder)
+    if xnn_cache.is_complete(target):
+        return CompiledRunner(path, signature_key, threads, target)
+    tmp = xnn_cache.build_path(target, path.stat().st_size)
+    if tmp is None:
+        return None
+    try:
+        runner = CompiledRunner(path, signature_key, threads, tmp)
+    finally:
+        xnn_cache.publish(tmp, target)  # the loaded model keeps its mapping across the rename
+    return runner
+
+
+def _drop_environment() -> None:
+    """At exit, the environment's shutdown lines (DestroyAccelerator ...) are muted too."""
+    global _environment
+    with native_stderr_muted(always=True):
+        _environment = None
+        gc.collect()
+
+
+class CompiledRunner:
+    """One signature of a file on LiteRT's CompiledModel, called like the Interpreter's signature
+    runner. Its input and output buffers are made once; outputs are returned as new arrays."""
+
+    def __init__(self, path: Path, signature_key: str, threads: int, cache_file: Path):
+        global _environment
+        from ai_edge_litert.compiled_model import CompiledModel, Environment
+        from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+        from ai_edge_litert.options import CpuOptions, Options
+
+        # LiteRT logs about twenty start-up lines (accelerator registry, vendor plugins this
+        # machine lacks) natively: always muted; a failure still raises.
+        with native_stderr_muted(always=True):
+            if _environment is None:
+                _environment = Environment.create()
+                atexit.register(_drop_environment)
+            options = Options(HardwareAccelerator.CPU, cpu_options=CpuOptions(
+                num_threads=threads, xnnpack_weight_cache_path=str(cache_file)))
+            self.model = CompiledModel.from_file(str(path), environment=_environment, options=options)
+        self.key = signature_key
+        self.outputs = {name: (tuple(int(d) for d in spec["shape"]), np.dtype(spec["dtype"]))
+                        for name, spec in self.model.get_output_tensor_details(signature_key).items()}
+        self.inputs = {name: self.model.create_input_buffer_by_name(signature_key, name)
+                       for name in self.model.get_input_tensor_details(signature_key)}
+        self.output_buffers = {name: self.model.create_output_buffer_by_name(signature_key, name)
+                               for name in self.outputs}
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        if set(inputs) != set(self.inputs):
+            raise ValueError(f"inputs {sorted(inputs)} are not the signature's {sorted(self.inputs)}")
+        for name, value in inputs.items():
+            self.inputs[name].write(np.ascontiguousarray(value))
+        self.model.run_by_name(self.key, self.inputs, self.output_buffers)
+        return {name: self.output_buffers[name].read(int(np.prod(shape)), dtype).reshape(shape)
+                for name, (shape, dtype) in self.outputs.items()}
 
 
 class LiteRTComponent:
     """One component as a callable: its parts chained by the manifest's wiring."""
 
-    def __init__(self, directory: Path, parts: list[Artifact], num_threads: int | None = None):
+    def __init__(self, directory: Path, parts: list[Artifact], num_threads: int | None = None,
+                 weight_cache: Path | None = None):
         if not parts:
             raise ManifestError("the manifest lists no files for this component: convert it first")
         self.parts = parts
@@ -40,7 +118,7 @@ class LiteRTComponent:
             path = path_in_set(directory, part.path)
             if not path.is_file():
                 raise ManifestError(f"{path} is missing: convert again or copy the whole set")
-            self.runners.append(signature_runner(path, part.signature_key, num_threads))
+            self.runners.append(signature_runner(path, part.signature_key, num_threads, weight_cache))
 
     @property
     def input_specs(self):
@@ -62,21 +140,22 @@ class LiteRTComponent:
 
 
 def load_component(directory: Path, component: str, manifest: Manifest | None = None,
-                   num_threads: int | None = None) -> LiteRTComponent:
+                   num_threads: int | None = None, weight_cache: Path | None = None) -> LiteRTComponent:
     manifest = manifest or load_manifest(Path(directory))
-    return LiteRTComponent(Path(directory), manifest.parts_of(component), num_threads)
+    return LiteRTComponent(Path(directory), manifest.parts_of(component), num_threads, weight_cache)
 
 
 class LiteRTComponents(Mapping):
     """component name -> LiteRTComponent, each loaded on first use (text-to-image never loads
     the image encoder) and, with `release_unused` (the default), unloaded when the pipeline says
     it is done with it: a run holds one stage's files, packed weights and activation arena at a
-    time instead of all of them (the peak is the largest stage, not the sum)."""
+    time instead of all of them (the peak is the largest stage, not the sum). `weight_cache`: a
+    folder for XNNPACK's packed weights as files (see signature_runner)."""
 
     def __init__(self, directory: Path, manifest: Manifest, num_threads: int | None = None,
-                 release_unused: bool = True):
+                 release_unused: bool = True, weight_cache: Path | None = None):
         self.directory, self.manifest, self.num_threads = Path(directory), manifest, num_threads
-        self.release_unused = release_unused
+        self.release_unused, self.weight_cache = release_unused, weight_cache
         self._loaded: dict[str, LiteRTComponent] = {}
 
     def release(self, component: str) -> None:
@@ -92,7 +171,8 @@ class LiteRTComponents(Mapping):
                     f"{self.directory} has no {component}: convert it with "
                     f"sd2tflite convert --components {component}"
                 )
-            self._loaded[component] = load_component(self.directory, component, self.manifest, self.num_threads)
+            self._loaded[component] = load_component(self.directory, component, self.manifest, self.num_threads,
+                                                     self.weight_cache)
         return self._loaded[component]
 
     def __iter__(self) -> Iterator[str]:
