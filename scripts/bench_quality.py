@@ -64,10 +64,8 @@ def main() -> int:
 
 def calibration_prompts(work: Path) -> Path:
     """A prompt file of training captions spread over the grammar (never a held-out one)."""
-    scenes = shapes.training_scenes()
-    picked = [scenes[i * len(scenes) // CALIBRATION_SCENES + 7] for i in range(CALIBRATION_SCENES)]
     path = work / "calibration-prompts.txt"
-    path.write_text("".join(s.caption + "\n" for s in picked))
+    path.write_text("".join(c + "\n" for c in shapes.calibration_captions(CALIBRATION_SCENES)))
     return path
 
 

@@ -95,7 +95,7 @@ def tiny_dims():
 
 @pytest.fixture(scope="session")
 def keras_models(tiny_dims):
-    """The Keras reference for each component, with the same seeded random weights as convert."""
+    """The Keras reference for each component, with the weights convert uses by default (the trained ones)."""
     from sd2tflite.convert.weights import build_with_weights, parse_weights, resolve
 
     family = FAMILIES["tiny"]

@@ -269,6 +269,12 @@ def test_noise_of_the_wrong_shape(tiny_sets, tmp_path):
     assert_one_line_error(result, 2, "[3, 3]", "[1, 16, 16, 4]")
 
 
+def test_negative_seed_is_a_usage_error_not_a_crash(tiny_sets, tmp_path):
+    result = _generate(tiny_sets["fp32"], tmp_path / "o.png", "--seed", "-1")
+    assert result.exit_code == 2 and "--seed" in result.stderr and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "o.png").exists()
+
+
 def test_each_component_is_released_after_its_stage_and_the_pixels_are_the_same(tiny_sets):
     """The UNet never shares memory with the text encoder or the decoder (issue 14's budget)."""
     from sd2tflite.runtime.litert import LiteRTComponents

@@ -18,7 +18,7 @@ from .conftest import SET_PRECISIONS, assert_one_line_error, run
 def reports(tiny_sets):
     from sd2tflite.verify.run import verify
 
-    return {quant: verify(tiny_sets[quant], steps=2) for quant in SET_PRECISIONS}
+    return {quant: verify(tiny_sets[quant]) for quant in SET_PRECISIONS}  # each precision's own step count
 
 
 @pytest.mark.parametrize("quant", SET_PRECISIONS)
@@ -35,6 +35,7 @@ def test_every_precision_passes_verify(reports, quant):
             assert check.figures["psnr_db"] >= min_psnr and check.figures["cosine"] >= min_cosine
         if check.group == "end-to-end":
             assert check.figures["psnr_db"] >= RECIPES[quant].min_image_psnr_db
+            assert check.figures["steps"] == RECIPES[quant].end_to_end_steps == (25 if quant == "int8" else 3)
 
 
 def test_fp32_is_near_exact(reports):

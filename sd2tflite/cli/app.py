@@ -78,7 +78,7 @@ def main() -> None:
               help="int8: keep operators in float: op types (SOFTMAX), tensor-name globs (*attention*), "
                    "and/or auto[:SNR_DB] (a search for the operator types that can be quantized while the "
                    "part keeps that SNR on held-out samples; default 20).")
-@click.option("--seed", default=0, show_default=True, type=int, help="int8: calibration data seed.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="int8: calibration data seed.")
 @click.option("--export-cache", default=None, type=click.Path(file_okay=False),
               help="Keep the exported SavedModels in this folder and reuse them when the same model is "
                    "converted to another precision (skips the export; ~4 bytes of disk per parameter).")
@@ -113,7 +113,7 @@ def convert(dry_run, verbose, quiet, max_part_bytes, weights, loras, **options):
               help="PNG to write (a batch writes out.png, out-1.png, ...).")
 @click.option("--steps", default=25, show_default=True, type=int)
 @click.option("--guidance", default=7.5, show_default=True, type=float, help="Classifier-free guidance scale.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the starting noise.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the starting noise.")
 @click.option("--negative-prompt", default=None, help="What to steer away from (default: the empty prompt).")
 @click.option("--noise", "noise_file", default=None, type=click.Path(dir_okay=False),
               help="Starting latent noise (.npy) instead of the seed: reproduce another implementation's run.")
@@ -184,7 +184,9 @@ def generate(model_dir, prompt, output, steps, guidance, seed, negative_prompt, 
 @click.argument("model_dir")
 @click.option("--weights", default=None,
               help="Reference weights (same forms as convert). Default: the ones the manifest records.")
-@click.option("--steps", default=3, show_default=True, type=int, help="End-to-end diffusion steps.")
+@click.option("--steps", default=None, type=int,
+              help="End-to-end diffusion steps (default: 3; 25 for the int8 modes, whose error only a finished "
+                   "picture shows).")
 @click.option("--end-to-end/--no-end-to-end", default=True, show_default=True,
               help="Also compare whole images against keras-cv's pipeline.")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
@@ -232,7 +234,7 @@ def verify(model_dir, weights, steps, end_to_end, json_path, vocab, threads, gpu
 @click.option("--steps", default=3, show_default=True, type=int, help="Diffusion steps per image.")
 @click.option("--image-repeats", default=1, show_default=True, type=int, help="Timed images (after a first one).")
 @click.option("--compare", multiple=True, help="Also time 'keras': keras-cv's jit_compile off and on.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the inputs and the noise.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the inputs and the noise.")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Write the report (JSON).")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
               help="Draw latency and size bars (PNG; needs the 'plot' extra: matplotlib).")

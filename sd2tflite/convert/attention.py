@@ -1,11 +1,20 @@
-"""Attention in query blocks, for the exported graph only.
+"""Attention as exported: UNet attention in query blocks, CLIP's causal mask kept finite.
 
 keras-cv's CrossAttention computes the whole score matrix at once: at 512x512 the 64x64-level
 self-attention holds 8 heads x 4096 x 4096 floats (0.5 GB) for the scores and as much again for
 the softmax, and LiteRT's activation arena must fit them. Softmax is per row, so computing the
 rows in blocks of queries gives the same numbers (bit for bit on the tiny UNet) while only one
-block's scores are alive at a time. `query_blocks()` swaps that computation in while a model is
-traced for export; the Keras model, its weights and every other use of it are unchanged.
+block's scores are alive at a time.
+
+keras-cv's CLIPAttention adds a causal mask of -inf to the text encoder's scores. In float that
+is exact; in int8 the scores share one range per tensor, and a range reaching -inf leaves no
+levels for the real scores (the int8 text encoder of the trained tiny model drew at chance). The
+exported graph instead sets each masked score to the row's lowest score minus CAUSAL_MASK_MARGIN:
+softmax gives it exp(-margin) at most relative to the row's largest kept score, zero in float32
+terms, and the tensor's range grows by the margin only.
+
+`export_attention()` swaps both in while a model is traced for export; the Keras model, its
+weights and every other use of it are unchanged.
 
 Keras and keras-cv are imported when used (plan.py reads QUERY_BLOCK for its build keys).
 """
@@ -18,6 +27,9 @@ from collections.abc import Iterator
 # Rows of the score matrix computed at once: 8 heads x 1024 x 4096 floats = 128 MiB at 512x512.
 # Part of every file's build key: another value is another graph.
 QUERY_BLOCK = 1024
+# How far below a row's lowest score a masked score goes: exp(-20) = 2e-9 of the kept scores'
+# weight, under float32's resolution even summed over 77 tokens. Part of the build key too.
+CAUSAL_MASK_MARGIN = 20.0
 
 
 def _blocked_call(self, inputs, context=None):
@@ -47,14 +59,40 @@ def _blocked_call(self, inputs, context=None):
     return self.out_proj(out)
 
 
-@contextlib.contextmanager
-def query_blocks() -> Iterator[None]:
-    """While active, every keras-cv CrossAttention computes its scores in query blocks."""
-    from keras_cv.src.models.stable_diffusion.diffusion_model import CrossAttention
+def _finite_mask_attention(self, inputs):
+    """CLIPAttention.call (causal, no mask given) with the mask as finite scores (module docstring)."""
+    import numpy as np
+    from keras_cv.src.backend import ops
 
-    original = CrossAttention.call
-    CrossAttention.call = _blocked_call
+    _, length, embed_dim = inputs.shape
+    heads = lambda x: ops.transpose(ops.reshape(x, (-1, length, self.num_heads, self.head_dim)), (0, 2, 1, 3))  # noqa: E731
+    q, k, v = heads(self.q_proj(inputs) * self.scale), heads(self.k_proj(inputs)), heads(self.v_proj(inputs))
+    scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # (batch, heads, query, key)
+    keep = np.tril(np.ones((1, 1, length, length), np.float32))  # a query sees itself and earlier tokens
+    floor = ops.min(scores, axis=-1, keepdims=True) - CAUSAL_MASK_MARGIN
+    # kept: the score; masked: the floor. Written so that the constant mask multiplies a full-size
+    # tensor: Android's GPU delegate refuses a MUL broadcasting [.., 77, 1] against [.., 77, 77].
+    scores = (scores - floor) * keep + floor
+    out = ops.matmul(ops.softmax(scores, axis=-1), v)
+    return self.out_proj(ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (-1, length, embed_dim)))
+
+
+@contextlib.contextmanager
+def export_attention() -> Iterator[None]:
+    """While active, every keras-cv CrossAttention computes its scores in query blocks and every
+    causal CLIPAttention masks with finite scores."""
+    from keras_cv.src.models.stable_diffusion.diffusion_model import CrossAttention
+    from keras_cv.src.models.stable_diffusion.text_encoder import CLIPAttention
+
+    originals = CrossAttention.call, CLIPAttention.call
+
+    def clip_call(self, inputs, attention_mask=None):
+        if attention_mask is not None or not self.causal:  # keras-cv's encoders never pass a mask
+            return originals[1](self, inputs, attention_mask)
+        return _finite_mask_attention(self, inputs)
+
+    CrossAttention.call, CLIPAttention.call = _blocked_call, clip_call
     try:
         yield
     finally:
-        CrossAttention.call = original
+        CrossAttention.call, CLIPAttention.call = originals

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.fsutil import temp_path
-from .attention import query_blocks
+from .attention import export_attention
 from ..core.precisions import RECIPES
 from .calibration.synthetic import synthetic_samples
 from .plan import SIGNATURE_KEY, PlannedArtifact, plan_component, split_summary, calibration_identity
@@ -97,7 +97,7 @@ def export_saved_model(model, artifact: PlannedArtifact, directory: str) -> None
     module = tf.Module()
     module.model_variables = [v.value for v in model.variables]
     module.serve = serve
-    with query_blocks():  # the UNet's attention in query blocks: a smaller LiteRT arena (attention.py)
+    with export_attention():  # UNet attention in query blocks, CLIP's causal mask finite (attention.py)
         tf.saved_model.save(
             module, directory, signatures={SIGNATURE_KEY: serve.get_concrete_function()}
         )

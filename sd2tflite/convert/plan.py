@@ -105,6 +105,7 @@ def _keys(request: ConvertRequest, component: str, part_fields: dict) -> dict[st
         "calibration": calibration_identity(request),
         "keep_float": request.keep_float.to_json() if request.keep_float else None,
         "attention_query_block": attention.QUERY_BLOCK,  # the exported graph's shape (attention.py)
+        "causal_mask_margin": attention.CAUSAL_MASK_MARGIN,
         **part_fields,
     }
     export = {k: v for k, v in identity.items() if k not in _PRECISION_FIELDS}

@@ -72,6 +72,8 @@ def convert_stage(artifact: PlannedArtifact, quant: str, out_dir: str, keep_floa
         named = ", ".join(f"{op} ×{n}" for op, n in op_stats["float_ops"].items())
         raise ConversionError(
             f"{artifact.file_name}: no integer-only kernel for {named}: use --quant int8 (float fallback)")
+    if samples:
+        _check_it_runs(artifact.file_name, data, samples[0], quant)
     target = Path(out_dir) / artifact.file_name
     write_bytes_atomic(target, data)
     digest = hashlib.sha256(data).hexdigest()  # of the bytes in memory: no second read
@@ -86,6 +88,20 @@ def convert_stage(artifact: PlannedArtifact, quant: str, out_dir: str, keep_floa
         "seconds": round(time.monotonic() - start, 2),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
+
+
+def _check_it_runs(file_name: str, data: bytes, sample: dict[str, np.ndarray], quant: str) -> None:
+    """One LiteRT call on a calibration sample before the file is written. The converter emits
+    some integer operators LiteRT has no kernel for (int16x8's SQUARED_DIFFERENCE, from
+    GroupNormalization's variance): such a file would convert, then fail in generate and verify."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        Interpreter(model_content=data).get_signature_runner(SIGNATURE_KEY)(**sample)
+    except (RuntimeError, ValueError) as exc:
+        reason = " ".join(str(exc).split()).split("Node number")[0].strip().rstrip(".")
+        raise ConversionError(f"{file_name} converts in {quant}, but LiteRT cannot run it ({reason}): use "
+                              f"--quant int8 for this component (--components picks which to convert)") from exc
 
 
 @contextlib.contextmanager

@@ -21,7 +21,8 @@ class QuantRecipe:
     # Parity against the float Keras model on seeded inputs (PSNR over the reference's range).
     min_psnr_db: float
     min_cosine: float
-    # End to end: PSNR of the LiteRT pipeline's uint8 images against keras-cv's (peak 255).
+    # End to end: PSNR of the LiteRT pipeline's uint8 images against keras-cv's (peak 255), after
+    # `end_to_end_steps` steps unless verify is told otherwise.
     min_image_psnr_db: float
     # Component-specific (min_psnr_db, min_cosine) where the mode is known to do worse.
     overrides: tuple[tuple[str, float, float], ...] = ()
@@ -32,6 +33,7 @@ class QuantRecipe:
     supported_ops: tuple[str, ...] = ("TFLITE_BUILTINS",)  # tf.lite.OpsSet members
     # After converting, any operator left with float activations is an error (int8-strict).
     integer_only: bool = False
+    end_to_end_steps: int = 3
 
     def tolerance(self, component: str) -> tuple[float, float]:
         for name, psnr, cosine in self.overrides:
@@ -46,12 +48,13 @@ class QuantRecipe:
                 "integer_only": self.integer_only}
 
 
-# int8 activations calibrated on synthetic data (tiny model, random weights, verify's inputs): CLIP
-# encoder 22.0 dB / cosine 0.76, decoder 25.2 dB / 0.75, whole images 9.6 dB. These bars catch
-# outright garbage only; recorded calibration and --keep-float are measured on held-out pipeline
-# inputs instead (quality.py, README "int8 that holds up").
-_INT8_BARS = dict(min_psnr_db=22.0, min_cosine=0.95, min_image_psnr_db=8.0,
-                  overrides=(("text_encoder", 15.0, 0.5), ("decoder", 20.0, 0.6)))
+# int8, measured on the trained tiny model (verify's inputs; scripts/results/quality-tiny.json has
+# the sets): components 28.8-46.7 dB / cosine >= 0.970 with either calibration, the text encoder
+# lowest. Whole images: after 3 steps guidance 7.5 turns int8's error into another picture (7.5-12.6
+# dB, no better than a flat gray image's 10.5 dB), so the check runs 25 steps, where the int8 sets
+# measure 16.6-18.6 dB and other pictures of the same prompt (other seeds) 7.1-11.0 dB.
+_INT8_BARS = dict(min_psnr_db=22.0, min_cosine=0.95, min_image_psnr_db=13.0, end_to_end_steps=25,
+                  overrides=(("text_encoder", 25.0, 0.95),))
 # Integer kernels where they exist, float fallback elsewhere; inputs and outputs stay float32
 # either way (the pipeline feeds floats).
 _WEIGHTS = dict(optimizations=("DEFAULT",))

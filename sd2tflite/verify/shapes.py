@@ -91,6 +91,13 @@ def training_scenes() -> list[Scene]:
     return [s for s in all_scenes() if not is_held_out(s)]
 
 
+def calibration_captions(count: int = 8) -> list[str]:
+    """Training captions spread over the grammar (never a held-out one): the prompts to record int8
+    calibration from, as a user would calibrate on prompts like the ones they draw."""
+    scenes = training_scenes()
+    return [scenes[i * len(scenes) // count + 7].caption for i in range(count)]
+
+
 def held_out_prompts(count: int | None = None) -> list[tuple[str, int]]:
     """(caption, seed) of the held-out set: combinations training never saw, each with a fixed seed
     for its noise (and for its reference picture). `count`: the first COUNT, spread over the set."""
