@@ -9,7 +9,12 @@ runs it on the same inputs and compares with the PyTorch outputs. No torch here 
 Per component: largest absolute error and that error / max(1, output scale), against the reference
 with keras-cv's numerics (the weight mapping alone; bar 1e-4, as tests/test_checkpoint.py holds
 the tiny fixtures) and against diffusers / transformers unchanged (keras-cv's own numerics on top;
-bar 1e-2). Exits 1 if a bar is exceeded or the inferred architecture is not keras-cv's v1 / v2.
+bar 1e-2). A component over 1e-4 in float32 is built again as a float64 Keras model from the same
+imported weights, and the 1e-4 bar applies to that: a mapping error stays in float64, float32
+rounding in the Keras model goes (the full-size VAE: keras' GroupNormalization reduces its
+statistics over up to 512x512x4 values in float32, which costs ~3e-4 of the decoder's output
+scale; the float32 model is then held to the 1e-2 bar of keras-cv's own numerics). Exits 1 if a
+bar is exceeded or the inferred architecture is not keras-cv's v1 / v2.
 The JSON (one entry per family, merged with the families already in it) records the figures, time
 and peak RSS per component, versions of both sides and the commands.
 """
@@ -84,11 +89,35 @@ def compare(out: np.ndarray, ref: np.ndarray) -> tuple[float, float, float]:
     return err, scale, err / scale
 
 
+def run_component(ckpt, component: str, g: dict, dtype: str):
+    """Builds the component in `dtype` with the checkpoint's weights and runs every call of it:
+    ({label: (golden key, output)}, build seconds, {label: run seconds})."""
+    import keras
+
+    h, w = image_size(component, g)
+    keras.config.set_dtype_policy(dtype)
+    try:
+        s = time.monotonic()
+        model = ckpt.build(component, h, w)
+        build_s = time.monotonic() - s
+        out, run_s = {}, {}
+        for label, inputs, key in runs(component, g):
+            inputs = [x.astype(dtype) if x.dtype.kind == "f" else x for x in inputs]
+            s = time.monotonic()
+            y = model(inputs if len(inputs) > 1 else inputs[0], training=False)
+            out[label] = (key, np.asarray(y).astype(np.float32 if dtype == "float32" else np.float64))
+            run_s[label] = time.monotonic() - s
+        del model, y
+    finally:
+        keras.backend.clear_session()  # also resets the dtype policy
+        keras.config.set_dtype_policy("float32")
+        gc.collect()
+    return out, build_s, run_s
+
+
 def check_family(ref_dir: Path, family: str, log=print) -> dict:
     """Builds, runs and compares every component of one family; returns its record (`ok` says
     whether every bar holds)."""
-    import keras
-
     ckpt_path, golden_path, ref_path = paths(ref_dir, family)
     t0 = time.monotonic()
     with np.load(golden_path) as z:
@@ -99,31 +128,35 @@ def check_family(ref_dir: Path, family: str, log=print) -> dict:
         f"{arch_ok}")
     rows, ok = [], arch_ok and ckpt.family == family
     for component in COMPONENTS:
-        h, w = image_size(component, g)
-        s = time.monotonic()
-        model = ckpt.build(component, h, w)
-        build_s = time.monotonic() - s
-        for label, inputs, key in runs(component, g):
-            s = time.monotonic()
-            out = np.asarray(model(inputs if len(inputs) > 1 else inputs[0], training=False))
-            run_s = time.monotonic() - s
-            err, scale, rel = compare(out, g[key])
-            err_x, _, rel_x = compare(out, g[f"{key}_exact"])
-            passed = rel < TIGHT and rel_x < EXACT
-            ok &= passed
-            row = {"component": label, "shape": list(out.shape), "output_scale": round(scale, 4),
+        out, build_s, run_s = run_component(ckpt, component, g, "float32")
+        fp64 = None
+        if any(compare(y, g[key])[2] >= TIGHT for key, y in out.values()):
+            # Over the bar in float32: the same imported weights in a float64 model tell a mapping
+            # error (stays) from float32 rounding in the Keras model (goes; the VAE at full size)
+            fp64, build64_s, run64_s = run_component(ckpt, component, g, "float64")
+        for label, (key, y) in out.items():
+            err, scale, rel = compare(y, g[key])
+            err_x, _, rel_x = compare(y, g[f"{key}_exact"])
+            row = {"component": label, "shape": list(y.shape), "output_scale": round(scale, 4),
                    "max_abs_err": err, "err_over_scale": rel,
                    "max_abs_err_vs_unchanged": err_x, "err_over_scale_vs_unchanged": rel_x,
-                   "pass": passed, "build_seconds": round(build_s, 1), "run_seconds": round(run_s, 1),
-                   "peak_rss_gb_so_far": round(peak_rss_gb(), 2)}
+                   "build_seconds": round(build_s, 1), "run_seconds": round(run_s[label], 1)}
+            mapping = rel
+            if fp64 is not None:
+                err64, _, mapping = compare(fp64[label][1], g[key])
+                row.update({"max_abs_err_float64_model": err64, "err_over_scale_float64_model": mapping,
+                            "float64_build_seconds": round(build64_s, 1),
+                            "float64_run_seconds": round(run64_s[label], 1)})
+            passed = mapping < TIGHT and rel < EXACT and rel_x < EXACT
+            ok &= passed
+            row.update({"mapping_checked_in": "float32" if fp64 is None else "float64", "pass": passed,
+                        "peak_rss_gb_so_far": round(peak_rss_gb(), 2)})
             rows.append(row)
-            log(f"{family} {label}: max abs err {err:.2e}, / scale {scale:.2f} = {rel:.2e} (bar {TIGHT:g}); "
+            note = "" if fp64 is None else f"; float64 model {row['max_abs_err_float64_model']:.2e} = {mapping:.2e}"
+            log(f"{family} {label}: max abs err {err:.2e}, / scale {scale:.2f} = {rel:.2e}{note} (bar {TIGHT:g}); "
                 f"vs unchanged {err_x:.2e} = {rel_x:.2e} (bar {EXACT:g}); {'ok' if passed else 'FAIL'} "
-                f"[build {build_s:.0f} s, run {run_s:.0f} s, peak RSS {peak_rss_gb():.2f} GB]")
+                f"[build {build_s:.0f} s, run {run_s[label]:.0f} s, peak RSS {peak_rss_gb():.2f} GB]")
             build_s = 0.0
-        del model
-        keras.backend.clear_session()
-        gc.collect()
     reference = json.loads(ref_path.read_text())
     return {
         "ok": ok,

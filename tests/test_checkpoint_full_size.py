@@ -1,5 +1,5 @@
 """Full-size SD 1.5 / SD 2.1-base single files imported and compared with diffusers / transformers
-outputs (slow: builds every full-size component; ~10 GB of RAM, minutes per family).
+outputs (slow: builds every full-size component; ~8 GB of RAM, ~3 minutes per family).
 
 The reference files are not in git (2-2.6 GB each, made with torch): run
 `scripts/make_full_size_agreement.py v1 v2` in a torch venv first; without them the test skips.
@@ -36,5 +36,7 @@ def test_full_size_checkpoint_matches_diffusers(family):
     assert rec["architecture_is_keras_cv"], rec["architecture"]
     assert len(rec["components"]) == 6  # text encoder, UNet at 3 timesteps, decoder, image encoder
     for row in rec["components"]:
-        assert row["err_over_scale"] < check.TIGHT, row
-        assert row["err_over_scale_vs_unchanged"] < check.EXACT, row
+        # the mapping: the float32 model, or the float64 one where float32 rounding exceeds the bar (VAE)
+        assert row.get("err_over_scale_float64_model", row["err_over_scale"]) < check.TIGHT, row
+        assert row["err_over_scale"] < check.EXACT and row["err_over_scale_vs_unchanged"] < check.EXACT, row
+    assert rec["ok"]
