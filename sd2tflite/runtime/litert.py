@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ManifestError
-from ..core.quiet import native_stderr_muted
+from ..core.quiet import QUIET_ENV, native_stderr_muted
 from ..core.manifest import Artifact, Manifest, load_manifest, path_in_set
 from . import weight_cache as xnn_cache
 
@@ -61,11 +61,16 @@ def _cached_runner(path: Path, signature_key: str, threads: int, folder: Path):
 
 
 def _drop_environment() -> None:
-    """At exit, the environment's shutdown lines (DestroyAccelerator ...) are muted too."""
+    """At exit, the environment's shutdown lines (DestroyAccelerator ...) are muted too. The
+    TensorBuffer wrapper's own environment lives until C++ tears down, after every Python exit
+    handler: under -q, file descriptor 2 stays on /dev/null from here on."""
     global _environment
     with native_stderr_muted(always=True):
         _environment = None
         gc.collect()
+    if os.environ.get(QUIET_ENV):
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
 
 
 class CompiledRunner:
@@ -87,13 +92,15 @@ class CompiledRunner:
             options = Options(HardwareAccelerator.CPU, cpu_options=CpuOptions(
                 num_threads=threads, xnnpack_weight_cache_path=str(cache_file)))
             self.model = CompiledModel.from_file(str(path), environment=_environment, options=options)
-        self.key = signature_key
-        self.outputs = {name: (tuple(int(d) for d in spec["shape"]), np.dtype(spec["dtype"]))
-                        for name, spec in self.model.get_output_tensor_details(signature_key).items()}
-        self.inputs = {name: self.model.create_input_buffer_by_name(signature_key, name)
-                       for name in self.model.get_input_tensor_details(signature_key)}
-        self.output_buffers = {name: self.model.create_output_buffer_by_name(signature_key, name)
-                               for name in self.outputs}
+            self.key = signature_key
+            self.outputs = {name: (tuple(int(d) for d in spec["shape"]), np.dtype(spec["dtype"]))
+                            for name, spec in self.model.get_output_tensor_details(signature_key).items()}
+            inputs = self.model.get_input_tensor_details(signature_key)
+            self.inputs = {name: self.model.create_input_buffer_by_name(signature_key, name) for name in inputs}
+            self.output_buffers = {name: self.model.create_output_buffer_by_name(signature_key, name)
+                                   for name in self.outputs}
+            for name, spec in inputs.items():  # the first write creates the wrapper's environment (logged)
+                self.inputs[name].write(np.zeros([int(d) for d in spec["shape"]], np.dtype(spec["dtype"])))
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         if set(inputs) != set(self.inputs):
