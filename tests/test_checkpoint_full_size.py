@@ -1,5 +1,5 @@
 """Full-size SD 1.5 / SD 2.1-base single files imported and compared with diffusers / transformers
-outputs (slow: builds every full-size component; ~8 GB of RAM, ~3 minutes per family).
+outputs (slow: builds every full-size component; both families: 9.7 min, peak RSS 8.9 GB here).
 
 The reference files are not in git (2-2.6 GB each, made with torch): run
 `scripts/make_full_size_agreement.py v1 v2` in a torch venv first; without them the test skips.
