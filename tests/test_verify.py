@@ -117,3 +117,24 @@ def test_escaping_manifest_path_fails_verify(tiny_sets, tmp_path):
 
 def test_usage_errors_exit_2(tiny_sets):
     assert_one_line_error(run(["verify", str(tiny_sets["fp32"]), "--steps", "0", "-q"]), 2, "--steps")
+
+
+def test_a_file_litert_cannot_run_fails_its_check_and_verify_goes_on(fp32_set, monkeypatch):
+    """An operator without a kernel (int16x8's SQUARED_DIFFERENCE once was) fails at the first call:
+    a failed parity line with LiteRT's reason, the end-to-end check skipped, no traceback."""
+    from sd2tflite.runtime import litert
+    from sd2tflite.verify.run import verify
+
+    original = litert.LiteRTComponent.__call__
+
+    def call(self, **inputs):
+        if self.parts[0].component == "diffusion":
+            raise RuntimeError("SquaredDifference only supports FLOAT32 and INT32 now, got 7.Node number 160 "
+                               "(SQUARED_DIFFERENCE) failed to invoke.")
+        return original(self, **inputs)
+
+    monkeypatch.setattr(litert.LiteRTComponent, "__call__", call)
+    report = verify(fp32_set, steps=1)
+    failed = {c.name: c.detail for c in report.checks if not c.passed}
+    assert failed == {"diffusion": "LiteRT cannot run it: SquaredDifference only supports FLOAT32 and INT32 now, got 7",
+                      "pipeline": "not run: diffusion failed an earlier check"}, failed

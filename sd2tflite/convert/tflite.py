@@ -96,11 +96,12 @@ def _check_it_runs(file_name: str, data: bytes, sample: dict[str, np.ndarray], q
     GroupNormalization's variance): such a file would convert, then fail in generate and verify."""
     from ai_edge_litert.interpreter import Interpreter
 
+    from ..runtime.litert import invoke_failure
+
     try:
         Interpreter(model_content=data).get_signature_runner(SIGNATURE_KEY)(**sample)
     except (RuntimeError, ValueError) as exc:
-        reason = " ".join(str(exc).split()).split("Node number")[0].strip().rstrip(".")
-        raise ConversionError(f"{file_name} converts in {quant}, but LiteRT cannot run it ({reason}): use "
+        raise ConversionError(f"{file_name} converts in {quant}, but LiteRT cannot run it ({invoke_failure(exc)}): use "
                               f"--quant int8 for this component (--components picks which to convert)") from exc
 
 

@@ -19,6 +19,12 @@ from ..core.manifest import Artifact, Manifest, load_manifest, path_in_set
 from . import weight_cache as xnn_cache
 
 
+def invoke_failure(exc: Exception) -> str:
+    """LiteRT's reason for a failed call, without its node dump ("Node number 160 (...) failed to
+    invoke"): the part a user can act on."""
+    return " ".join(str(exc).split()).split("Node number")[0].strip().rstrip(".") or type(exc).__name__
+
+
 def signature_runner(path: Path, signature_key: str, num_threads: int | None = None,
                      weight_cache: Path | None = None):
     """A file's signature runner, ready to call: named arrays in, a dict of named arrays out.

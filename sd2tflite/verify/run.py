@@ -20,7 +20,7 @@ from ..core.manifest import MANIFEST_NAME
 from ..core.precisions import RECIPES
 from ..core.registry import FAMILIES, PIPELINE_COMPONENTS
 from ..runtime.integrity import Check, check_integrity, description_holds
-from ..runtime.litert import LiteRTComponents
+from ..runtime.litert import LiteRTComponents, invoke_failure
 from ..runtime.pipeline import Pipeline
 from ..runtime.tokenizer import load_tokenizer
 from .checks import GUIDANCE, VERIFY_PROMPTS, VERIFY_TIMESTEPS, component_check, end_to_end_check, parity_inputs
@@ -77,7 +77,7 @@ def verify(directory: Path, weights: str | None = None, vocab: Path | None = Non
                                                  samples[component], manifest.quant))
         except RuntimeError as exc:  # LiteRT cannot invoke the file (e.g. an operator without a kernel)
             broken.add(component)
-            report.checks.append(Check("parity", component, False, f"LiteRT cannot run it: {_first_line(exc)}",
+            report.checks.append(Check("parity", component, False, f"LiteRT cannot run it: {invoke_failure(exc)}",
                                        component=component))
     pipeline_parts = set(PIPELINE_COMPONENTS)
     if RECIPES[manifest.quant].needs_calibration and pipeline_parts <= set(manifest.components) - broken:
@@ -101,9 +101,5 @@ def verify(directory: Path, weights: str | None = None, vocab: Path | None = Non
             except NumericsError as exc:
                 report.checks.append(Check("end-to-end", "pipeline", False, str(exc)))
             except RuntimeError as exc:
-                report.checks.append(Check("end-to-end", "pipeline", False, f"LiteRT failed: {_first_line(exc)}"))
+                report.checks.append(Check("end-to-end", "pipeline", False, f"LiteRT failed: {invoke_failure(exc)}"))
     return report
-
-
-def _first_line(exc: Exception) -> str:
-    return " ".join(str(exc).split()).split("Node number")[0].strip() or type(exc).__name__
