@@ -50,8 +50,12 @@ def expected_stages(directory, with_parts=True) -> set[str]:
 def assert_positive_figures(case):
     assert case["peak_rss_bytes"] > 0 and case["wall_seconds"] > 0
     for stage in case["stages"]:
-        for key in TIMED + ("load_seconds",):
+        # A LiteRT image loads its components inside, as `generate` does: no load figure of its own.
+        loads_inside = case["backend"] == "litert" and stage["kind"] in ("image", "step")
+        for key in TIMED + (() if loads_inside else ("load_seconds",)):
             assert stage[key] > 0, (case["backend"], stage["name"], key, stage[key])
+        if loads_inside:
+            assert stage["load_seconds"] is None
         assert stage["times"] and all(t > 0 for t in stage["times"])
         if stage["kind"] != "step":
             assert stage["first_seconds"] > 0
@@ -77,6 +81,44 @@ def test_report_validates_and_every_number_is_positive(litert_report, tiny_sets)
             assert stages[name]["bytes"] == a.bytes
         assert stages["diffusion"]["bytes"] == sum(a.bytes for a in manifest.parts_of("diffusion"))
         assert len(stages["image"]["times"]) == 1 and len(stages["unet_step"]["times"]) == 1
+
+
+def test_litert_cases_run_as_generate_does_with_the_weight_cache(litert_report, tiny_sets):
+    """bench's LiteRT figures are generate's: every file's XNNPACK weights in a cache file (mapped,
+    so file-backed), and the RSS of every stage split into anonymous and file-backed memory."""
+    from sd2tflite.runtime.integrity import file_sha256
+    from sd2tflite.runtime.weight_cache import cache_file, default_cache_dir, is_complete
+
+    _, report, _ = litert_report
+    assert report["settings"]["weight_cache"] is True
+    for quant in ("fp32", "dynamic"):
+        for a in load_manifest(tiny_sets[quant]).artifacts:
+            assert is_complete(cache_file(file_sha256(tiny_sets[quant] / a.path, reuse=True), default_cache_dir())), a.path
+    for case in report["cases"]:
+        for stage in case["stages"]:
+            anon, file = stage["peak_anon_bytes"], stage["peak_file_bytes"]
+            assert 0 < anon <= stage["peak_rss_bytes"] and 0 < file <= stage["peak_rss_bytes"], stage["name"]
+            assert anon + file >= stage["peak_rss_bytes"]  # each is its own maximum
+
+
+def test_bench_images_release_each_component_after_its_stage(tiny_sets):
+    """The image stage's pipeline sees components through a logging view that still releases them:
+    after an image nothing stays loaded, the log has every call, and the pixels are generate's."""
+    from sd2tflite.bench.measure import CallLog
+    from sd2tflite.bench.worker import _LoggedComponents, _tokenizer
+    from sd2tflite.runtime.litert import LiteRTComponents
+    from sd2tflite.runtime.pipeline import GenerateSettings, Pipeline
+
+    manifest = load_manifest(tiny_sets["fp32"])
+    settings = GenerateSettings("a red circle", steps=2)
+    tokenizer = _tokenizer(manifest.family, None)
+    components, log = LiteRTComponents(tiny_sets["fp32"], manifest), CallLog()
+    logged = Pipeline(_LoggedComponents(components, log), manifest.model_dims, tokenizer).generate(settings)
+    assert components._loaded == {}
+    assert [name for name, _ in log.calls] == ["text_encoder"] * 2 + ["diffusion"] * 4 + ["decoder"]
+    plain = Pipeline(LiteRTComponents(tiny_sets["fp32"], manifest, release_unused=False), manifest.model_dims,
+                     tokenizer).generate(settings)
+    assert (logged.images == plain.images).all()
 
 
 def test_table_lists_every_stage_of_every_set(litert_report, tiny_sets):

@@ -107,13 +107,37 @@ def test_automatic_selective_quantization_reaches_a_target_plain_int8_misses(rec
     assert 0.1 < selective["quantized_op_share"] < plain["quantized_op_share"]
 
 
+def test_int8_runs_attention_in_float_by_default(tiny_sets):
+    """LiteRT has only a scalar reference kernel for an int8 BATCH_MATMUL of two activations and
+    XNNPACK refuses it: at 512x512 it took 79-81 % of the full-size UNet's 64x64-level parts. The
+    int8 recipe keeps every attention matmul and softmax float (XNNPACK runs those), the rest int8."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from sd2tflite.convert.calibration.selective import operator_names
+
+    manifest = load_manifest(tiny_sets["int8"])
+    for artifact in manifest.artifacts:
+        data = (tiny_sets["int8"] / artifact.path).read_bytes()
+        model = schema.Model.GetRootAsModel(data, 0)
+        names, graph = operator_names(model), model.Subgraphs(0)
+        present = {op: sum(names[graph.Operators(i).OpcodeIndex()] == op for i in range(graph.OperatorsLength()))
+                   for op in ("BATCH_MATMUL", "SOFTMAX")}
+        stats = artifact.op_stats
+        for op, count in present.items():  # every one of them float
+            assert stats["float_ops"].get(op, 0) == count, (artifact.path, op, count, stats["float_ops"])
+        assert stats["kept_float"]["kept_ops"] == [op for op in ("BATCH_MATMUL", "SOFTMAX") if present[op]]
+        assert stats["quantized_ops"] / stats["ops"] > 0.6, (artifact.path, stats)
+        if artifact.component == "diffusion":
+            assert present["BATCH_MATMUL"] > 0 and present["SOFTMAX"] > 0
+
+
 def test_keep_float_by_op_type(tmp_path):
     from sd2tflite.convert.orchestrate import convert
 
     result = convert(tiny_request(tmp_path / "keep", quant="int8", components="decoder", keep_float="CONV_2D",
                                   calibration="synthetic"))
     stats = result.manifest.artifacts[0].op_stats
-    assert stats["kept_float"]["kept_ops"] == ["CONV_2D"]
+    assert stats["kept_float"]["kept_ops"] == ["BATCH_MATMUL", "SOFTMAX", "CONV_2D"]  # int8's own, then ours
     assert stats["quantized_ops"] <= stats["ops"] - 20  # the decoder's 20 convolutions run in float
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from sd2tflite.core.errors import PlanError
+from sd2tflite.convert.plan import estimate_converter_rss, params_within_memory
 from sd2tflite.convert.split import GraphNode, GraphSummary, plan_split
 
 from .conftest import seeded_inputs, tiny_request
@@ -65,6 +69,31 @@ def test_min_parts_and_wiring_with_skip_tensor():
 def test_impossible_cap_is_a_clear_error():
     with pytest.raises(PlanError, match="raise --max-part-bytes"):
         plan_split(chain_graph([50_000_000]), bytes_per_weight=4, max_part_bytes=10 << 20)
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "scripts" / "results"
+V1_UNET_PARAMS = 859_520_964
+
+
+def test_memory_model_covers_every_recorded_full_size_conversion():
+    """The plan's estimate for the largest file of each recorded v1 conversion (every precision,
+    256 and 512, two machines) is at least the whole process tree's measured peak."""
+    runs = sorted(RESULTS.glob("convert-v1-*.json"))
+    assert len(runs) >= 10
+    for path in runs:
+        run = json.loads(path.read_text())
+        estimate = max(estimate_converter_rss(f["params"], run["quant"]) for f in run["files"])
+        assert estimate >= run["peak_tree_rss_bytes"], (path.name, estimate, run["peak_tree_rss_bytes"])
+
+
+def test_default_budget_of_a_24_gb_machine_splits_the_dynamic_unet():
+    """80 % of 24 GB: the old model (5.3 bytes per float byte) planned one dynamic part, whose tree
+    peaked at 20.8 GB; two parts of ~430M parameters measured 11.1 GB."""
+    budget = int(0.8 * 24e9)
+    assert params_within_memory(budget, "dynamic") < V1_UNET_PARAMS
+    assert estimate_converter_rss(V1_UNET_PARAMS, "dynamic") > 20.8e9
+    assert estimate_converter_rss(V1_UNET_PARAMS // 2, "dynamic") < budget
+    assert params_within_memory(budget, "int8") < params_within_memory(budget, "fp32")
 
 
 def test_keras_parts_reproduce_unsplit_unet(keras_models, tiny_dims):

@@ -43,12 +43,13 @@ class BenchRequest:
     compare: tuple[str, ...] = ()
     seed: int = 0
     vocab: Path | None = None
+    weight_cache: bool = True  # LiteRT as `generate` runs it: XNNPACK's packed weights in cache files
 
     def settings(self) -> dict:
         return {"threads": list(self.threads or (os.cpu_count() or 1,)), "repeats": self.repeats,
                 "warmup": self.warmup, "steps": self.steps, "image_repeats": self.image_repeats,
                 "compare": list(self.compare), "seed": self.seed, "guidance": GUIDANCE,
-                "prompt": BENCH_PROMPT, "timestep": TIMESTEP}
+                "prompt": BENCH_PROMPT, "timestep": TIMESTEP, "weight_cache": self.weight_cache}
 
 
 def _check_request(request: BenchRequest) -> None:
@@ -81,9 +82,17 @@ def plan_cases(request: BenchRequest, manifests: list) -> list[dict]:
                 cases.append({"directory": str(directory), "backend": backend, "threads": threads,
                               "quant": manifest.quant if backend == "litert" else "fp32",
                               "family": manifest.family, "dims": manifest.dims, "reference": reference,
-                              **{k: v for k, v in request.settings().items() if k not in ("threads", "compare")},
+                              **{k: v for k, v in request.settings().items()
+                                 if k not in ("threads", "compare", "weight_cache")},
+                              "weight_cache": _weight_cache_dir(request) if backend == "litert" else None,
                               "vocab": str(request.vocab) if request.vocab else None})
     return cases
+
+
+def _weight_cache_dir(request: BenchRequest) -> str | None:
+    from ..runtime.weight_cache import default_cache_dir
+
+    return str(default_cache_dir()) if request.weight_cache else None
 
 
 def _reference_key(manifest, threads: int) -> str:

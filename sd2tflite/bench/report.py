@@ -7,7 +7,7 @@ from ..core.errors import SD2TFLiteError
 from ..core.schema import schema_problems
 
 BACKENDS = {
-    "litert": "LiteRT (ai-edge-litert interpreter, XNNPACK)",
+    "litert": "LiteRT (ai-edge-litert, XNNPACK; as `generate` runs it unless --no-weight-cache)",
     "keras": "Keras, keras-cv's jit_compile=False (predict_on_batch)",
     "keras-xla": "Keras, keras-cv's jit_compile=True (XLA)",
 }
@@ -32,6 +32,9 @@ _STAGE_SCHEMA = {
         "p90_seconds": {"type": "number"},
         "times": {"type": "array", "items": {"type": "number"}},
         "peak_rss_bytes": {"type": "integer"},  # process RSS peak while this stage ran (sampled)
+        # Its anonymous and file-backed parts, each its own maximum (absent in older reports).
+        "peak_anon_bytes": {"type": "integer"},
+        "peak_file_bytes": {"type": "integer"},
     },
 }
 
@@ -123,7 +126,7 @@ def markdown(cases: list[dict]) -> str:
     references = _reference_medians(cases)
     ratio_backends = [b for b in ("keras", "keras-xla") if any(c["backend"] == b for c in cases)]
     header = ["case", "backend", "stage", "file MiB", "load s", "first s", "median s", "p90 s",
-              "peak RSS GB"] + [f"{b} / this" for b in ratio_backends]
+              "peak RSS GB", "anon GB", "file GB"] + [f"{b} / this" for b in ratio_backends]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---:|" * (len(header) - 3)]
     fmt = lambda v, spec=".3f": "–" if v is None else format(v, spec)  # noqa: E731
     for case in cases:
@@ -138,8 +141,16 @@ def markdown(cases: list[dict]) -> str:
             lines.append("| " + " | ".join([
                 case_label(case), case["backend"], s["name"], fmt(mib, ",.1f"), fmt(s["load_seconds"]),
                 fmt(s["first_seconds"]), fmt(s["median_seconds"]), fmt(s["p90_seconds"]),
-                fmt(s["peak_rss_bytes"] / 1e9, ".2f"), *ratios]) + " |")
+                fmt(s["peak_rss_bytes"] / 1e9, ".2f"), *(fmt(_gb(s.get(k)), ".2f") for k in _SPLIT),
+                *ratios]) + " |")
     return "\n".join(lines)
+
+
+_SPLIT = ("peak_anon_bytes", "peak_file_bytes")
+
+
+def _gb(value: int | None) -> float | None:
+    return None if value is None else value / 1e9
 
 
 def _litert_reference(case: dict, cases: list[dict]) -> str | None:

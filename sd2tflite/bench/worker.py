@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +30,13 @@ def _stage(name: str, kind: str, load: Callable[[], object], run: Callable[[obje
         load_seconds = time.perf_counter() - start
         figures = measure(lambda: run(loaded), case["repeats"], case["warmup"])
     return {"name": name, "kind": kind, "bytes": file_bytes, "load_seconds": load_seconds, **figures,
-            "peak_rss_bytes": rss.peak}, loaded
+            **_peaks(rss)}, loaded
+
+
+def _peaks(rss: PeakTreeRSS) -> dict:
+    """Peak RSS, and its anonymous and file-backed parts (each its own maximum): file-backed pages
+    (mapped .tflite and weight-cache files) are what a phone can drop, anonymous ones are not."""
+    return {"peak_rss_bytes": rss.peak, "peak_anon_bytes": rss.peak_anon, "peak_file_bytes": rss.peak_file}
 
 
 def bench_inputs(dims, seed: int) -> dict[str, dict]:
@@ -53,7 +60,7 @@ def _image_stage(name: str, make_run: Callable[[CallLog], Callable[[], object]],
             log = CallLog()
             times.append(seconds(make_run(log)))
             steps += log.step_seconds()
-    common = {"bytes": None, "load_seconds": load_seconds, "peak_rss_bytes": rss.peak}
+    common = {"bytes": None, "load_seconds": load_seconds, **_peaks(rss)}
     return [{"name": "unet_step", "kind": "step", **common, "first_seconds": None, **summary(steps)},
             {"name": name, "kind": "image", **common, "first_seconds": first, **summary(times)}]
 
@@ -65,12 +72,15 @@ def _noise(dims, seed: int):
 
 
 def run_litert_case(case: dict) -> list[dict]:
-    """Every part, every component (UNet chained), then whole images through sd2tflite's pipeline."""
+    """Every part, every component (UNet chained), then whole images as `generate` makes them:
+    sd2tflite's pipeline, each component loaded when its stage starts and released after, XNNPACK's
+    packed weights in cache files unless the case says otherwise."""
     from ..core.manifest import load_manifest, path_in_set
     from ..runtime.pipeline import GenerateSettings, Pipeline
     from ..runtime.litert import LiteRTComponents, load_component, signature_runner
 
     directory, threads = Path(case["directory"]), case["threads"]
+    cache = Path(case["weight_cache"]) if case.get("weight_cache") else None
     manifest = load_manifest(directory)
     dims = manifest.model_dims
     inputs = bench_inputs(dims, case["seed"])
@@ -83,30 +93,48 @@ def run_litert_case(case: dict) -> list[dict]:
                 feed = {s.name: values[s.name].astype(s.dtype) for s in part.inputs}
                 stage, runner = _stage(
                     f"{component}_part{part.part}", "part",
-                    lambda p=part: signature_runner(path_in_set(directory, p.path), p.signature_key, threads),
+                    lambda p=part: signature_runner(path_in_set(directory, p.path), p.signature_key, threads, cache),
                     lambda r, f=feed: r(**f), case, part.bytes)
                 values.update(runner(**feed))
                 stages.append(stage)
                 del runner
         stage, _ = _stage(component, "component",
-                          lambda c=component: load_component(directory, c, manifest, threads),
+                          lambda c=component: load_component(directory, c, manifest, threads, cache),
                           lambda model, c=component: model(**inputs[c]), case, sum(p.bytes for p in parts))
         stages.append(stage)
     gc.collect()
 
-    components = LiteRTComponents(directory, manifest, threads)
-    needed = ("text_encoder", "diffusion", "decoder")
-    load_seconds = seconds(lambda: [components[c] for c in needed])
+    components = LiteRTComponents(directory, manifest, threads, weight_cache=cache)
     pipeline = Pipeline(components, dims, _tokenizer(manifest.family, case["vocab"]), manifest.prediction_type)
     settings = GenerateSettings(BENCH_PROMPT, steps=case["steps"], guidance=GUIDANCE,
                                 noise=_noise(dims, case["seed"]))
 
     def make_run(log: CallLog):
-        logged = Pipeline({c: log.wrap(c, components[c]) for c in needed}, dims, pipeline.tokenizer,
-                          manifest.prediction_type)
+        logged = Pipeline(_LoggedComponents(components, log), dims, pipeline.tokenizer, manifest.prediction_type)
         return lambda: logged.generate(settings)
 
-    return stages + _image_stage("image", make_run, load_seconds, case)
+    # Loading is inside each image, as in `generate`: no separate load figure.
+    return stages + _image_stage("image", make_run, None, case)
+
+
+class _LoggedComponents(Mapping):
+    """LiteRTComponents whose calls are logged; looked up per call and released when the pipeline
+    says so, so an image holds one stage's components at a time, as in `generate`."""
+
+    def __init__(self, components, log: CallLog):
+        self.components, self.log = components, log
+
+    def __getitem__(self, component: str):
+        return self.log.wrap(component, self.components[component])
+
+    def release(self, component: str) -> None:
+        self.components.release(component)
+
+    def __iter__(self):
+        return iter(self.components)
+
+    def __len__(self) -> int:
+        return len(self.components)
 
 
 def _tokenizer(family: str, vocab: str | None):

@@ -16,7 +16,7 @@ from ..convert.quiet import quiet_tensorflow
 from ..core.outputs import NewFile, check_new_files, json_with_keys, png_with_text
 from ..core.registry import PREDICTION_TYPES
 from .options import (TqdmProgress, handle_errors, model_dir_argument, parse_bytes, require_converter,
-                      thread_list, threads_option, verbosity, vocab_option)
+                      thread_list, threads_option, verbosity, vocab_option, weight_cache_option)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -97,7 +97,7 @@ def convert(dry_run, verbose, quiet, max_part_bytes, weights, loras, **options):
         command=shlex.join(["sd2tflite", *sys.argv[1:]])), resolve_weights=not dry_run)
     if dry_run:
         planned, split = plan_conversion(request)
-        click.echo(describe_plan(planned, split))
+        click.echo(describe_plan(planned, split, request.quant))
         return
     result = run_convert(request, progress=TqdmProgress(disable=quiet))
     for a in result.manifest.artifacts:
@@ -133,10 +133,7 @@ def convert(dry_run, verbose, quiet, max_part_bytes, weights, loras, **options):
               help="Also write the final latents (.npy).")
 @vocab_option()
 @threads_option
-@click.option("--weight-cache/--no-weight-cache", default=True, show_default=True,
-              help="Keep XNNPACK's packed weights in files under ~/.cache/sd2tflite/xnnpack ($SD2TFLITE_CACHE): "
-                   "written on a set's first run (about the set's size on disk), mapped after, so they are "
-                   "memory the OS can drop instead of anonymous memory. Same images bit for bit.")
+@weight_cache_option
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @verbosity
 @handle_errors
@@ -240,11 +237,12 @@ def verify(model_dir, weights, steps, end_to_end, json_path, vocab, threads, gpu
               help="Draw latency and size bars (PNG; needs the 'plot' extra: matplotlib).")
 @vocab_option("CLIP vocabulary (bpe_simple_vocab_16e6.txt.gz). Default: the cached or downloaded "
              "one, else a generated one (timings do not depend on token ids).")
+@weight_cache_option
 @click.option("--force", is_flag=True, help="Overwrite existing --json / --plot files.")
 @verbosity
 @handle_errors
 def bench(model_dirs, threads, repeats, warmup, steps, image_repeats, compare, seed, json_path, plot_path,
-          vocab, force, verbose, quiet):
+          vocab, weight_cache, force, verbose, quiet):
     """Latency, peak RSS and file sizes of converted sets, per UNet part, component, step and image.
 
     Several MODEL_DIRS are measured side by side; each case runs in its own process.
@@ -274,7 +272,7 @@ def bench(model_dirs, threads, repeats, warmup, steps, image_repeats, compare, s
     request = cases.BenchRequest(
         model_dirs=tuple(model_dir_argument(d) for d in model_dirs), threads=threads, repeats=repeats,
         warmup=warmup, steps=steps, image_repeats=image_repeats, compare=tuple(compare), seed=seed,
-        vocab=Path(vocab) if vocab else None)
+        vocab=Path(vocab) if vocab else None, weight_cache=weight_cache)
     with tqdm(total=None, disable=quiet, file=sys.stderr, unit="case", desc="bench") as bar:
         def on_case(done, total, case):
             bar.total = total

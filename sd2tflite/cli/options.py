@@ -138,6 +138,14 @@ def threads_option(fn):
     return click.option("--threads", default=None, type=int, callback=_threads, help=_THREADS_HELP)(fn)
 
 
+def weight_cache_option(fn):
+    return click.option(
+        "--weight-cache/--no-weight-cache", default=True, show_default=True,
+        help="Keep XNNPACK's packed weights in files under ~/.cache/sd2tflite/xnnpack ($SD2TFLITE_CACHE): "
+             "written on a set's first run (about the set's size on disk), mapped after, so they are "
+             "memory the OS can drop instead of anonymous memory. Same outputs bit for bit.")(fn)
+
+
 def vocab_option(help_text: str = "CLIP vocabulary (bpe_simple_vocab_16e6.txt.gz) for offline use."):
     return click.option("--vocab", default=None, type=click.Path(dir_okay=False), help=help_text)
 

@@ -30,7 +30,7 @@ def export_stage(request: ConvertRequest, reuse_keys: frozenset[str], work_dir: 
     for component in request.components:
         model = build_with_weights(request.family, component, request.dims, request.weights[component])
         artifacts, models, plan = plan_component(request, component, model)
-        split = split or split_summary(plan)
+        split = split or split_summary(plan, request)
         todo = [i for i, a in enumerate(artifacts) if a.build_key not in reuse_keys]
         calibration = None
         if todo and RECIPES[request.quant].needs_calibration:

@@ -27,11 +27,13 @@ GIB = 1 << 30
 # buffer-offset format (needs TFLite >= 2.14, breaks plain flatbuffer tools). Stay below that.
 DEFAULT_MAX_PART_BYTES = 1400 * (1 << 20)
 HARD_FLATBUFFER_LIMIT = 2 * GIB
-# Converter peak RSS ~ base + factor x float32 weight bytes of the part, whatever the precision
-# (the converter holds the float graph). Fitted to v1 at 512x512 (scripts/results/): fp32 parts
-# of 1.13-1.25 GB peaked at 6.5-7.1 GB, the 3.44 GB single-part dynamic UNet at 17.1 GB.
-CONVERTER_RSS_BASE = 600 * 10**6
-CONVERTER_RSS_PER_FLOAT_BYTE = 5.3
+# Converter memory: the process tree's peak ~ base + factor x the part's float32 weight bytes, the
+# factor per precision (QuantRecipe.converter_rss_per_float_byte: the converter holds the float
+# graph whatever the precision, calibration an instrumented copy and activations besides). The base
+# is a TensorFlow worker's own (~0.6 GB) plus the parent process. Fitted to v1 at 256 and 512
+# (scripts/results/convert-v1-*.json): the old single factor (5.3) planned a one-part dynamic UNet
+# whose tree peaked at 20.8 GB against a 19.3 GB budget on one machine (17.1 GB on another).
+CONVERTER_RSS_BASE = 700 * 10**6
 # Calibrating holds the float part plus an instrumented copy (~8 bytes per parameter); past ~1.5 GiB
 # the converter writes it in the buffer-offset format. Measured: a 282.8M-parameter int8 part of the
 # v1 UNet came out in that format. Keep calibrated parts under ~1.5 GiB / 8 bytes.
@@ -41,14 +43,15 @@ CALIBRATED_MAX_PART_PARAMS = 190_000_000
 def _max_part_params(request: "ConvertRequest") -> int | None:
     limits = []
     if request.memory_budget:
-        limits.append(params_within_memory(request.memory_budget))
+        limits.append(params_within_memory(request.memory_budget, request.quant))
     if RECIPES[request.quant].needs_calibration:
         limits.append(CALIBRATED_MAX_PART_PARAMS)
     return min(limits) if limits else None
 
 
-def estimate_converter_rss(params: int) -> int:
-    return int(CONVERTER_RSS_BASE + CONVERTER_RSS_PER_FLOAT_BYTE * 4 * params)
+def estimate_converter_rss(params: int, quant: str) -> int:
+    """Peak RSS of the process tree while one file of `params` parameters converts."""
+    return int(CONVERTER_RSS_BASE + RECIPES[quant].converter_rss_per_float_byte * 4 * params)
 
 
 def default_memory_budget() -> int | None:
@@ -59,9 +62,9 @@ def default_memory_budget() -> int | None:
         return None
 
 
-def params_within_memory(budget: int) -> int:
+def params_within_memory(budget: int, quant: str) -> int:
     """The most parameters one part may have for its conversion to fit `budget` bytes of RAM."""
-    return int((budget - CONVERTER_RSS_BASE) / (CONVERTER_RSS_PER_FLOAT_BYTE * 4))
+    return int((budget - CONVERTER_RSS_BASE) / (RECIPES[quant].converter_rss_per_float_byte * 4))
 
 
 @dataclass(frozen=True)
@@ -186,16 +189,20 @@ def plan_component(request: ConvertRequest, component: str, model):
     return artifacts, part_models, plan
 
 
-def split_summary(plan: SplitPlan | None) -> dict:
+def split_summary(plan: SplitPlan | None, request: "ConvertRequest") -> dict:
+    """The UNet plan as the manifest records it, with the budget it was made for: a measured peak
+    (manifest artifacts, bench_convert.py) can be held against both."""
     if plan is None:
         return {}
     return {
         "max_part_bytes": plan.max_part_bytes,
+        "memory_budget": request.memory_budget,
         "total_params": plan.total_params,
         "parts": [
             {"part": p.index, "nodes": [p.start, p.stop], "params": p.params,
-             "estimated_bytes": p.estimated_bytes, "inputs": list(p.inputs),
-             "outputs": list(p.outputs)}
+             "estimated_bytes": p.estimated_bytes,
+             "estimated_converter_rss": estimate_converter_rss(p.params, request.quant),
+             "inputs": list(p.inputs), "outputs": list(p.outputs)}
             for p in plan.parts
         ],
     }
@@ -210,23 +217,25 @@ def plan_conversion(request: ConvertRequest) -> tuple[list[PlannedArtifact], dic
         model = build_for_plan(request.family, component, request.dims, request.weights[component])
         artifacts, _, plan = plan_component(request, component, model)
         planned.extend(artifacts)
-        split = split or split_summary(plan)
+        split = split or split_summary(plan, request)
         del model
         gc.collect()
     return planned, split
 
 
-def describe_plan(planned: list[PlannedArtifact], split: dict) -> str:
+def describe_plan(planned: list[PlannedArtifact], split: dict, quant: str) -> str:
     lines = []
     for a in planned:
         lines.append(
             f"{a.file_name:28s} {a.params:>13,} params  ~{a.estimated_bytes / 2**20:9,.1f} MiB  "
-            f"~{estimate_converter_rss(a.params) / 1e9:5.1f} GB RAM to convert"
+            f"~{estimate_converter_rss(a.params, quant) / 1e9:5.1f} GB RAM to convert"
         )
         if a.num_parts > 1:
             lines.append(f"    in:  {', '.join(f'{s.name}{list(s.shape)}' for s in a.inputs)}")
             lines.append(f"    out: {', '.join(f'{s.name}{list(s.shape)}' for s in a.outputs)}")
     if split:
-        lines.append(f"UNet cap per part: {split['max_part_bytes']:,} bytes")
-    lines.append("(RAM: estimate for one conversion worker; --memory-budget splits the UNet further)")
+        budget = split.get("memory_budget")
+        lines.append(f"UNet cap per part: {split['max_part_bytes']:,} bytes"
+                     + (f"; memory budget {budget / 1e9:.1f} GB" if budget else ""))
+    lines.append("(RAM: estimated peak of the conversion's processes; --memory-budget splits the UNet further)")
     return "\n".join(lines)

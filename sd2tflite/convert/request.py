@@ -131,6 +131,9 @@ def build_request(o: ConvertOptions, resolve_weights: bool = True) -> ConvertReq
     keep = KeepFloat.parse(o.keep_float)
     if keep is not None:
         keep.check()
+    if recipe.float_ops:  # the precision's own float operators come first, the user's are added
+        keep = KeepFloat(tuple(dict.fromkeys(recipe.float_ops + (keep.patterns if keep else ()))),
+                         keep.auto_target_db if keep else None)
     family = FAMILIES[o.family]
     names = parse_components(o.components)
     source = parse_weights(o.weights, family, CheckpointOptions(o.prediction_type, o.ema, tuple(o.loras)))

@@ -99,7 +99,8 @@ def _check_it_runs(file_name: str, data: bytes, sample: dict[str, np.ndarray], q
     from ..runtime.litert import invoke_failure
 
     try:
-        Interpreter(model_content=data).get_signature_runner(SIGNATURE_KEY)(**sample)
+        with native_stderr_muted():  # LiteRT's "Created ... XNNPACK delegate" line, unless -v
+            Interpreter(model_content=data).get_signature_runner(SIGNATURE_KEY)(**sample)
     except (RuntimeError, ValueError) as exc:
         raise ConversionError(f"{file_name} converts in {quant}, but LiteRT cannot run it ({invoke_failure(exc)}): use "
                               f"--quant int8 for this component (--components picks which to convert)") from exc

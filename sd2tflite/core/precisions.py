@@ -34,6 +34,10 @@ class QuantRecipe:
     # After converting, any operator left with float activations is an error (int8-strict).
     integer_only: bool = False
     end_to_end_steps: int = 3
+    # Converter peak RSS per float32 weight byte of the part (convert/plan.py's memory model).
+    converter_rss_per_float_byte: float = 6.8
+    # Operator types this precision always keeps in float (merged into --keep-float).
+    float_ops: tuple[str, ...] = ()
 
     def tolerance(self, component: str) -> tuple[float, float]:
         for name, psnr, cosine in self.overrides:
@@ -55,6 +59,10 @@ class QuantRecipe:
 # measure 15.9-18.6 dB and other pictures of the same prompt (other seeds) 7.1-11.0 dB.
 _INT8_BARS = dict(min_psnr_db=22.0, min_cosine=0.95, min_image_psnr_db=13.0, end_to_end_steps=25,
                   overrides=(("text_encoder", 25.0, 0.95),))
+# Calibrating holds the float graph, an instrumented copy and the samples' activations: v1 UNet
+# parts of 162-181M parameters peaked at 11.2-13.2 bytes per float byte at 512x512, fp32 / fp16 /
+# dynamic parts at 4.7-6.5 (scripts/results/convert-v1-*.json, two machines).
+_CALIBRATED_RSS = dict(converter_rss_per_float_byte=14.0)
 # Integer kernels where they exist, float fallback elsewhere; inputs and outputs stay float32
 # either way (the pipeline feeds floats).
 _WEIGHTS = dict(optimizations=("DEFAULT",))
@@ -73,15 +81,20 @@ RECIPES: dict[str, QuantRecipe] = {
                     min_psnr_db=35.0, min_cosine=0.995, min_image_psnr_db=20.0, **_WEIGHTS),
         # Whole images: guidance 7.5 amplifies the UNet's int8-weight error over the steps; the
         # tiny model measured 24.0 dB (512x512) and 26.9 dB (128x128) at 3 steps.
-        QuantRecipe("int8", "int8 weights and activations, float fallback, calibrated", 1.0, True,
-                    **_INT8_BARS, **_INT8),
+        # Attention's matmuls and softmax stay float: LiteRT has only a scalar, single-threaded
+        # reference kernel for an int8 BATCH_MATMUL of two activations, XNNPACK refuses it (non-zero
+        # zero point) and takes no int8 SOFTMAX; in float XNNPACK runs both. Measured on full-size v1
+        # at 512x512: the 64x64-level UNet parts spent 79-81 % of their time in that kernel and its
+        # requantization (scripts/results/op-profile-v1-int8-512-*.md).
+        QuantRecipe("int8", "int8 weights and activations, float fallback and float attention, calibrated",
+                    1.0, True, **_INT8_BARS, **_INT8, **_CALIBRATED_RSS, float_ops=("BATCH_MATMUL", "SOFTMAX")),
         QuantRecipe("int8-strict", "int8 weights and activations, integer-only (fails naming any op "
                     "without an int8 kernel)", 1.0, True, **_INT8_BARS, optimizations=("DEFAULT",),
-                    supported_ops=("TFLITE_BUILTINS_INT8",), integer_only=True),
+                    supported_ops=("TFLITE_BUILTINS_INT8",), integer_only=True, **_CALIBRATED_RSS),
         QuantRecipe("int16x8", "int8 weights, int16 activations, float fallback", 1.0, True,
                     min_psnr_db=30.0, min_cosine=0.99, min_image_psnr_db=15.0, optimizations=("DEFAULT",),
                     supported_ops=("EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8",
-                                   "TFLITE_BUILTINS")),
+                                   "TFLITE_BUILTINS"), **_CALIBRATED_RSS),
     )
 }
 
