@@ -223,9 +223,12 @@ def test_weights_of_the_wrong_shape_name_the_file_and_write_nothing(tmp_path, ti
 
 def test_dry_run_prints_the_plan_without_writing(tmp_path):
     out = tmp_path / "out"
-    result = run([*TINY, "-o", str(out), "--components", "diffusion", "--max-part-bytes", "6MiB", "--dry-run"])
+    result = run([*TINY, "-o", str(out), "--components", "diffusion", "--max-part-bytes", "6MiB", "--dry-run",
+                  "--memory-budget", "3GB"])
     assert result.exit_code == 0, result.output
     assert "diffusion_part2.tflite" in result.output and "in:" in result.output and "out:" in result.output
+    assert "memory budget 3.0 GB" in result.output
+    assert result.output.count("~  0.7 GB RAM to convert") == 4  # 0.7 GB + 6.8 x under 1M params x 4 bytes
     assert not out.exists()
 
 
