@@ -329,6 +329,8 @@ def test_readme_summary_rows_come_from_the_report(keras_report):
     assert rows[0]["parts"] == 2 and rows[0]["all_mib"] > rows[0]["unet_mib"] > 0
     table = summary.markdown(rows)
     assert table.count("\n") == len(rows) + 1 and "| 128×128 | LiteRT fp32 | " in table
+    image = next(s for s in report["cases"][0]["stages"] if s["name"] == "image")
+    assert rows[0]["anon_gb"] == image["peak_anon_bytes"] / 1e9 and f"{rows[0]['anon_gb']:.2f} anon" in table
 
 
 def test_rss_is_split_into_anonymous_and_file_backed_memory():

@@ -3,8 +3,8 @@
 keras-cv's CrossAttention computes the whole score matrix at once: at 512x512 the 64x64-level
 self-attention holds 8 heads x 4096 x 4096 floats (0.5 GB) for the scores and as much again for
 the softmax, and LiteRT's activation arena must fit them. Softmax is per row, so computing the
-rows in blocks of queries gives the same numbers (bit for bit on the tiny UNet) while only one
-block's scores are alive at a time.
+rows in blocks of queries gives the same numbers while only one block's scores are alive at a
+time. The scale multiplies the queries rather than the scores (same maths, rounding aside).
 
 keras-cv's CLIPAttention adds a causal mask of -inf to the text encoder's scores. In float that
 is exact; in int8 the scores share one range per tensor, and a range reaching -inf leaves no
@@ -27,6 +27,10 @@ from collections.abc import Iterator
 # Rows of the score matrix computed at once: 8 heads x 1024 x 4096 floats = 128 MiB at 512x512.
 # Part of every file's build key: another value is another graph.
 QUERY_BLOCK = 1024
+# The UNet attention graph's revision, part of the UNet files' build key: 2 scales the queries
+# instead of the scores and multiplies 4-D tensors (no integer op between the float attention
+# operators of an int8 file; float results change at rounding level only).
+UNET_ATTENTION_REVISION = 2
 # How far below a row's lowest score a masked score goes: exp(-20) = 2e-9 of the kept scores'
 # weight, under float32's resolution even summed over 77 tokens. Part of the build key too.
 CAUSAL_MASK_MARGIN = 20.0
@@ -36,12 +40,11 @@ def _blocked_call(self, inputs, context=None):
     """CrossAttention.call with the scores computed QUERY_BLOCK query rows at a time."""
     import keras
     from keras_cv.src.backend import ops
-    from keras_cv.src.models.stable_diffusion.diffusion_model import td_dot
 
     if context is None:
         context = inputs
     length = inputs.shape[1]
-    q, k, v = self.to_q(inputs), self.to_k(context), self.to_v(context)
+    q, k, v = self.to_q(inputs) * self.scale, self.to_k(context), self.to_v(context)
     q = ops.transpose(ops.reshape(q, (-1, length, self.num_heads, self.head_size)), (0, 2, 1, 3))
     k = ops.transpose(ops.reshape(k, (-1, context.shape[1], self.num_heads, self.head_size)), (0, 2, 3, 1))
     v = ops.transpose(ops.reshape(v, (-1, context.shape[1], self.num_heads, self.head_size)), (0, 2, 1, 3))
@@ -52,8 +55,11 @@ def _blocked_call(self, inputs, context=None):
             # A data dependency of exactly zero on the previous block: the converter would
             # otherwise schedule every block's scores first, and all of them would be alive at once.
             block_q = block_q + ops.min(blocks[-1]) * 0.0
-        scores = td_dot(block_q, k) * self.scale
-        blocks.append(td_dot(keras.activations.softmax(scores), v))
+        # Score matmul, softmax, value matmul with nothing between them (4-D matmuls, no reshapes;
+        # the scale is on the queries): int8 keeps those three float, and any integer operator
+        # between them would make the quantizer convert every score to int8 and back.
+        scores = ops.matmul(block_q, k)  # (batch, heads, block, context)
+        blocks.append(ops.matmul(keras.activations.softmax(scores), v))
     attn = blocks[0] if len(blocks) == 1 else ops.concatenate(blocks, axis=2)
     out = ops.reshape(ops.transpose(attn, (0, 2, 1, 3)), (-1, length, self.num_heads * self.head_size))
     return self.out_proj(out)

@@ -111,6 +111,8 @@ def _keys(request: ConvertRequest, component: str, part_fields: dict) -> dict[st
         "causal_mask_margin": attention.CAUSAL_MASK_MARGIN,
         **part_fields,
     }
+    if component == "diffusion":  # only the UNet's graph changed with this revision
+        identity["unet_attention_revision"] = attention.UNET_ATTENTION_REVISION
     export = {k: v for k, v in identity.items() if k not in _PRECISION_FIELDS}
     digest = lambda data: hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()  # noqa: E731
     return {"build_key": digest(identity), "export_key": digest(export)}
