@@ -101,6 +101,21 @@ def test_litert_cases_run_as_generate_does_with_the_weight_cache(litert_report, 
             assert anon + file >= stage["peak_rss_bytes"]  # each is its own maximum
 
 
+def test_litert_images_are_measured_in_a_process_of_their_own(tiny_sets):
+    """The images' peak RSS is a generate run's: their worker runs no part or component stage first
+    (in the same process those left about 0.6 GB of the full-size dynamic set's memory behind)."""
+    from sd2tflite.bench.cases import run_case_in_subprocess
+
+    case = {"directory": str(tiny_sets["dynamic"]), "backend": "litert", "threads": 1, "quant": "dynamic",
+            "family": "tiny", "dims": {}, "reference": None, "repeats": 1, "warmup": 0, "steps": 1,
+            "image_repeats": 1, "seed": 0, "vocab": None, "weight_cache": None}
+    images = run_case_in_subprocess({**case, "part": "images"})
+    assert [s["name"] for s in images["stages"]] == ["unet_step", "image"]
+    components = run_case_in_subprocess(case)
+    assert "image" not in {s["name"] for s in components["stages"]}
+    assert {s["name"] for s in components["stages"]} | {"unet_step", "image"} == expected_stages(tiny_sets["dynamic"])
+
+
 def test_bench_images_release_each_component_after_its_stage(tiny_sets):
     """The image stage's pipeline sees components through a logging view that still releases them:
     after an image nothing stays loaded, the log has every call, and the pixels are generate's."""

@@ -7,7 +7,6 @@ records (verify/reference.py). Errors become {"error": ..., "exit_code": ...}.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import sys
@@ -72,16 +71,18 @@ def _noise(dims, seed: int):
 
 
 def run_litert_case(case: dict) -> list[dict]:
-    """Every part, every component (UNet chained), then whole images as `generate` makes them:
-    sd2tflite's pipeline, each component loaded when its stage starts and released after, XNNPACK's
-    packed weights in cache files unless the case says otherwise."""
+    """Every part and every component (UNet chained); with `case["part"] == "images"`, only whole
+    images as `generate` makes them (sd2tflite's pipeline, each component loaded when its stage
+    starts and released after), in a process that has run nothing else, so their peak RSS is a
+    generate run's. XNNPACK's packed weights are in cache files unless the case says otherwise."""
     from ..core.manifest import load_manifest, path_in_set
-    from ..runtime.pipeline import GenerateSettings, Pipeline
-    from ..runtime.litert import LiteRTComponents, load_component, signature_runner
+    from ..runtime.litert import load_component, signature_runner
 
     directory, threads = Path(case["directory"]), case["threads"]
     cache = Path(case["weight_cache"]) if case.get("weight_cache") else None
     manifest = load_manifest(directory)
+    if case.get("part") == "images":
+        return _litert_images(case, directory, manifest, cache)
     dims = manifest.model_dims
     inputs = bench_inputs(dims, case["seed"])
     stages = []
@@ -102,9 +103,15 @@ def run_litert_case(case: dict) -> list[dict]:
                           lambda c=component: load_component(directory, c, manifest, threads, cache),
                           lambda model, c=component: model(**inputs[c]), case, sum(p.bytes for p in parts))
         stages.append(stage)
-    gc.collect()
+    return stages
 
-    components = LiteRTComponents(directory, manifest, threads, weight_cache=cache)
+
+def _litert_images(case: dict, directory: Path, manifest, cache: Path | None) -> list[dict]:
+    from ..runtime.litert import LiteRTComponents
+    from ..runtime.pipeline import GenerateSettings, Pipeline
+
+    dims = manifest.model_dims
+    components = LiteRTComponents(directory, manifest, case["threads"], weight_cache=cache)
     pipeline = Pipeline(components, dims, _tokenizer(manifest.family, case["vocab"]), manifest.prediction_type)
     settings = GenerateSettings(BENCH_PROMPT, steps=case["steps"], guidance=GUIDANCE,
                                 noise=_noise(dims, case["seed"]))
@@ -114,7 +121,7 @@ def run_litert_case(case: dict) -> list[dict]:
         return lambda: logged.generate(settings)
 
     # Loading is inside each image, as in `generate`: no separate load figure.
-    return stages + _image_stage("image", make_run, None, case)
+    return _image_stage("image", make_run, None, case)
 
 
 class _LoggedComponents(Mapping):
