@@ -94,13 +94,12 @@ def _check_it_runs(file_name: str, data: bytes, sample: dict[str, np.ndarray], q
     """One LiteRT call on a calibration sample before the file is written. The converter emits
     some integer operators LiteRT has no kernel for (int16x8's SQUARED_DIFFERENCE, from
     GroupNormalization's variance): such a file would convert, then fail in generate and verify."""
-    from ai_edge_litert.interpreter import Interpreter
-
     from ..runtime.litert import invoke_failure
+    from .calibration.selective import run_samples
 
     try:
         with native_stderr_muted():  # LiteRT's "Created ... XNNPACK delegate" line, unless -v
-            Interpreter(model_content=data).get_signature_runner(SIGNATURE_KEY)(**sample)
+            run_samples(data, [sample])
     except (RuntimeError, ValueError) as exc:
         raise ConversionError(f"{file_name} converts in {quant}, but LiteRT cannot run it ({invoke_failure(exc)}): use "
                               f"--quant int8 for this component (--components picks which to convert)") from exc

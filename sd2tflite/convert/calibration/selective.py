@@ -113,7 +113,8 @@ def _quantize(calibrated: bytes, ops: list[str], nodes: list[str], numeric_verif
                                  enable_numeric_verify=numeric_verify)
 
 
-def _run(model: bytes, samples: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+def run_samples(model: bytes, samples: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """A converted model (bytes) on LiteRT, one call per sample: its outputs by name."""
     from ai_edge_litert.interpreter import Interpreter
 
     runner = Interpreter(model_content=model).get_signature_runner()
@@ -158,11 +159,11 @@ def quantize_keeping_float(converter, keep: KeepFloat, samples: list[dict[str, n
     if keep.auto_target_db is None:
         return result
 
-    reference = _run(calibrated, held_out)  # the calibrated model still computes in float
+    reference = run_samples(calibrated, held_out)  # the calibrated model still computes in float
 
     def snr_with(float_ops: set[str]) -> float:
         model = _quantize(calibrated, sorted(float_ops), nodes)
-        value = _snr_db(reference, _run(model, held_out))
+        value = _snr_db(reference, run_samples(model, held_out))
         result.tried.append({"float_ops": sorted(float_ops), "snr_db": round(value, 2)})
         return value
 
