@@ -52,6 +52,9 @@ def main() -> None:
 @click.option("--max-part-bytes", default=None, callback=parse_bytes,
               help="Largest UNet part file (default 1400MiB: plain flatbuffers, under 2 GiB).")
 @click.option("--unet-parts", default=None, type=int, help="Split the UNet into at least N parts.")
+@click.option("--join-unet/--no-join-unet", default=None,
+              help="Deliver the UNet as one file after converting it in parts (default: when the parts "
+                   "were cut only to fit --memory-budget and one file fits --max-part-bytes).")
 @click.option("--memory-budget", default=None, callback=parse_bytes,
               help="RAM one conversion worker may use (e.g. 8GB); splits the UNet to fit. "
                    "Default: 80% of this machine's RAM (a one-part quantized v1 UNet needs ~17 GB).")

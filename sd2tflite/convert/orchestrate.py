@@ -16,7 +16,7 @@ import contextlib
 import multiprocessing
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,7 +27,8 @@ from ..core.precisions import RECIPES
 from ..core.versions import CONVERTER_LIBRARIES, library_versions
 from .export import export_stage
 from .outdir import PROGRESS_NAME, WORK_PREFIX, check_output_dir, clean_leftovers, output_lock, previous_artifacts
-from .plan import SIGNATURE_KEY, PlannedArtifact
+from .join import join_stage
+from .plan import SIGNATURE_KEY, PlannedArtifact, joined_unet, joins_unet
 from .quiet import quiet_worker
 from .request import ConvertRequest
 from .tflite import convert_stage
@@ -107,6 +108,9 @@ def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> Convert
         key: a for key, a in previous.items()
         if (out_dir / a.path).is_file() and sha256_file(out_dir / a.path) == a.sha256
     }
+    # A reusable joined UNet stands for its parts: they need no conversion (unless parts are asked for).
+    joined_parts = {} if request.join_unet is False else {
+        key: a for a in reusable.values() for key in (a.joined_from or [])}
     old_files = {a.path: a.component for a in earlier}
     work_dir = out_dir / f"{WORK_PREFIX}{os.getpid()}"
     work_dir.mkdir()
@@ -115,13 +119,23 @@ def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> Convert
     try:
         progress.begin(1)
         progress.step("building Keras models and exporting SavedModels")
-        planned, split = _run(request.isolate, export_stage, request, frozenset(reusable), str(work_dir))
+        planned, split = _run(request.isolate, export_stage, request, frozenset(reusable) | frozenset(joined_parts),
+                              str(work_dir))
         progress.advance()
-        progress.begin(len(planned))
+        unet_parts = [a for a in planned if a.component == "diffusion"]
+        joined = joined_unet(request, unet_parts) if joins_unet(request, unet_parts) else None
+        progress.begin(len(planned) + (joined is not None))
         for artifact in planned:
             if artifact.saved_model_dir is None:
-                result_artifacts.append(reusable[artifact.build_key])
-                reused.append(artifact.file_name)
+                earlier = reusable.get(artifact.build_key)
+                if earlier is None:  # a part of the reusable joined UNet
+                    earlier = joined_parts[artifact.build_key]
+                    if joined is None or earlier.build_key != joined.build_key:
+                        raise ConversionError(f"{artifact.file_name} exists only inside the joined "
+                                              f"{earlier.path} of an earlier run: re-run with --force")
+                if earlier not in result_artifacts:
+                    result_artifacts.append(earlier)
+                    reused.append(earlier.path)
                 progress.step(f"{artifact.file_name} (unchanged, reused)")
                 progress.advance()
                 continue
@@ -133,6 +147,31 @@ def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> Convert
             built.append(artifact.file_name)
             # Lets an interrupted run resume: these files are complete and hashed.
             write_json_atomic(out_dir / PROGRESS_NAME, [a.to_json() for a in result_artifacts])  # type: ignore[arg-type]
+            progress.advance()
+        joined_leftovers: list[str] = []
+        if joined is not None:
+            split["joined"] = {"file": joined.file_name}
+            parts = [a for a in result_artifacts if a.component == "diffusion" and a.build_key != joined.build_key]
+            if parts:  # (else the joined file of an earlier run was reused whole)
+                at = result_artifacts.index(parts[0])
+                if joined.build_key in reusable:  # an interrupted run had joined them already
+                    joined_artifact = reusable[joined.build_key]
+                    reused.append(joined_artifact.path)
+                else:
+                    progress.step(f"joining {len(parts)} UNet parts into {joined.file_name}")
+                    stats = _run(request.isolate, join_stage, joined, unet_parts, str(out_dir))
+                    stats["peak_rss_bytes"] = max([stats["peak_rss_bytes"]] + [a.peak_rss_bytes for a in parts])
+                    split["joined"].update({
+                        "seconds": stats["seconds"], "max_abs_diff_vs_parts": stats["max_abs_diff_vs_parts"],
+                        "parts_conversion_seconds": round(sum(a.conversion_seconds for a in parts), 2)})
+                    stats["seconds"] = round(stats["seconds"] + split["joined"]["parts_conversion_seconds"], 2)
+                    joined_artifact = replace(built_artifact(joined, stats), joined_from=[p.build_key for p in unet_parts])
+                    built.append(joined.file_name)
+                result_artifacts = [a for a in result_artifacts if a.component != "diffusion"]
+                result_artifacts.insert(at, joined_artifact)
+                joined_leftovers = [a.path for a in parts]
+                # The parts stay listed (and on disk) until the manifest is written: a resumed run reuses them.
+                write_json_atomic(out_dir / PROGRESS_NAME, [a.to_json() for a in result_artifacts + parts])  # type: ignore[arg-type]
             progress.advance()
         # Components this run did not touch stay in the set if it is the same model and precision.
         kept: list[Artifact] = []
@@ -169,6 +208,8 @@ def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> Convert
         for stale in old_files:
             if stale not in current and stale.endswith(".tflite"):
                 (out_dir / stale).unlink(missing_ok=True)
+        for leftover in joined_leftovers:  # the parts now inside the joined UNet
+            (out_dir / leftover).unlink(missing_ok=True)
         (out_dir / PROGRESS_NAME).unlink(missing_ok=True)
         if built:  # a verify report of the earlier files would describe files that are gone
             (out_dir / VERIFY_REPORT_NAME).unlink(missing_ok=True)

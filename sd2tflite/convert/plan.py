@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..core.errors import UsageError
 from ..core.precisions import RECIPES
 from ..core.registry import COMPONENTS, TensorSpec
 from ..core.versions import CONVERTER_LIBRARIES, library_versions
@@ -191,6 +192,39 @@ def plan_component(request: ConvertRequest, component: str, model):
     return artifacts, part_models, plan
 
 
+# Bumped when join.py changes what it writes: a joined file of an older revision is rebuilt.
+JOIN_REVISION = 1
+
+
+def joins_unet(request: "ConvertRequest", parts: list[PlannedArtifact]) -> bool:
+    """Whether the UNet's parts are delivered as one file (join.py). By default they are when the
+    split exists only to keep the converter under --memory-budget: the joined file fits
+    --max-part-bytes and the user did not ask for parts (--unet-parts)."""
+    if len(parts) < 2 or request.join_unet is False:
+        return False
+    total = sum(p.estimated_bytes for p in parts)
+    fits = total <= request.max_part_bytes
+    if request.join_unet and not fits:
+        raise UsageError(f"--join-unet: the {request.quant} UNet would be ~{total / 2**20:,.0f} MiB in one file, "
+                         f"over --max-part-bytes ({request.max_part_bytes / 2**20:,.0f} MiB): leave --join-unet out")
+    return fits and (request.join_unet or request.unet_parts is None)
+
+
+def joined_unet(request: "ConvertRequest", parts: list[PlannedArtifact]) -> PlannedArtifact:
+    """The one-file UNet joined from `parts`: the signature of an unsplit conversion, and a build
+    key made of its parts' keys (the same parts join into the same file)."""
+    spec = COMPONENTS["diffusion"]
+    inputs = tuple(spec.input_specs(request.dims))
+    key = hashlib.sha256(json.dumps({"join_revision": JOIN_REVISION, "parts": [p.build_key for p in parts]})
+                         .encode()).hexdigest()
+    return PlannedArtifact(
+        "diffusion", 0, 1, file_name("diffusion", 0, 1), inputs=inputs,
+        outputs=(spec.output_spec(request.dims),), wiring={s.name: None for s in inputs},
+        params=sum(p.params for p in parts), estimated_bytes=sum(p.estimated_bytes for p in parts),
+        build_key=key, export_key="", calibration=calibration_identity(request),
+    )
+
+
 def split_summary(plan: SplitPlan | None, request: "ConvertRequest") -> dict:
     """The UNet plan as the manifest records it, with the budget it was made for: a measured peak
     (manifest artifacts, bench_convert.py) can be held against both."""
@@ -222,6 +256,9 @@ def plan_conversion(request: ConvertRequest) -> tuple[list[PlannedArtifact], dic
         split = split or split_summary(plan, request)
         del model
         gc.collect()
+    unet_parts = [a for a in planned if a.component == "diffusion"]
+    if joins_unet(request, unet_parts):
+        split["joined"] = {"file": joined_unet(request, unet_parts).file_name}
     return planned, split
 
 
@@ -239,5 +276,8 @@ def describe_plan(planned: list[PlannedArtifact], split: dict, quant: str) -> st
         budget = split.get("memory_budget")
         lines.append(f"UNet cap per part: {split['max_part_bytes']:,} bytes"
                      + (f"; memory budget {budget / 1e9:.1f} GB" if budget else ""))
+        if "joined" in split:
+            lines.append(f"The UNet parts are then joined into one file, {split['joined']['file']} "
+                         "(--no-join-unet keeps the parts)")
     lines.append("(RAM: estimated peak of the conversion's processes; --memory-budget splits the UNet further)")
     return "\n".join(lines)

@@ -34,6 +34,7 @@ class ConvertOptions:
     max_part_bytes: int = DEFAULT_MAX_PART_BYTES
     unet_parts: int | None = None
     memory_budget: int | None = None  # None: 80 % of this machine's RAM
+    join_unet: bool | None = None  # None: join the parts when one file fits (plan.joins_unet)
     force: bool = False
     isolate: bool | None = None  # None: worker processes for v1/v2, inline for tiny
     calibration: str = "recorded"  # int8: "recorded" from Keras pipeline runs, or "synthetic"
@@ -65,6 +66,7 @@ class ConvertRequest:
     max_part_bytes: int
     unet_parts: int | None
     memory_budget: int | None  # bytes of RAM one conversion may use; None: no bound
+    join_unet: bool | None  # None: join the UNet parts when one file fits (plan.joins_unet)
     force: bool
     isolate: bool
     calibration_samples: int
@@ -162,7 +164,7 @@ def build_request(o: ConvertOptions, resolve_weights: bool = True) -> ConvertReq
         dims=dims, weights=resolved, out_dir=target,
         max_part_bytes=o.max_part_bytes, unet_parts=o.unet_parts,
         memory_budget=default_memory_budget() if o.memory_budget is None else o.memory_budget,
-        force=o.force, isolate=default_isolation(o.family) if o.isolate is None else o.isolate,
+        join_unet=o.join_unet, force=o.force, isolate=default_isolation(o.family) if o.isolate is None else o.isolate,
         calibration_samples=o.calibration_samples, calibration_seed=o.seed, recording=recording,
         keep_float=keep, export_cache=Path(o.export_cache).expanduser() if o.export_cache else None,
         command=o.command,

@@ -44,6 +44,8 @@ class Artifact:
     calibration: dict | None = None
     # {"ops": operators (without QUANTIZE / DEQUANTIZE), "quantized_ops": those with integer activations}
     op_stats: dict | None = None
+    # A UNet joined from parts (convert/join.py): the build keys of the parts it was joined from
+    joined_from: list[str] | None = None
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -167,6 +169,7 @@ MANIFEST_SCHEMA = {
                     "build_key": {"type": "string"},
                     "calibration": {"type": ["object", "null"]},
                     "op_stats": {"type": ["object", "null"]},
+                    "joined_from": {"type": ["array", "null"], "items": {"type": "string"}},
                 },
             },
         },
