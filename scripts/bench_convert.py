@@ -64,6 +64,8 @@ def run_one(model: str, quant: str, img: int, out_root: Path, extra: list[str], 
         "total_seconds": round(seconds, 1),
         "peak_tree_rss_bytes": rss.peak,
         "files": files,
+        # The plan the run was made for (parts, budget, estimated converter RSS; a joined UNet's check).
+        "split": manifest.split,
         "versions": manifest.versions,
     }
 
@@ -84,6 +86,10 @@ def markdown(result: dict) -> str:
             f"| {f['file']} | {f['bytes']:,} | {f['params']:,} | {f['bytes_over_params_x_bpw']:.3f} "
             f"| {f['seconds']:.1f} | {f['peak_rss_bytes'] / gb:.2f} GB |"
         )
+    joined = result.get("split", {}).get("joined", {})
+    if "seconds" in joined:
+        lines.append(f"\n{joined['file']} joined from {len(result['split']['parts'])} parts in {joined['seconds']:.1f} s "
+                     f"(max |difference| to the chained parts {joined['max_abs_diff_vs_parts']:.3g})")
     return "\n".join(lines)
 
 

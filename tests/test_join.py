@@ -76,6 +76,21 @@ def test_fp32_joined_unet_matches_keras(tmp_path, keras_models, tiny_dims, expor
         assert figures.psnr_db > 60 and figures.max_abs < 1e-3, figures
 
 
+def test_int8_joined_unet_keeps_its_integer_and_float_operators(tmp_path, export_cache):
+    """int8, the precision whose full-size UNet is joined by default (5 calibrated parts)."""
+    from sd2tflite.convert.orchestrate import convert
+
+    result = convert(tiny_request(tmp_path / "set", "int8", components="diffusion", unet_parts=2,
+                                  join_unet=True, export_cache=str(export_cache)))
+    [unet] = result.manifest.artifacts
+    assert result.manifest.split["joined"]["max_abs_diff_vs_parts"] < 1e-5
+    stats = unet.op_stats
+    assert stats["quantized_ops"] > 0.5 * stats["ops"]
+    # Attention stays float in every part (the int8 recipe's float_ops), and the record says so.
+    assert stats["float_ops"]["BATCH_MATMUL"] > 0 and stats["float_ops"]["SOFTMAX"] > 0
+    assert len(stats["kept_float_per_part"]) == 2
+
+
 def _misaligned_buffers(data: bytes) -> int:
     """Weight buffers not on a 16-byte boundary of the file (the converter aligns them)."""
     from tensorflow.lite.python import schema_py_generated as schema

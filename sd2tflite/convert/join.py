@@ -73,7 +73,7 @@ def join_parts(parts: Sequence[bytes], artifacts: Sequence[PlannedArtifact],
         model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
         if len(model.subgraphs) != 1 or len(model.signatureDefs) != 1:
             raise ConversionError(f"{artifact.file_name} has {len(model.subgraphs)} subgraphs: only "
-                                  "single-graph parts can be joined; convert without joining (--unet-parts)")
+                                  "single-graph parts can be joined; convert with --no-join-unet")
         part = model.subgraphs[0]
         signature = model.signatureDefs[0]
         input_tensor = {_text(m.name): m.tensorIndex for m in signature.inputs}
@@ -151,6 +151,7 @@ def check_joined(joined: bytes, parts: Sequence[bytes], artifacts: Sequence[Plan
                  output_name: str, seed: int = 0) -> float:
     """Runs the joined file and the chained parts on one seeded input; returns the largest absolute
     difference of the outputs, raising when the two disagree beyond rounding."""
+    from ..core.quiet import native_stderr_muted
     from .calibration.selective import run_samples
 
     rng = np.random.default_rng(seed)
@@ -160,17 +161,16 @@ def check_joined(joined: bytes, parts: Sequence[bytes], artifacts: Sequence[Plan
             if artifact.wiring.get(spec.name) is None and spec.name not in values:
                 values[spec.name] = _sample(rng, spec)
     feeds = dict(values)
-    pipeline = {name: values[name] for name in values}
-    for artifact, data in zip(artifacts, parts):
-        outs = run_samples(data, [{s.name: feeds[s.name] for s in artifact.inputs}])[0]
-        feeds.update(outs)
+    with native_stderr_muted():  # LiteRT's "Created ... XNNPACK delegate" line, unless -v
+        for artifact, data in zip(artifacts, parts):
+            feeds.update(run_samples(data, [{s.name: feeds[s.name] for s in artifact.inputs}])[0])
+        got = run_samples(joined, [values])[0][output_name]
     expected = feeds[output_name]
-    got = run_samples(joined, [pipeline])[0][output_name]
     diff = float(np.max(np.abs(got.astype(np.float64) - expected)))
     scale = float(np.max(np.abs(expected))) or 1.0
     if not np.isfinite(diff) or diff > 1e-3 * scale:
         raise ConversionError(f"the joined UNet differs from its parts (max |diff| {diff:.3g}, output scale "
-                              f"{scale:.3g}): keep the parts with --unet-parts")
+                              f"{scale:.3g}): keep the parts with --no-join-unet")
     return diff
 
 
@@ -183,7 +183,7 @@ def _sample(rng, spec) -> np.ndarray:
 def _check_same_type(tensor, joined_tensor, file_name: str, name: str) -> None:
     if tensor.type != joined_tensor.type or list(_as_list(tensor.shape)) != list(_as_list(joined_tensor.shape)):
         raise ConversionError(f"{file_name}: input {name} does not match the tensor that feeds it "
-                              "(type or shape): keep the parts with --unet-parts")
+                              "(type or shape): keep the parts with --no-join-unet")
 
 
 def _signature(schema, names, inputs, output_name, output):
@@ -245,7 +245,7 @@ def _serialize(model, size_hint: int) -> bytes:
     size = len(builder.Bytes) - builder.Head()
     if size >= HARD_FLATBUFFER_LIMIT:
         raise ConversionError(f"the joined UNet would be {size:,} bytes, over the 2 GiB flatbuffer limit: "
-                              "keep the parts with --unet-parts")
+                              "keep the parts with --no-join-unet")
     return bytes(memoryview(builder.Bytes)[builder.Head():])
 
 

@@ -165,6 +165,9 @@ def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> Convert
                         "seconds": stats["seconds"], "max_abs_diff_vs_parts": stats["max_abs_diff_vs_parts"],
                         "parts_conversion_seconds": round(sum(a.conversion_seconds for a in parts), 2)})
                     stats["seconds"] = round(stats["seconds"] + split["joined"]["parts_conversion_seconds"], 2)
+                    kept = [a.op_stats["kept_float"] for a in parts if a.op_stats and "kept_float" in a.op_stats]
+                    if kept:  # int8: what each part kept in float
+                        stats["op_stats"]["kept_float_per_part"] = kept
                     joined_artifact = replace(built_artifact(joined, stats), joined_from=[p.build_key for p in unet_parts])
                     built.append(joined.file_name)
                 result_artifacts = [a for a in result_artifacts if a.component != "diffusion"]
