@@ -78,7 +78,8 @@ def main() -> None:
 @click.option("--calibration-images", default=None, type=click.Path(file_okay=False),
               help="int8: images for the image encoder (default: the decoded pipeline outputs).")
 @click.option("--keep-float", default=None,
-              help="int8: keep operators in float: op types (SOFTMAX), tensor-name globs (*attention*), "
+              help="int8: keep more operators in float (attention's BATCH_MATMUL and SOFTMAX always are: LiteRT "
+                   "has no fast int8 kernel for them): op types (MEAN), tensor-name globs (*attention*), "
                    "and/or auto[:SNR_DB] (a search for the operator types that can be quantized while the "
                    "part keeps that SNR on held-out samples; default 20).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="int8: calibration data seed.")
