@@ -130,5 +130,7 @@ def test_join_that_cannot_fit_is_a_usage_error(tmp_path):
     from sd2tflite.core.errors import UsageError
 
     request = replace(tiny_request(tmp_path / "out", "fp16"), join_unet=True, max_part_bytes=1400 << 20)
-    with pytest.raises(UsageError, match="--join-unet: the fp16 UNet would be ~1,600 MiB in one file"):
+    # 2 x 800M parameters x 2 bytes: ~3.2 GB, over the 1400 MiB cap.
+    with pytest.raises(UsageError, match=r"--join-unet: the fp16 UNet would be ~3,2\d\d MiB in one file, "
+                                         r"over --max-part-bytes \(1,400 MiB\)"):
         joins_unet(request, _parts(2, 800 << 20))

@@ -202,12 +202,17 @@ def joins_unet(request: "ConvertRequest", parts: list[PlannedArtifact]) -> bool:
     --max-part-bytes and the user did not ask for parts (--unet-parts)."""
     if len(parts) < 2 or request.join_unet is False:
         return False
-    total = sum(p.estimated_bytes for p in parts)
+    total = _joined_bytes(request, parts)
     fits = total <= request.max_part_bytes
     if request.join_unet and not fits:
         raise UsageError(f"--join-unet: the {request.quant} UNet would be ~{total / 2**20:,.0f} MiB in one file, "
                          f"over --max-part-bytes ({request.max_part_bytes / 2**20:,.0f} MiB): leave --join-unet out")
     return fits and (request.join_unet or request.unet_parts is None)
+
+
+def _joined_bytes(request: "ConvertRequest", parts: list[PlannedArtifact]) -> int:
+    """One file's estimate (one file's overhead, not one per part)."""
+    return estimate_file_bytes(sum(p.params for p in parts), RECIPES[request.quant].bytes_per_weight)
 
 
 def joined_unet(request: "ConvertRequest", parts: list[PlannedArtifact]) -> PlannedArtifact:
@@ -220,7 +225,7 @@ def joined_unet(request: "ConvertRequest", parts: list[PlannedArtifact]) -> Plan
     return PlannedArtifact(
         "diffusion", 0, 1, file_name("diffusion", 0, 1), inputs=inputs,
         outputs=(spec.output_spec(request.dims),), wiring={s.name: None for s in inputs},
-        params=sum(p.params for p in parts), estimated_bytes=sum(p.estimated_bytes for p in parts),
+        params=sum(p.params for p in parts), estimated_bytes=_joined_bytes(request, parts),
         build_key=key, export_key="", calibration=calibration_identity(request),
     )
 
