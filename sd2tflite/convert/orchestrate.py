@@ -4,6 +4,8 @@ Two stages keep memory down:
   export  (export.py) builds each Keras component, loads its weights, plans the UNet split and
           writes one SavedModel per part (plus int8 calibration samples) into a work folder;
   convert (tflite.py) turns one SavedModel into one .tflite file.
+UNet parts cut only for the converter's memory are then joined into one file (join.py; the parts
+stay on disk, listed in the progress file, until the manifest lists the joined file).
 With `isolate=True` (the default for full-size families) each stage runs in a fresh spawned
 process, so no process ever holds the Keras UNet and a converter at the same time, and every
 part's converter memory is returned to the OS when its process ends.
