@@ -239,13 +239,16 @@ def _aligned_buffer_type(schema):
 def _serialize(model, size_hint: int) -> bytes:
     import flatbuffers
 
-    # Sized up front: growing doubles the builder and copies it (a 0.9 GB UNet would pass 2 GB).
-    builder = flatbuffers.Builder(size_hint + (16 << 20))
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    size = len(builder.Bytes) - builder.Head()
-    if size >= HARD_FLATBUFFER_LIMIT:
-        raise ConversionError(f"the joined UNet would be {size:,} bytes, over the 2 GiB flatbuffer limit: "
-                              "keep the parts with --no-join-unet")
+    too_large = ConversionError("the joined UNet would pass the 2 GiB flatbuffer limit: keep the parts "
+                                "with --no-join-unet")
+    try:
+        # Sized up front: growing doubles the builder and copies it (a 0.9 GB UNet would pass 2 GB).
+        builder = flatbuffers.Builder(min(size_hint + (16 << 20), flatbuffers.Builder.MAX_BUFFER_SIZE))
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    except flatbuffers.builder.BuilderSizeError as exc:
+        raise too_large from exc
+    if len(builder.Bytes) - builder.Head() >= HARD_FLATBUFFER_LIMIT:
+        raise too_large
     return bytes(memoryview(builder.Bytes)[builder.Head():])
 
 
