@@ -46,6 +46,7 @@ def test_joined_unet_computes_what_its_parts_compute(tmp_path, tiny_dims, export
     assert unet.op_stats["ops"] == sum(a.op_stats["ops"] for a in parts)
     assert abs(unet.bytes - sum(a.bytes for a in parts)) < 0.01 * unet.bytes
     assert result.manifest.split["joined"]["max_abs_diff_vs_parts"] < 1e-5
+    assert result.manifest.split["joined"]["peak_rss_bytes"] > 0
     assert _misaligned_buffers((out / "diffusion.tflite").read_bytes()) == 0
     for joined, expected in zip(_noise_preds(out, samples), chained):
         assert np.max(np.abs(joined - expected)) < 1e-5 * max(1.0, float(np.max(np.abs(expected))))
@@ -54,9 +55,12 @@ def test_joined_unet_computes_what_its_parts_compute(tmp_path, tiny_dims, export
     rerun = run(True)
     assert rerun.built == [] and rerun.reused == ["diffusion.tflite"]
     assert rerun.manifest.artifacts[0].sha256 == unet.sha256
+    assert rerun.manifest.split["joined"] == result.manifest.split["joined"]  # the check's figures kept
 
-    # Asked for parts again, it converts them and the joined file goes.
-    again = run(False)
+    # Parts asked for (--unet-parts without --join-unet): the same cuts as the joined file's, so the
+    # parts are exported and converted again, and the joined file goes.
+    again = run(None)
+    assert sorted(again.built) == ["diffusion_part0.tflite", "diffusion_part1.tflite"]
     assert [a.path for a in again.manifest.artifacts] == ["diffusion_part0.tflite", "diffusion_part1.tflite"]
     assert sorted(p.name for p in out.iterdir()) == ["diffusion_part0.tflite", "diffusion_part1.tflite",
                                                      "manifest.json"]
@@ -134,3 +138,14 @@ def test_join_that_cannot_fit_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match=r"--join-unet: the fp16 UNet would be ~3,2\d\d MiB in one file, "
                                          r"over --max-part-bytes \(1,400 MiB\)"):
         joins_unet(request, _parts(2, 800 << 20))
+
+
+def test_join_that_cannot_fit_stops_before_any_export(tmp_path):
+    from sd2tflite.convert.orchestrate import convert
+    from sd2tflite.core.errors import UsageError
+
+    out = tmp_path / "set"
+    with pytest.raises(UsageError, match="--join-unet: the fp16 UNet would be ~8 MiB in one file"):
+        convert(tiny_request(out, "fp16", components="diffusion", unet_parts=2, join_unet=True,
+                             max_part_bytes=2 << 20))
+    assert not out.exists()  # nothing exported, converted or left behind

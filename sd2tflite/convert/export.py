@@ -15,7 +15,7 @@ from ..core.fsutil import temp_path
 from .attention import export_attention
 from ..core.precisions import RECIPES
 from .calibration.synthetic import synthetic_samples
-from .plan import SIGNATURE_KEY, PlannedArtifact, plan_component, split_summary, calibration_identity
+from .plan import SIGNATURE_KEY, PlannedArtifact, calibration_identity, joins_unet, plan_component, split_summary
 from .request import ConvertRequest
 
 
@@ -30,6 +30,8 @@ def export_stage(request: ConvertRequest, reuse_keys: frozenset[str], work_dir: 
     for component in request.components:
         model = build_with_weights(request.family, component, request.dims, request.weights[component])
         artifacts, models, plan = plan_component(request, component, model)
+        if component == "diffusion":
+            joins_unet(request, artifacts)  # a --join-unet that cannot fit one file stops before any export
         split = split or split_summary(plan, request)
         todo = [i for i, a in enumerate(artifacts) if a.build_key not in reuse_keys]
         calibration = None

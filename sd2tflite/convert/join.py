@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..core.errors import ConversionError
+from ..core.errors import ConversionError, SD2TFLiteError
 from .plan import HARD_FLATBUFFER_LIMIT, SIGNATURE_KEY, PlannedArtifact
 
 # The converter aligns weight buffers to 16 bytes; keep that (kernels may read them in place).
@@ -36,8 +36,14 @@ def join_stage(joined: PlannedArtifact, parts: Sequence[PlannedArtifact], out_di
     start = time.monotonic()
     data = [(Path(out_dir) / p.file_name).read_bytes() for p in parts]
     output_name = joined.outputs[0].name
-    model = join_parts(data, parts, [s.name for s in joined.inputs], output_name)
-    diff = check_joined(model, data, parts, output_name)
+    try:
+        model = join_parts(data, parts, [s.name for s in joined.inputs], output_name)
+        diff = check_joined(model, data, parts, output_name)
+    except SD2TFLiteError:
+        raise
+    except Exception as exc:  # the schema object API, flatbuffers or LiteRT: one line, not a traceback
+        raise ConversionError(f"joining the UNet parts failed ({' '.join(str(exc).split())[:200]}): "
+                              "keep the parts with --no-join-unet") from exc
     target = Path(out_dir) / joined.file_name
     write_bytes_atomic(target, model)
     op_stats = quantized_op_stats(model)

@@ -82,6 +82,15 @@ def _run(isolate: bool, fn, *args):
             ) from exc
 
 
+def _earlier_join_record(out_dir: Path, file_name: str) -> dict:
+    """The join figures an earlier run recorded for a joined file this run reuses whole."""
+    try:
+        record = load_manifest(out_dir).split.get("joined") or {}
+    except SD2TFLiteError:
+        record = {}
+    return record if record.get("file") == file_name else {"file": file_name}
+
+
 def convert(request: ConvertRequest, progress=None) -> ConvertResult:
     """Runs the whole conversion, holding the output folder; the manifest is written last."""
     out_dir = Path(request.out_dir)
@@ -123,18 +132,23 @@ def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> Convert
         progress.step("building Keras models and exporting SavedModels")
         planned, split = _run(request.isolate, export_stage, request, frozenset(reusable) | frozenset(joined_parts),
                               str(work_dir))
-        progress.advance()
         unet_parts = [a for a in planned if a.component == "diffusion"]
         joined = joined_unet(request, unet_parts) if joins_unet(request, unet_parts) else None
+        if any(a.saved_model_dir is None and a.build_key not in reusable for a in unet_parts) and (
+                joined is None or joined.build_key not in reusable):
+            # The parts were skipped for an earlier run's joined file, but this run delivers them
+            # otherwise (as parts, e.g. --unet-parts): export them after all.
+            exported = frozenset(a.build_key for a in planned if a.saved_model_dir is not None)
+            again, split = _run(request.isolate, export_stage, request, frozenset(reusable) | exported, str(work_dir))
+            first = {a.build_key: a for a in planned}
+            planned = [first[a.build_key] if a.build_key in exported else a for a in again]
+            unet_parts = [a for a in planned if a.component == "diffusion"]
+        progress.advance()
         progress.begin(len(planned) + (joined is not None))
         for artifact in planned:
             if artifact.saved_model_dir is None:
-                earlier = reusable.get(artifact.build_key)
-                if earlier is None:  # a part of the reusable joined UNet
-                    earlier = joined_parts[artifact.build_key]
-                    if joined is None or earlier.build_key != joined.build_key:
-                        raise ConversionError(f"{artifact.file_name} exists only inside the joined "
-                                              f"{earlier.path} of an earlier run: re-run with --force")
+                # (else a part of the earlier run's joined file, which this run delivers again)
+                earlier = reusable.get(artifact.build_key) or joined_parts[artifact.build_key]
                 if earlier not in result_artifacts:
                     result_artifacts.append(earlier)
                     reused.append(earlier.path)
@@ -152,7 +166,7 @@ def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> Convert
             progress.advance()
         joined_leftovers: list[str] = []
         if joined is not None:
-            split["joined"] = {"file": joined.file_name}
+            split["joined"] = _earlier_join_record(out_dir, joined.file_name)
             parts = [a for a in result_artifacts if a.component == "diffusion" and a.build_key != joined.build_key]
             if parts:  # (else the joined file of an earlier run was reused whole)
                 at = result_artifacts.index(parts[0])
@@ -162,10 +176,12 @@ def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> Convert
                 else:
                     progress.step(f"joining {len(parts)} UNet parts into {joined.file_name}")
                     stats = _run(request.isolate, join_stage, joined, unet_parts, str(out_dir))
+                    split["joined"] = {
+                        "file": joined.file_name, "seconds": stats["seconds"],
+                        "max_abs_diff_vs_parts": stats["max_abs_diff_vs_parts"],
+                        "peak_rss_bytes": stats["peak_rss_bytes"],  # the join's own worker
+                        "parts_conversion_seconds": round(sum(a.conversion_seconds for a in parts), 2)}
                     stats["peak_rss_bytes"] = max([stats["peak_rss_bytes"]] + [a.peak_rss_bytes for a in parts])
-                    split["joined"].update({
-                        "seconds": stats["seconds"], "max_abs_diff_vs_parts": stats["max_abs_diff_vs_parts"],
-                        "parts_conversion_seconds": round(sum(a.conversion_seconds for a in parts), 2)})
                     stats["seconds"] = round(stats["seconds"] + split["joined"]["parts_conversion_seconds"], 2)
                     kept = [a.op_stats["kept_float"] for a in parts if a.op_stats and "kept_float" in a.op_stats]
                     if kept:  # int8: what each part kept in float
