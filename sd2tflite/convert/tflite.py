@@ -94,8 +94,8 @@ def saved_model_converter(saved_model_dir: str):
     `TFLiteConverter.from_saved_model` loads the SavedModel into Python to list its signatures and
     keeps that object (every variable) alive until the converter is gone, although the conversion
     reads the SavedModel from disk again. Built directly, the converter holds nothing: the worker
-    converting the 1.25 GB fp32 v1 UNet part peaked at 7.11 GB instead of 8.39 GB
-    (scripts/results/convert-v1-fp32-512-direct-converter.json).
+    converting the 1.25 GB fp32 v1 UNet part peaked at 7.11 GB instead of 8.40 GB, same bytes out
+    (scripts/results/convert-v1-fp32-512-issue14{,-direct}.json).
     """
     import tensorflow as tf
 
