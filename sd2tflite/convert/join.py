@@ -12,8 +12,6 @@ runs both on one input before the file is written.
 from __future__ import annotations
 
 import functools
-import hashlib
-import resource
 import time
 from pathlib import Path
 from typing import Sequence
@@ -21,40 +19,32 @@ from typing import Sequence
 import numpy as np
 
 from ..core.errors import ConversionError, SD2TFLiteError
+from ..core.registry import ModelDims
 from .plan import HARD_FLATBUFFER_LIMIT, SIGNATURE_KEY, PlannedArtifact
 
 # The converter aligns weight buffers to 16 bytes; keep that (kernels may read them in place).
 BUFFER_ALIGNMENT = 16
 
 
-def join_stage(joined: PlannedArtifact, parts: Sequence[PlannedArtifact], out_dir: str) -> dict:
+def join_stage(joined: PlannedArtifact, parts: Sequence[PlannedArtifact], dims: ModelDims, out_dir: str) -> dict:
     """Reads the converted part files, joins them, checks the result against them and writes it
     (atomically). Returns what convert_stage returns, plus the check's largest difference."""
     from ..core.fsutil import write_bytes_atomic
-    from .tflite import quantized_op_stats
+    from .tflite import written_file_stats
 
     start = time.monotonic()
     data = [(Path(out_dir) / p.file_name).read_bytes() for p in parts]
     output_name = joined.outputs[0].name
     try:
         model = join_parts(data, parts, [s.name for s in joined.inputs], output_name)
-        diff = check_joined(model, data, parts, output_name)
+        diff = check_joined(model, data, parts, output_name, dims)
     except SD2TFLiteError:
         raise
     except Exception as exc:  # the schema object API, flatbuffers or LiteRT: one line, not a traceback
         raise ConversionError(f"joining the UNet parts failed ({' '.join(str(exc).split())[:200]}): "
                               "keep the parts with --no-join-unet") from exc
-    target = Path(out_dir) / joined.file_name
-    write_bytes_atomic(target, model)
-    op_stats = quantized_op_stats(model)
-    return {
-        "sha256": hashlib.sha256(model).hexdigest(),
-        "bytes": len(model),
-        "op_stats": op_stats,
-        "seconds": round(time.monotonic() - start, 2),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "max_abs_diff_vs_parts": diff,
-    }
+    write_bytes_atomic(Path(out_dir) / joined.file_name, model)
+    return {**written_file_stats(model, start), "max_abs_diff_vs_parts": diff}
 
 
 def join_parts(parts: Sequence[bytes], artifacts: Sequence[PlannedArtifact],
@@ -154,18 +144,14 @@ def join_parts(parts: Sequence[bytes], artifacts: Sequence[PlannedArtifact],
 
 
 def check_joined(joined: bytes, parts: Sequence[bytes], artifacts: Sequence[PlannedArtifact],
-                 output_name: str, seed: int = 0) -> float:
-    """Runs the joined file and the chained parts on one seeded input; returns the largest absolute
-    difference of the outputs, raising when the two disagree beyond rounding."""
+                 output_name: str, dims: ModelDims, seed: int = 0) -> float:
+    """Runs the joined file and the chained parts on one pipeline-like UNet input; returns the
+    largest absolute difference of the outputs, raising when the two disagree beyond rounding."""
     from ..core.quiet import native_stderr_muted
     from .calibration.selective import run_samples
+    from .calibration.synthetic import synthetic_samples
 
-    rng = np.random.default_rng(seed)
-    values = {}
-    for artifact in artifacts:
-        for spec in artifact.inputs:
-            if artifact.wiring.get(spec.name) is None and spec.name not in values:
-                values[spec.name] = _sample(rng, spec)
+    [values] = synthetic_samples("diffusion", dims, 1, seed)
     feeds = dict(values)
     with native_stderr_muted():  # LiteRT's "Created ... XNNPACK delegate" line, unless -v
         for artifact, data in zip(artifacts, parts):
@@ -178,12 +164,6 @@ def check_joined(joined: bytes, parts: Sequence[bytes], artifacts: Sequence[Plan
         raise ConversionError(f"the joined UNet differs from its parts (max |diff| {diff:.3g}, output scale "
                               f"{scale:.3g}): keep the parts with --no-join-unet")
     return diff
-
-
-def _sample(rng, spec) -> np.ndarray:
-    if np.dtype(spec.dtype).kind in "iu":
-        return rng.integers(0, 8, size=spec.shape).astype(spec.dtype)
-    return rng.standard_normal(spec.shape).astype(spec.dtype)
 
 
 def _check_same_type(tensor, joined_tensor, file_name: str, name: str) -> None:

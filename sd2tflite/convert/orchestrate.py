@@ -175,7 +175,7 @@ def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> Convert
                     reused.append(joined_artifact.path)
                 else:
                     progress.step(f"joining {len(parts)} UNet parts into {joined.file_name}")
-                    stats = _run(request.isolate, join_stage, joined, unet_parts, str(out_dir))
+                    stats = _run(request.isolate, join_stage, joined, unet_parts, request.dims, str(out_dir))
                     split["joined"] = {
                         "file": joined.file_name, "seconds": stats["seconds"],
                         "max_abs_diff_vs_parts": stats["max_abs_diff_vs_parts"],

@@ -115,8 +115,11 @@ def _keys(request: ConvertRequest, component: str, part_fields: dict) -> dict[st
     if component == "diffusion":  # only the UNet's graph changed with this revision
         identity["unet_attention_revision"] = attention.UNET_ATTENTION_REVISION
     export = {k: v for k, v in identity.items() if k not in _PRECISION_FIELDS}
-    digest = lambda data: hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()  # noqa: E731
-    return {"build_key": digest(identity), "export_key": digest(export)}
+    return {"build_key": _digest(identity), "export_key": _digest(export)}
+
+
+def _digest(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def calibration_identity(request: ConvertRequest) -> dict | None:
@@ -220,8 +223,7 @@ def joined_unet(request: "ConvertRequest", parts: list[PlannedArtifact]) -> Plan
     key made of its parts' keys (the same parts join into the same file)."""
     spec = COMPONENTS["diffusion"]
     inputs = tuple(spec.input_specs(request.dims))
-    key = hashlib.sha256(json.dumps({"join_revision": JOIN_REVISION, "parts": [p.build_key for p in parts]})
-                         .encode()).hexdigest()
+    key = _digest({"join_revision": JOIN_REVISION, "parts": [p.build_key for p in parts]})
     return PlannedArtifact(
         "diffusion", 0, 1, file_name("diffusion", 0, 1), inputs=inputs,
         outputs=(spec.output_spec(request.dims),), wiring={s.name: None for s in inputs},

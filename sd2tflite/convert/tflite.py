@@ -72,17 +72,20 @@ def convert_stage(artifact: PlannedArtifact, quant: str, out_dir: str, keep_floa
             f"{artifact.file_name}: no integer-only kernel for {named}: use --quant int8 (float fallback)")
     if samples:
         _check_it_runs(artifact.file_name, data, samples[0], quant)
-    target = Path(out_dir) / artifact.file_name
-    write_bytes_atomic(target, data)
-    digest = hashlib.sha256(data).hexdigest()  # of the bytes in memory: no second read
-    size = len(data)
+    write_bytes_atomic(Path(out_dir) / artifact.file_name, data)
+    stats = written_file_stats(data, start, op_stats)
     if selective is not None:
-        op_stats["kept_float"] = selective
-    del data, converter
+        stats["op_stats"]["kept_float"] = selective
+    return stats
+
+
+def written_file_stats(data: bytes, start: float, op_stats: dict | None = None) -> dict:
+    """What the manifest records of a file this worker wrote: sha256 (of the bytes in memory: no
+    second read), bytes, operator statistics, seconds since `start`, the worker's peak RSS."""
     return {
-        "sha256": digest,
-        "bytes": size,
-        "op_stats": op_stats,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "op_stats": quantized_op_stats(data) if op_stats is None else op_stats,
         "seconds": round(time.monotonic() - start, 2),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
