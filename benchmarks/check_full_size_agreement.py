@@ -1,10 +1,10 @@
-"""Check side of the full-size agreement check (issue 12): imports the full-size SD 1.5 / SD 2.1-base
-single files that scripts/make_full_size_agreement.py wrote (random weights, made with diffusers /
+"""Check side of the full-size agreement check: imports the full-size SD 1.5 / SD 2.1-base single
+files that tests/fixtures/make_full_size_agreement.py wrote (random weights, made with diffusers /
 transformers in a torch venv), builds each Keras component at full size with sd2tflite's importer,
 runs it on the same inputs and compares with the PyTorch outputs. No torch here (checked).
 
-    flock /work/logs/heavy.lock .venv/bin/python scripts/check_full_size_agreement.py v1 [v2] \
-        [--ref-dir /work/bench-out/agreement] [--out scripts/results/checkpoint-agreement-full-size.json]
+    python -m benchmarks.check_full_size_agreement v1 [v2] --ref-dir REF_DIR \
+        [--out benchmarks/records/checkpoint-agreement-full-size.json]
 
 Per component: largest absolute error and that error / max(1, output scale), against the reference
 with keras-cv's numerics (the weight mapping alone; bar 1e-4, as tests/test_checkpoint.py holds
@@ -33,14 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from sd2tflite.convert.checkpoint import COMPONENTS, SD1, SD2, open_checkpoint
 
-from sd2tflite.convert.checkpoint import COMPONENTS, SD1, SD2, open_checkpoint  # noqa: E402
-from sd2tflite.core.fsutil import write_json_atomic  # noqa: E402
-
-DEFAULT_REF = Path("/work/bench-out/agreement")
-DEFAULT_OUT = ROOT / "scripts" / "results" / "checkpoint-agreement-full-size.json"
+DEFAULT_OUT = Path(__file__).resolve().parent / "records" / "checkpoint-agreement-full-size.json"
 TIGHT = 1e-4  # tests/test_checkpoint.py: max abs error / max(1, output scale), keras-cv numerics
 EXACT = 1e-2  # tests/test_checkpoint.py: the same against diffusers / transformers unchanged
 FULL_SIZE = {"v1": SD1, "v2": SD2}  # keras-cv's v1 / v2 architectures
@@ -190,18 +185,21 @@ def versions() -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("families", nargs="+", choices=sorted(FULL_SIZE))
-    ap.add_argument("--ref-dir", type=Path, default=DEFAULT_REF)
+    ap.add_argument("--ref-dir", type=Path, required=True, help="the folder make_full_size_agreement.py wrote")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()
+    # Imported here, not at the top: tests/test_checkpoint_full_size.py loads this file by its path.
+    from benchmarks.records import invocation, write_record
+
     for family in args.families:
         if gone := missing(args.ref_dir, family):
-            raise SystemExit(f"error: {gone[0]} not found; run scripts/make_full_size_agreement.py {family} "
+            raise SystemExit(f"error: {gone[0]} not found; run tests/fixtures/make_full_size_agreement.py {family} "
                              "in a torch venv first (its docstring says how)")
     data = json.loads(args.out.read_text()) if args.out.exists() else {}
     data.update({
         "what": "full-size agreement of sd2tflite's checkpoint importer with diffusers / transformers "
-                "(random weights): scripts/make_full_size_agreement.py (reference, torch) then "
-                "scripts/check_full_size_agreement.py (this side, no torch)",
+                "(random weights): tests/fixtures/make_full_size_agreement.py (reference, torch) then "
+                "benchmarks/check_full_size_agreement.py (this side, no torch)",
         "machine": {"cpus": os.cpu_count(),
                     "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)},
         "bars": {"err_over_scale": TIGHT, "err_over_scale_vs_unchanged": EXACT,
@@ -213,9 +211,9 @@ def main():
         rec = check_family(args.ref_dir, family)
         assert "torch" not in sys.modules, "the check side must not import torch"
         rec["versions"] = versions()
-        rec["command"] = " ".join([".venv/bin/python", *sys.argv])
+        rec["command"] = invocation()
         families[family] = rec
-        write_json_atomic(args.out, data)
+        write_record(args.out, data)
         if not rec["ok"]:
             failed.append(family)
     print(f"wrote {args.out}")

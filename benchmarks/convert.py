@@ -1,29 +1,26 @@
-#!/usr/bin/env python
 """Full-size conversion benchmark: seconds, peak RSS (whole process tree) and bytes per file.
 
-    python scripts/bench_convert.py --quant fp32 --quant dynamic [--model v1] [--img 512]
-    python scripts/bench_convert.py --quant dynamic --tag budget8GB -- --memory-budget 8GB
+    python -m benchmarks.convert --quant fp32 --quant dynamic [--model v1] [--img 512]
+    python -m benchmarks.convert --quant dynamic --tag budget8GB -- --memory-budget 8GB
 
 Runs `sd2tflite convert --weights random:0` (same shapes and sizes as the released weights), or
---weights CHECKPOINT, as a subprocess, samples the RSS of it and all its workers, and writes scripts/results/convert-*.json
-plus a Markdown table on stdout. Never run two of these at once on a 24 GB machine.
+--weights CHECKPOINT, as a subprocess, samples the RSS of it and all its workers, and writes
+benchmarks/records/convert-MODEL-IMG-QUANT[-TAG].json plus a Markdown table on stdout. Never run two
+of these at once on a 24 GB machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from sd2tflite.bench.measure import PeakTreeRSS  # noqa: E402
-from sd2tflite.core.manifest import load_manifest  # noqa: E402
-from sd2tflite.core.precisions import RECIPES  # noqa: E402
+from benchmarks.records import RECORDS, ROOT, repo_relative, write_record
+from sd2tflite.bench.measure import PeakTreeRSS
+from sd2tflite.core.manifest import load_manifest
+from sd2tflite.core.precisions import RECIPES
 
 
 def run_one(model: str, quant: str, img: int, out_root: Path, extra: list[str], tag: str = "",
@@ -32,7 +29,7 @@ def run_one(model: str, quant: str, img: int, out_root: Path, extra: list[str], 
     cmd = [
         sys.executable, "-m", "sd2tflite.cli", "convert", "--model", model, "--quant", quant,
         "--weights", weights, "--img-height", str(img), "--img-width", str(img),
-        "-o", str(out_dir), "--force", "-q", *extra,
+        "-o", repo_relative(out_dir), "--force", "-q", *extra,  # relative: the record names no machine path
     ]
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
     start = time.monotonic()
@@ -98,20 +95,20 @@ def main() -> None:
     parser.add_argument("--model", default="v1")
     parser.add_argument("--quant", action="append", default=None)
     parser.add_argument("--img", type=int, default=512)
-    parser.add_argument("--out", default=str(ROOT / "bench-out"))
+    parser.add_argument("--out", default=str(ROOT / "bench-out"),
+                        help="folder for the converted sets (default: bench-out/ here, which git ignores)")
     parser.add_argument("--tag", default="", help="suffix for the result file (e.g. the extra options)")
     parser.add_argument("--weights", default="random:0",
                         help="what to convert: random:0 (keras-cv's shapes) or a checkpoint, e.g. the file "
-                             "scripts/make_full_size_checkpoint.py writes (SD 1.5's names and shapes, random values)")
+                             "tests/fixtures/make_full_size_checkpoint.py writes (SD 1.5's names and shapes, random values)")
     parser.add_argument("extra", nargs="*", help="extra convert options after --")
     args = parser.parse_args()
-    results_dir = ROOT / "scripts" / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
+    RECORDS.mkdir(parents=True, exist_ok=True)
     for quant in args.quant or ["fp32", "dynamic"]:
         result = run_one(args.model, quant, args.img, Path(args.out), args.extra, args.tag, args.weights)
         suffix = f"-{args.tag}" if args.tag else ""
-        path = results_dir / f"convert-{args.model}-{quant}-{args.img}{suffix}.json"
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        path = RECORDS / f"convert-{args.model}-{args.img}-{quant}{suffix}.json"
+        write_record(path, result)
         print(markdown(result), flush=True)
         print(f"(written to {path.relative_to(ROOT)})\n", flush=True)
 

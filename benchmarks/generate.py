@@ -1,12 +1,12 @@
-#!/usr/bin/env python
 """Full-size inference benchmark: `sd2tflite bench` over converted sets, vs keras-cv, plus the
-conversion cost recorded by scripts/bench_convert.py, in one Markdown table.
+conversion cost recorded by benchmarks/convert.py, in one Markdown table.
 
-    python scripts/bench_generate.py /work/bench-out/sd-v1-{fp32,fp16,dynamic,int8}-256 --tag v1-256
-    python scripts/bench_generate.py --convert-only          # the conversion rows alone
+    python -m benchmarks.generate bench-out/sd-v1-{fp32,fp16,dynamic,int8}-256 --tag v1-256
+    python -m benchmarks.generate --convert-only          # the conversion rows alone
 
-Writes scripts/results/bench-TAG.json (the bench report, conversion cases added), bench-TAG.md and
-bench-TAG.png. Run it on a quiet machine: every case is timed, and Keras needs the full model in RAM.
+Writes benchmarks/records/bench-TAG.json (the bench report, conversion cases added), bench-TAG.md
+and bench-TAG.png. Run it on a quiet machine: every case is timed, and Keras needs the full model in
+RAM.
 """
 
 from __future__ import annotations
@@ -17,12 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from sd2tflite.bench.report import conversion_case, markdown, validate_bench_json  # noqa: E402
-
-RESULTS = ROOT / "scripts" / "results"
+from benchmarks.records import RECORDS, ROOT, write_record
+from sd2tflite.bench.report import conversion_case, markdown, validate_bench_json
 
 
 def main() -> None:
@@ -34,11 +30,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--no-keras", action="store_true", help="LiteRT only")
     parser.add_argument("--convert", default="convert-*.json",
-                        help="glob under scripts/results for conversion rows ('' for none)")
+                        help="glob under benchmarks/records for conversion rows ('' for none)")
     parser.add_argument("--convert-only", action="store_true", help="only the conversion rows")
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"bench-{args.tag}"
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    out = RECORDS / f"bench-{args.tag}"
 
     cases = []
     if not args.convert_only:
@@ -61,11 +57,11 @@ def main() -> None:
         if report.get("failures"):
             print(f"{len(report['failures'])} case(s) failed; see `failures` in {out}.json", file=sys.stderr)
     conversions = [conversion_case(json.loads(p.read_text()))
-                   for p in sorted(RESULTS.glob(args.convert))] if args.convert else []
+                   for p in sorted(RECORDS.glob(args.convert))] if args.convert else []
     if not args.convert_only:
         report["cases"] = cases + conversions
         validate_bench_json(report)
-        Path(f"{out}.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_record(Path(f"{out}.json"), report)
     table = markdown(cases + conversions)
     Path(f"{out}.md").write_text(table + "\n")
     print(table)

@@ -1,16 +1,15 @@
-#!/usr/bin/env python
 """Peak memory of a whole text-to-image run from converted sets, split into anonymous and
 file-backed RSS, with every component kept loaded (before) and with each released after its
 stage (what `sd2tflite generate` does now). With --weight-cache DIR: released after their stage,
 XNNPACK's packed weights in cache files in DIR, twice (the first run writes the files, the second
 maps them).
 
-    python scripts/bench_generate_memory.py /work/bench-out/sd-v1-{fp32,dynamic}-512 --tag v1-512
-    python scripts/bench_generate_memory.py /work/bench-out/sd-v1-fp32-512 --tag v1-512-cache --weight-cache /tmp/xnn
+    python -m benchmarks.generate_memory bench-out/sd-v1-{fp32,dynamic}-512 --tag v1-512
+    python -m benchmarks.generate_memory bench-out/sd-v1-fp32-512 --tag v1-512-cache --weight-cache CACHE_DIR
 
 Each run is a fresh process running sd2tflite's pipeline on LiteRT; this process samples its
 /proc status every 50 ms (RssAnon, RssFile + RssShmem) and the child reports its kernel-tracked
-peak (VmHWM). Writes scripts/results/generate-memory-TAG.json and .md. Run it on a quiet machine.
+peak (VmHWM). Writes benchmarks/records/generate-memory-TAG.json and .md. Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -21,14 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.records import RECORDS, ROOT, invocation, write_record
+from sd2tflite.bench.measure import PeakTreeRSS, machine
+from sd2tflite.core.manifest import load_manifest
 
-from sd2tflite.bench.measure import PeakTreeRSS, machine  # noqa: E402
-from sd2tflite.core.fsutil import write_json_atomic  # noqa: E402
-from sd2tflite.core.manifest import load_manifest  # noqa: E402
-
-RESULTS = ROOT / "scripts" / "results"
 VOCAB = ROOT / "tests" / "data" / "bpe_simple_vocab_16e6.txt.gz"
 
 CHILD = """
@@ -102,9 +97,9 @@ def main() -> None:
         for release in ((True, True) if args.weight_cache else (False, True)):
             rows.append(run(directory, release, args.steps, args.weight_cache))
             print(markdown(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"generate-memory-{args.tag}"
-    write_json_atomic(Path(f"{out}.json"), {"machine": machine(), "command": " ".join(sys.argv), "runs": rows})
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    out = RECORDS / f"generate-memory-{args.tag}"
+    write_record(Path(f"{out}.json"), {"machine": machine(), "command": invocation(), "runs": rows})
     Path(f"{out}.md").write_text(markdown(rows) + "\n")
     print(markdown(rows))
 

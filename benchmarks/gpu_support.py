@@ -6,23 +6,20 @@ The analyzer of TensorFlow 2.18 and later, and ai-edge-litert's, answers "looks 
 model (its GPU checks were taken out: tensorflow/tensorflow#77042). TensorFlow 2.17's still checks:
 give a Python that has it.
 
-    python3.11 -m venv /tmp/tf217 && /tmp/tf217/bin/pip install tensorflow-cpu==2.17.1
-    .venv/bin/python scripts/gpu_support.py SET_DIR [SET_DIR ...] --gpu-analyzer /tmp/tf217/bin/python \
-        [--json out.json]
+    python3.11 -m venv ~/tf217 && ~/tf217/bin/pip install tensorflow-cpu==2.17.1
+    python -m benchmarks.gpu_support SET_DIR [SET_DIR ...] --gpu-analyzer ~/tf217/bin/python [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sd2tflite.core.errors import SD2TFLiteError  # noqa: E402
-from sd2tflite.core.manifest import load_manifest  # noqa: E402
-from sd2tflite.verify import gpu  # noqa: E402
+from benchmarks.records import write_record
+from sd2tflite.core.errors import SD2TFLiteError
+from sd2tflite.core.manifest import load_manifest
+from sd2tflite.verify import gpu
 
 
 def main() -> int:
@@ -53,7 +50,7 @@ def main() -> int:
     print("|---|---|---:|---|---:|---|")
     print("\n".join(rows))
     if args.json:
-        args.json.write_text(json.dumps({"runtime": runtime, "sets": record}, indent=1))
+        write_record(args.json, {"runtime": runtime, "sets": record})
     return 0
 
 

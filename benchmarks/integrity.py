@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """What the integrity check costs before `generate` / `bench`, with and without the sha256 cache.
 
-    python scripts/bench_integrity.py /work/bench-out/sd-v1-fp32-512-rerun
+    python -m benchmarks.integrity bench-out/sd-v1-fp32-512
 
 Three passes over one set, in a private cache: every byte (what `verify` and `push-hub` do; the
 first pass may read from disk), then the cached path twice (the first of them hashes and
@@ -10,20 +9,17 @@ remembers, the second only compares stat results). File signatures are loaded in
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 
 def main() -> None:
-    if len(sys.argv) != 2:
-        raise SystemExit(__doc__)
-    directory = Path(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("set", type=Path, help="a converted set's folder")
+    directory = parser.parse_args().set
     with tempfile.TemporaryDirectory(prefix="sd2tflite-hash-cache-") as cache:
         os.environ["SD2TFLITE_CACHE"] = cache
         from sd2tflite.runtime.integrity import ensure_intact

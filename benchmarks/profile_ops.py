@@ -1,16 +1,15 @@
-#!/usr/bin/env python
 """Where a converted component's time goes, per kernel: each file (UNet part) of the component runs
 under Linux `perf` and its samples are grouped by the kernel that took them (XNNPACK micro-kernels,
 TFLite's optimized and reference kernels, ...). LiteRT's own op profiler lives in its C++ benchmark
 tool, which the pip wheel does not ship; the wheel's kernels keep their symbols, so perf names them.
 
-    python scripts/profile_ops.py /work/bench-out/sd-v1-int8-512 --tag v1-int8-512
-    python scripts/profile_ops.py SET --component decoder --calls 2
+    python -m benchmarks.profile_ops bench-out/sd-v1-int8-512 --tag v1-512-int8
+    python -m benchmarks.profile_ops SET --component decoder --calls 2
 
 One child process loads every file of the component (LiteRT Interpreter with XNNPACK, as `bench`'s
 per-part figures), runs the chain once on bench's seeded inputs (each part fed what the earlier
 parts produce), then calls each file `--calls` times while `perf record` samples only that window.
-Writes scripts/results/op-profile-TAG.json and .md. Needs `perf` and perf_event_paranoid <= 2.
+Writes benchmarks/records/op-profile-TAG.json and .md. Needs `perf` and perf_event_paranoid <= 2.
 """
 
 from __future__ import annotations
@@ -27,14 +26,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from sd2tflite.bench.measure import machine  # noqa: E402
-from sd2tflite.core.fsutil import write_json_atomic  # noqa: E402
-from sd2tflite.core.manifest import load_manifest  # noqa: E402
-
-RESULTS = ROOT / "scripts" / "results"
+from benchmarks.records import RECORDS, ROOT, invocation, write_record
+from sd2tflite.bench.measure import machine
+from sd2tflite.core.manifest import load_manifest
 
 CHILD = """
 import json, sys, time
@@ -172,12 +166,13 @@ def main() -> None:
     manifest = load_manifest(args.set)
     report = {"set": args.set.name, "quant": manifest.quant, "component": args.component, "threads": args.threads,
               "calls": args.calls, "machine": machine(), "versions": manifest.versions,
-              "command": " ".join(["python", "scripts/profile_ops.py", *sys.argv[1:]]),
+              "command": invocation(),
               "files": profile(args.set, args.component, args.threads, args.calls, args.frequency)}
     tag = args.tag or args.set.name
-    write_json_atomic(RESULTS / f"op-profile-{tag}.json", report)
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    write_record(RECORDS / f"op-profile-{tag}.json", report)
     table = markdown(report)
-    (RESULTS / f"op-profile-{tag}.md").write_text(table + "\n")
+    (RECORDS / f"op-profile-{tag}.md").write_text(table + "\n")
     print(table)
 
 

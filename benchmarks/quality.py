@@ -3,10 +3,10 @@ and LiteRT sets (fp32, fp16, dynamic, int8 synthetic / recorded calibration, int
 on the held-out prompts of sd2tflite/verify/shapes.py, plus each set's image PSNR against the Keras
 image from the same noise. Writes a JSON and prints a table.
 
-    .venv/bin/python scripts/bench_quality.py [--prompts 36] [--steps 25] [--guidance 7.5]
-        [--out scripts/results/quality-tiny.json] [--work /tmp/sd2tflite-quality]
+    python -m benchmarks.quality --work WORK_DIR [--prompts 36] [--steps 25] [--guidance 7.5]
+        [--out benchmarks/records/quality-tiny.json]
 
-Each set converts in about a minute (export shared); sets already in --work are reused.
+Each set converts into WORK_DIR in about a minute (export shared); sets already there are reused.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from sd2tflite.core.fsutil import write_json_atomic  # noqa: E402
+from benchmarks.records import RECORDS, invocation, write_record  # noqa: E402
 from sd2tflite.core.metrics import parity  # noqa: E402
 from sd2tflite.verify import shapes  # noqa: E402
 
@@ -46,8 +44,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, from: {', '.join(SETS)}")
-    parser.add_argument("--out", type=Path, default=ROOT / "scripts" / "results" / "quality-tiny.json")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/sd2tflite-quality"))
+    parser.add_argument("--out", type=Path, default=RECORDS / "quality-tiny.json")
+    parser.add_argument("--work", type=Path, required=True, help="folder for the converted sets (reused)")
     args = parser.parse_args()
     names = [n.strip() for n in args.sets.split(",") if n.strip()]
     unknown = [n for n in names if n not in SETS]
@@ -55,8 +53,8 @@ def main() -> int:
         print(f"error: unknown set {unknown[0]!r}: choose from {', '.join(SETS)}", file=sys.stderr)
         return 2
     report = run(names, shapes.held_out_prompts(args.prompts), args.steps, args.guidance, args.work)
-    report["command"] = " ".join([Path(sys.executable).name, *sys.argv])
-    write_json_atomic(args.out, report)
+    report["command"] = invocation()
+    write_record(args.out, report)
     print(table(report))
     print(f"report: {args.out}")
     return 0

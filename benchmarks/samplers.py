@@ -2,10 +2,10 @@
 `ddim` reference (same starting noise) for each sampler at 8, 12, 16 and 25 steps, on LiteRT fp32.
 Writes a JSON and prints a table; the README's "Samplers" section quotes it.
 
-    .venv/bin/python scripts/bench_samplers.py [--prompts 36] [--steps 8,12,16,25]
-        [--out scripts/results/samplers-tiny.json] [--work /tmp/sd2tflite-quality]
+    python -m benchmarks.samplers --work WORK_DIR [--prompts 36] [--steps 8,12,16,25]
+        [--out benchmarks/records/samplers-tiny.json]
 
-The fp32 set is converted into --work (bench_quality.py's layout) unless it is already there.
+The fp32 set is converted into WORK_DIR (benchmarks/quality.py's layout) unless it is already there.
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench_quality import convert_sets  # noqa: E402  (scripts/ is this script's own folder)
-from sd2tflite.core.fsutil import write_json_atomic  # noqa: E402
+from benchmarks.quality import convert_sets  # noqa: E402
+from benchmarks.records import RECORDS, invocation, write_record  # noqa: E402
 from sd2tflite.core.metrics import parity  # noqa: E402
 from sd2tflite.verify import shapes  # noqa: E402
 
@@ -39,8 +37,8 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=36, help="how many held-out prompts (spread over the set)")
     parser.add_argument("--steps", default="8,12,16,25", help="comma-separated step counts")
     parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--out", type=Path, default=ROOT / "scripts" / "results" / "samplers-tiny.json")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/sd2tflite-quality"))
+    parser.add_argument("--out", type=Path, default=RECORDS / "samplers-tiny.json")
+    parser.add_argument("--work", type=Path, required=True, help="folder for the converted fp32 set (reused)")
     args = parser.parse_args()
     try:
         step_counts = [int(s) for s in args.steps.split(",") if s.strip()]
@@ -48,8 +46,8 @@ def main() -> int:
         print(f"error: --steps {args.steps!r}: give comma-separated whole numbers, e.g. 8,12,16,25", file=sys.stderr)
         return 2
     report = run(shapes.held_out_prompts(args.prompts), step_counts, args.guidance, args.work)
-    report["command"] = " ".join([Path(sys.executable).name, *sys.argv])
-    write_json_atomic(args.out, report)
+    report["command"] = invocation()
+    write_record(args.out, report)
     print(table(report))
     print(f"report: {args.out}")
     return 0

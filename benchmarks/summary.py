@@ -1,13 +1,12 @@
-#!/usr/bin/env python
-"""The README's one table (and picture) from bench reports written by scripts/bench_generate.py.
+"""The README's one table (and picture) from bench reports written by benchmarks/generate.py.
 
-    python scripts/bench_summary.py scripts/results/bench-v1-256.json scripts/results/bench-v1-512.json \
-        --plot scripts/results/bench-v1-summary.png
+    python -m benchmarks.summary benchmarks/records/bench-v1-512.json \
+        --plot benchmarks/records/bench-v1-512-summary.png
 
 A row per image size and backend (LiteRT per precision, Keras eager, Keras XLA): file sizes,
 median UNet call, UNet step and image, median call of the other components, the image run's
 peak RSS, the step against both Keras modes (medians from the same report), and the conversion
-cost (the `convert` cases bench_generate.py folded in). Every figure is copied from the reports.
+cost (the `convert` cases benchmarks/generate.py folded in). Every figure is copied from the reports.
 """
 
 from __future__ import annotations
@@ -17,10 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from sd2tflite.bench.report import validate_bench_json  # noqa: E402
+from sd2tflite.bench.report import validate_bench_json
 
 KERAS = {"keras": "Keras eager", "keras-xla": "Keras XLA"}
 PRECISIONS = ["fp32", "fp16", "dynamic", "int8"]
@@ -121,7 +117,7 @@ def plot(all_rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("reports", nargs="+", type=Path, help="bench reports (scripts/results/bench-*.json)")
+    parser.add_argument("reports", nargs="+", type=Path, help="bench reports (benchmarks/records/bench-*.json)")
     parser.add_argument("--plot", type=Path, default=None, help="also draw the picture (PNG)")
     args = parser.parse_args()
     all_rows = []

@@ -13,10 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sd2tflite.core.errors import SD2TFLiteError, UsageError  # noqa: E402
-from sd2tflite.verify import shapes  # noqa: E402
+from sd2tflite.core.errors import SD2TFLiteError, UsageError
+from sd2tflite.verify import shapes
 
 
 def recorded_prompt(path: Path) -> str:

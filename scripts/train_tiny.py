@@ -9,7 +9,7 @@ its seed (numpy draws every random number; TensorFlow's op determinism is on). L
 held-out prompts with keras-cv's update rule and scores them with the shapes checker.
 
     .venv/bin/python scripts/train_tiny.py                     # the shipped weights (~30 min, 2 cores)
-    .venv/bin/python scripts/train_tiny.py --smoke --out /tmp/tiny-smoke   # 2 minutes, a look
+    .venv/bin/python scripts/train_tiny.py --smoke --out OUT_DIR   # 2 minutes, a look
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
@@ -74,11 +73,11 @@ def main() -> int:
     parser.add_argument("--evaluate", action="store_true",
                         help="score the weights in --out again (no training); updates the report's scores")
     parser.add_argument("--report", type=Path, default=None,
-                        help="JSON of the run (default: scripts/results/train-tiny.json, or OUT/train.json with --smoke)")
+                        help="JSON of the run (default: benchmarks/records/train-tiny.json, or OUT/train.json with --smoke)")
     args = parser.parse_args()
     overrides = {k: getattr(args, k) for k in ("vae_steps", "unet_steps", "pool_per_scene") if getattr(args, k) is not None}
     config = replace(SMOKE if args.smoke else Config(), seed=args.seed, **overrides)
-    report_path = args.report or (args.out / "train.json" if args.smoke else ROOT / "scripts/results/train-tiny.json")
+    report_path = args.report or (args.out / "train.json" if args.smoke else ROOT / "benchmarks/records/train-tiny.json")
     started = time.perf_counter()
     if args.evaluate:
         models = load_trained(args.out)

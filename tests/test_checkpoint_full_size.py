@@ -2,8 +2,8 @@
 outputs (slow: builds every full-size component; both families: 9.7 min, peak RSS 8.9 GB here).
 
 The reference files are not in git (2-2.6 GB each, made with torch): run
-`scripts/make_full_size_agreement.py v1 v2` in a torch venv first; without them the test skips.
-$SD2TFLITE_AGREEMENT_DIR overrides where they are (default /work/bench-out/agreement).
+`tests/fixtures/make_full_size_agreement.py v1 v2 --out DIR` in a torch venv first and point
+$SD2TFLITE_AGREEMENT_DIR at DIR; without them the test skips.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_full_size_agreement.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "check_full_size_agreement.py"
 
 
 def load_script():
@@ -29,9 +29,11 @@ def load_script():
 @pytest.mark.parametrize("family", ["v1", "v2"])
 def test_full_size_checkpoint_matches_diffusers(family):
     check = load_script()
-    ref_dir = Path(os.environ.get("SD2TFLITE_AGREEMENT_DIR", check.DEFAULT_REF))
+    if not os.environ.get("SD2TFLITE_AGREEMENT_DIR"):
+        pytest.skip("$SD2TFLITE_AGREEMENT_DIR is not set: the folder tests/fixtures/make_full_size_agreement.py wrote")
+    ref_dir = Path(os.environ["SD2TFLITE_AGREEMENT_DIR"])
     if gone := check.missing(ref_dir, family):
-        pytest.skip(f"{gone[0]} not found: run scripts/make_full_size_agreement.py {family} in a torch venv")
+        pytest.skip(f"{gone[0]} not found: run tests/fixtures/make_full_size_agreement.py {family} in a torch venv")
     rec = check.check_family(ref_dir, family)
     assert rec["architecture_is_keras_cv"], rec["architecture"]
     assert len(rec["components"]) == 6  # text encoder, UNet at 3 timesteps, decoder, image encoder

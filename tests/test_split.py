@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sd2tflite.core.errors import PlanError
-from sd2tflite.convert.plan import estimate_converter_rss, params_within_memory
+from sd2tflite.convert.limits import estimate_converter_rss, params_within_memory
 from sd2tflite.convert.split import GraphNode, GraphSummary, plan_split
 
 from .conftest import seeded_inputs, tiny_request
@@ -71,19 +71,18 @@ def test_impossible_cap_is_a_clear_error():
         plan_split(chain_graph([50_000_000]), bytes_per_weight=4, max_part_bytes=10 << 20)
 
 
-RESULTS = Path(__file__).resolve().parents[1] / "scripts" / "results"
+CONVERSIONS = Path(__file__).resolve().parent / "data" / "converter-peak-rss.json"
 V1_UNET_PARAMS = 859_520_964
 
 
 def test_memory_model_covers_every_recorded_full_size_conversion():
     """The plan's estimate for the largest file of each recorded v1 conversion (every precision,
     256 and 512, two machines) is at least the whole process tree's measured peak."""
-    runs = sorted(RESULTS.glob("convert-v1-*.json"))
+    runs = json.loads(CONVERSIONS.read_text())["runs"]
     assert len(runs) >= 10
-    for path in runs:
-        run = json.loads(path.read_text())
-        estimate = max(estimate_converter_rss(f["params"], run["quant"]) for f in run["files"])
-        assert estimate >= run["peak_tree_rss_bytes"], (path.name, estimate, run["peak_tree_rss_bytes"])
+    for run in runs:
+        estimate = max(estimate_converter_rss(params, run["quant"]) for params in run["file_params"])
+        assert estimate >= run["peak_tree_rss_bytes"], (run["run"], estimate, run["peak_tree_rss_bytes"])
 
 
 def test_default_budget_of_a_24_gb_machine_splits_the_dynamic_unet():
