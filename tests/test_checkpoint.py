@@ -1,6 +1,6 @@
 """SD 1.x / 2.x PyTorch checkpoints (safetensors) -> Keras, against diffusers/transformers goldens.
 
-Fixtures: tests/data/checkpoints/ (made by scripts/make_checkpoint_fixtures.py in a torch venv;
+Fixtures: tests/data/checkpoints/ (made by tests/fixtures/make_checkpoint_fixtures.py in a torch venv;
 no torch here). Goldens with no suffix are the same models with keras-cv's numerics (GroupNorm eps
 1e-5, tanh GELU): they isolate the weight mapping and are held tight. `*_exact` goldens are
 diffusers/transformers as they are: held to keras-cv's own deviation.
@@ -49,7 +49,7 @@ def golden(family: str) -> dict[str, np.ndarray]:
 
 
 def derive(plan_file: Path, out: Path) -> None:
-    """Writes the files a plan (scripts/make_checkpoint_fixtures.py) lists into `out`: each tensor
+    """Writes the files a plan (tests/fixtures/make_checkpoint_fixtures.py) lists into `out`: each tensor
     gathered from committed files (paths relative to the plan), concatenated, reshaped, negated or
     filled, and stored in its dtype, exactly (the values are exact in fp16 and bf16)."""
     import ml_dtypes  # TensorFlow's own dependency: numpy's bf16

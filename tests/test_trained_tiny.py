@@ -9,7 +9,7 @@ import pytest
 from sd2tflite.core.registry import COMPONENTS, FAMILIES
 from sd2tflite.verify import shapes
 
-# Measured on the shipped weights (scripts/results/train-tiny.json); the bar leaves room for float
+# Measured on the shipped weights (benchmarks/records/train-tiny.json); the bar leaves room for float
 # differences between machines, not for a worse model. What the pipelines draw: tests/test_adherence.py.
 MIN_VAE_ROUND_TRIP = 0.95  # measured 0.983 on these 30, 0.981 on all 450
 

@@ -52,7 +52,7 @@ class QuantRecipe:
                 "integer_only": self.integer_only}
 
 
-# int8, measured on the trained tiny model (verify's inputs; scripts/results/quality-tiny.json has
+# int8, measured on the trained tiny model (verify's inputs; benchmarks/records/quality-tiny.json has
 # the sets): components 28.8-46.7 dB / cosine >= 0.970 with either calibration, the text encoder
 # lowest. Whole images: after 3 steps guidance 7.5 turns int8's error into another picture (7.5-12.6
 # dB, no better than a flat gray image's 10.5 dB), so the check runs 25 steps, where the int8 sets
@@ -61,7 +61,7 @@ _INT8_BARS = dict(min_psnr_db=22.0, min_cosine=0.95, min_image_psnr_db=13.0, end
                   overrides=(("text_encoder", 25.0, 0.95),))
 # Calibrating holds the float graph, an instrumented copy and the samples' activations: v1 UNet
 # parts of 162-181M parameters peaked at 11.2-13.2 bytes per float byte at 512x512, fp32 / fp16 /
-# dynamic parts at 4.7-6.5 (scripts/results/convert-v1-*.json, two machines).
+# dynamic parts at 4.7-6.5 (tests/data/converter-peak-rss.json, two machines).
 _CALIBRATED_RSS = dict(converter_rss_per_float_byte=14.0)
 # Integer kernels where they exist, float fallback elsewhere; inputs and outputs stay float32
 # either way (the pipeline feeds floats).
@@ -85,7 +85,7 @@ RECIPES: dict[str, QuantRecipe] = {
         # reference kernel for an int8 BATCH_MATMUL of two activations, XNNPACK refuses it (non-zero
         # zero point) and takes no int8 SOFTMAX; in float XNNPACK runs both. Measured on full-size v1
         # at 512x512: the 64x64-level UNet parts spent 79-81 % of their time in that kernel and its
-        # requantization (scripts/results/op-profile-v1-int8-512-*.md).
+        # requantization (benchmarks/records/op-profile-v1-512-int8-attention-int8.md).
         QuantRecipe("int8", "int8 weights and activations, float fallback and float attention, calibrated",
                     1.0, True, **_INT8_BARS, **_INT8, **_CALIBRATED_RSS, float_ops=("BATCH_MATMUL", "SOFTMAX")),
         QuantRecipe("int8-strict", "int8 weights and activations, integer-only (fails naming any op "

@@ -2,7 +2,7 @@
 
 `ddim` is keras-cv's own update, bit for bit (`verify` compares it with keras-cv's pipeline). The
 others reproduce diffusers' schedulers as SD 1.x users run them, to float precision
-(tests/test_samplers.py replays loops recorded from diffusers by scripts/make_sampler_fixtures.py):
+(tests/test_samplers.py replays loops recorded from diffusers by tests/fixtures/make_sampler_fixtures.py):
 
   euler     EulerDiscreteScheduler
   euler-a   EulerAncestralDiscreteScheduler (noise added at every step)
