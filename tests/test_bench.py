@@ -325,11 +325,11 @@ def test_every_case_failing_is_one_line_error(tiny_sets, tmp_path, monkeypatch):
 
 @pytest.mark.slow  # needs the Keras XLA case
 def test_readme_summary_rows_come_from_the_report(keras_report):
-    """scripts/bench_summary.py: one row per backend, figures copied from the report."""
+    """benchmarks/summary.py: one row per backend, figures copied from the report."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_summary.py"
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "summary.py"
     spec = importlib.util.spec_from_file_location("bench_summary", path)
     summary = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(summary)

@@ -1,5 +1,5 @@
 """Samplers: diffusers' recorded loops replayed (tests/data/samplers/, made by
-scripts/make_sampler_fixtures.py), ddim equal to keras-cv's update bit for bit, image-to-image and
+tests/fixtures/make_sampler_fixtures.py), ddim equal to keras-cv's update bit for bit, image-to-image and
 inpainting wiring, the ancestral noise stream, and the option errors. No model conversion."""
 
 from __future__ import annotations

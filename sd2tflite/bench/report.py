@@ -95,7 +95,7 @@ def validate_bench_json(data) -> None:
 
 
 def conversion_case(result: dict) -> dict:
-    """A scripts/bench_convert.py result as a case, so it prints in the same table."""
+    """A benchmarks/convert.py result as a case, so it prints in the same table."""
     stages = [{"name": f["file"].removesuffix(".tflite"), "kind": "conversion", "bytes": f["bytes"],
                "load_seconds": None, "first_seconds": None, "median_seconds": f["seconds"],
                "p90_seconds": f["seconds"], "times": [f["seconds"]], "peak_rss_bytes": f["peak_rss_bytes"]}

@@ -98,7 +98,7 @@ def saved_model_converter(saved_model_dir: str):
     keeps that object (every variable) alive until the converter is gone, although the conversion
     reads the SavedModel from disk again. Built directly, the converter holds nothing: the worker
     converting the 1.25 GB fp32 v1 UNet part peaked at 7.11 GB instead of 8.40 GB, same bytes out
-    (scripts/results/convert-v1-fp32-512-issue14{,-direct}.json).
+    (benchmarks/records/convert-v1-512-fp32-public-converter.json, convert-v1-512-fp32.json).
     """
     import tensorflow as tf
 
