@@ -32,7 +32,7 @@ HARD_FLATBUFFER_LIMIT = 2 * GIB
 # factor per precision (QuantRecipe.converter_rss_per_float_byte: the converter holds the float
 # graph whatever the precision, calibration an instrumented copy and activations besides). The base
 # is a TensorFlow worker's own (~0.6 GB) plus the parent process. Fitted to v1 at 256 and 512
-# (scripts/results/convert-v1-*.json): the old single factor (5.3) planned a one-part dynamic UNet
+# (tests/data/converter-peak-rss.json): the old single factor (5.3) planned a one-part dynamic UNet
 # whose tree peaked at 20.8 GB against a 19.3 GB budget on one machine (17.1 GB on another).
 CONVERTER_RSS_BASE = 700 * 10**6
 # Calibrating holds the float part plus an instrumented copy (~8 bytes per parameter); past ~1.5 GiB
