@@ -59,7 +59,7 @@ def fp32_score(tiny_sets) -> float:
 
 @pytest.fixture(scope="module")
 def int8_recorded_set(tmp_path_factory, export_cache):
-    """int8 calibrated on pipeline runs of training captions (what bench_quality.py measures)."""
+    """int8 calibrated on pipeline runs of training captions (what benchmarks/quality.py measures)."""
     from sd2tflite.convert.orchestrate import convert
 
     prompts = tmp_path_factory.mktemp("calibration") / "prompts.txt"

@@ -234,7 +234,7 @@ def joined_unet(request: "ConvertRequest", parts: list[PlannedArtifact]) -> Plan
 
 def split_summary(plan: SplitPlan | None, request: "ConvertRequest") -> dict:
     """The UNet plan as the manifest records it, with the budget it was made for: a measured peak
-    (manifest artifacts, bench_convert.py) can be held against both."""
+    (manifest artifacts, benchmarks/convert.py) can be held against both."""
     if plan is None:
         return {}
     return {
