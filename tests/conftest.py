@@ -156,7 +156,7 @@ def tiny_sets(export_cache, tmp_path_factory):
 
 def seeded_inputs(component: str, dims, seed: int = 1234):
     """Held-out inputs (the calibration data uses seed 0)."""
-    from sd2tflite.convert.calibration.synthetic import synthetic_samples
+    from sd2tflite.runtime.samples import synthetic_samples
 
     return synthetic_samples(component, dims, 2, seed)
 

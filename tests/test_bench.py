@@ -120,16 +120,16 @@ def test_bench_images_release_each_component_after_its_stage(tiny_sets):
     """The image stage's pipeline sees components through a logging view that still releases them:
     after an image nothing stays loaded, the log has every call, and the pixels are generate's."""
     from sd2tflite.bench.measure import CallLog
-    from sd2tflite.bench.worker import _LoggedComponents, _tokenizer
+    from sd2tflite.bench.worker import LoggedComponents, bench_tokenizer
     from sd2tflite.runtime.litert import LiteRTComponents
     from sd2tflite.runtime.pipeline import GenerateSettings, Pipeline
 
     manifest = load_manifest(tiny_sets["fp32"])
     settings = GenerateSettings("a red circle", steps=2)
-    tokenizer = _tokenizer(manifest.family, None)
+    tokenizer = bench_tokenizer(manifest.family, None)
     components, log = LiteRTComponents(tiny_sets["fp32"], manifest), CallLog()
-    logged = Pipeline(_LoggedComponents(components, log), manifest.model_dims, tokenizer).generate(settings)
-    assert components._loaded == {}
+    logged = Pipeline(LoggedComponents(components, log), manifest.model_dims, tokenizer).generate(settings)
+    assert components.loaded == []
     assert [name for name, _ in log.calls] == ["text_encoder"] * 2 + ["diffusion"] * 4 + ["decoder"]
     plain = Pipeline(LiteRTComponents(tiny_sets["fp32"], manifest, release_unused=False), manifest.model_dims,
                      tokenizer).generate(settings)

@@ -286,7 +286,7 @@ def test_each_component_is_released_after_its_stage_and_the_pixels_are_the_same(
 
     class Watched(LiteRTComponents):
         def release(self, component):
-            held_at_release.append((component, sorted(self._loaded)))
+            held_at_release.append((component, sorted(self.loaded)))
             super().release(component)
 
     images = {}
@@ -294,7 +294,7 @@ def test_each_component_is_released_after_its_stage_and_the_pixels_are_the_same(
         components = Watched(tiny_sets["fp32"], manifest, release_unused=release)
         pipeline = Pipeline(components, manifest.model_dims, load_tokenizer("tiny"), manifest.prediction_type)
         images[release] = pipeline.generate(GenerateSettings("a red circle", steps=2)).images
-        assert sorted(components._loaded) == ([] if release else ["decoder", "diffusion", "text_encoder"])
+        assert sorted(components.loaded) == ([] if release else ["decoder", "diffusion", "text_encoder"])
     assert held_at_release[:3] == [("text_encoder", ["text_encoder"]), ("diffusion", ["diffusion"]),
                                    ("decoder", ["decoder"])]
     np.testing.assert_array_equal(images[True], images[False])

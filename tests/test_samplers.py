@@ -175,10 +175,10 @@ def test_ddim_through_the_sampler_interface_is_keras_cvs_update_bit_for_bit(pred
         return uncond + settings.guidance * (cond - uncond)
 
     known = reference.encode_image(IMAGE) if mode != "text" else None
-    from sd2tflite.runtime.pipeline import _latent_mask
+    from sd2tflite.runtime.pipeline import latent_mask
 
-    latent_mask = _latent_mask(MASK, DIMS) if "inpaint" in mode else None
-    expected = _keras_cv_loop(predict, result.noise, settings, prediction_type, known, latent_mask)
+    repaint = latent_mask(MASK, DIMS) if "inpaint" in mode else None
+    expected = _keras_cv_loop(predict, result.noise, settings, prediction_type, known, repaint)
     assert np.array_equal(result.latents, expected)
     assert np.abs(result.latents).max() > 0.1
 
@@ -214,9 +214,9 @@ def test_inpainting_ends_on_the_image_outside_the_mask(name, strength):
     pipeline, _ = _pipeline()
     result = pipeline.generate(GenerateSettings("a red circle", steps=6, seed=2, image=IMAGE, mask=MASK,
                                                 strength=strength, sampler=name))
-    from sd2tflite.runtime.pipeline import _latent_mask
+    from sd2tflite.runtime.pipeline import latent_mask
 
-    keep = _latent_mask(MASK, DIMS)[0, :, :, 0] == 0
+    keep = latent_mask(MASK, DIMS)[0, :, :, 0] == 0
     known = pipeline.encode_image(IMAGE)
     np.testing.assert_array_equal(result.latents[:, keep], known[:, keep])
     assert np.abs(result.latents[:, ~keep] - known[:, ~keep]).max() > 0.05  # the masked region was repainted

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..core.errors import SD2TFLiteError, UsageError
+from ..core.registry import COMPONENTS
+from ..runtime.samples import starting_noise, synthetic_samples
+from ..runtime.schedule import timestep_embedding
 from .cases import BENCH_PROMPT, GUIDANCE, TIMESTEP
 from .measure import CallLog, PeakTreeRSS, measure, seconds, summary
 
@@ -40,10 +43,6 @@ def _peaks(rss: PeakTreeRSS) -> dict:
 
 def bench_inputs(dims, seed: int) -> dict[str, dict]:
     """Seeded named inputs per component, shaped like the pipeline's (the same for every backend)."""
-    from ..convert.calibration.synthetic import synthetic_samples
-    from ..core.registry import COMPONENTS
-    from ..runtime.schedule import timestep_embedding
-
     inputs = {c: synthetic_samples(c, dims, 1, seed)[0] for c in COMPONENTS}
     inputs["diffusion"]["timestep_embedding"] = timestep_embedding(TIMESTEP, dims.batch_size, dims.timestep_dim)
     return inputs
@@ -62,12 +61,6 @@ def _image_stage(name: str, make_run: Callable[[CallLog], Callable[[], object]],
     common = {"bytes": None, "load_seconds": load_seconds, **_peaks(rss)}
     return [{"name": "unet_step", "kind": "step", **common, "first_seconds": None, **summary(steps)},
             {"name": name, "kind": "image", **common, "first_seconds": first, **summary(times)}]
-
-
-def _noise(dims, seed: int):
-    import numpy as np
-
-    return np.random.default_rng(seed).standard_normal(dims.latent_shape).astype(np.float32)
 
 
 def run_litert_case(case: dict) -> list[dict]:
@@ -112,19 +105,19 @@ def _litert_images(case: dict, directory: Path, manifest, cache: Path | None) ->
 
     dims = manifest.model_dims
     components = LiteRTComponents(directory, manifest, case["threads"], weight_cache=cache)
-    pipeline = Pipeline(components, dims, _tokenizer(manifest.family, case["vocab"]), manifest.prediction_type)
+    pipeline = Pipeline(components, dims, bench_tokenizer(manifest.family, case["vocab"]), manifest.prediction_type)
     settings = GenerateSettings(BENCH_PROMPT, steps=case["steps"], guidance=GUIDANCE,
-                                noise=_noise(dims, case["seed"]))
+                                noise=starting_noise(dims, case["seed"]))
 
     def make_run(log: CallLog):
-        logged = Pipeline(_LoggedComponents(components, log), dims, pipeline.tokenizer, manifest.prediction_type)
+        logged = Pipeline(LoggedComponents(components, log), dims, pipeline.tokenizer, manifest.prediction_type)
         return lambda: logged.generate(settings)
 
     # Loading is inside each image, as in `generate`: no separate load figure.
     return _image_stage("image", make_run, None, case)
 
 
-class _LoggedComponents(Mapping):
+class LoggedComponents(Mapping):
     """LiteRTComponents whose calls are logged; looked up per call and released when the pipeline
     says so, so an image holds one stage's components at a time, as in `generate`."""
 
@@ -144,7 +137,7 @@ class _LoggedComponents(Mapping):
         return len(self.components)
 
 
-def _tokenizer(family: str, vocab: str | None):
+def bench_tokenizer(family: str, vocab: str | None):
     """CLIP's tokenizer when its vocabulary is at hand; else the generated one (same token count,
     so the same timings: the benchmark does not look at the image)."""
     from ..runtime.tokenizer import ClipTokenizer, load_tokenizer
@@ -188,8 +181,8 @@ def run_keras_case(case: dict) -> list[dict]:
         load_seconds += stage["load_seconds"]
 
     reference = KerasCVPipeline(manifest.family, dims, models, jit_compile=jit)
-    tokens = np.asarray([_tokenizer(manifest.family, case["vocab"]).tokens_for(BENCH_PROMPT)], np.int32)
-    noise = _noise(dims, case["seed"])
+    tokens = np.asarray([bench_tokenizer(manifest.family, case["vocab"]).tokens_for(BENCH_PROMPT)], np.int32)
+    noise = starting_noise(dims, case["seed"])
 
     def make_run(log: CallLog):
         reference.use({c: _Logged(models[c], c, log) for c in ("text_encoder", "diffusion", "decoder")})

@@ -149,7 +149,7 @@ def check_joined(joined: bytes, parts: Sequence[bytes], artifacts: Sequence[Plan
     largest absolute difference of the outputs, raising when the two disagree beyond rounding."""
     from ..core.quiet import native_stderr_muted
     from .calibration.selective import run_samples
-    from .calibration.synthetic import synthetic_samples
+    from ..runtime.samples import synthetic_samples
 
     [values] = synthetic_samples("diffusion", dims, 1, seed)
     feeds = dict(values)

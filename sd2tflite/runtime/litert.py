@@ -171,6 +171,11 @@ class LiteRTComponents(Mapping):
         self.release_unused, self.weight_cache = release_unused, weight_cache
         self._loaded: dict[str, LiteRTComponent] = {}
 
+    @property
+    def loaded(self) -> list[str]:
+        """The components held in memory now, in the order they were loaded."""
+        return list(self._loaded)
+
     def release(self, component: str) -> None:
         """Unloads a component (its interpreters, their mapped file and memory); loaded again if
         it is used again."""

@@ -19,6 +19,7 @@ import numpy as np
 from ..core.registry import PREDICTION_TYPES, ModelDims
 from ..core.errors import NumericsError, UsageError
 from .samplers import DEFAULT_SAMPLER, check_sampler, make_sampler, seeded_noise
+from .samples import starting_noise
 from .schedule import timestep_embedding
 from .tokenizer import END_TOKEN, ClipTokenizer
 
@@ -99,8 +100,7 @@ class Pipeline:
     def starting_noise(self, settings: GenerateSettings) -> np.ndarray:
         shape = self.dims.latent_shape
         if settings.noise is None:
-            rng = np.random.default_rng(settings.seed)
-            return rng.standard_normal(shape).astype(np.float32)
+            return starting_noise(self.dims, settings.seed)
         noise = np.asarray(settings.noise, dtype=np.float32)
         if noise.shape == shape[1:]:
             noise = np.repeat(noise[None], shape[0], axis=0)  # one noise for every image, as keras-cv
@@ -154,7 +154,7 @@ class Pipeline:
                 latent = sampler.add_noise(known, noise, start).astype(np.float32)
         else:
             latent = sampler.initial_latent(noise)
-        latent_mask = _latent_mask(settings.mask, self.dims) if settings.mask is not None else None
+        repaint = latent_mask(settings.mask, self.dims) if settings.mask is not None else None
         noise_source = seeded_noise(noise)  # ancestral samplers only
 
         total = steps - start
@@ -166,10 +166,10 @@ class Pipeline:
             conditional_eps = self.predict_noise(model_input, t_emb, context, where)
             output = unconditional_eps + settings.guidance * (conditional_eps - unconditional_eps)
             latent = sampler.step(output, index, latent, noise_source)
-            if latent_mask is not None:
+            if repaint is not None:
                 # Outside the mask, follow the input image noised to the level after this step.
                 known_t = sampler.add_noise(known, noise, index + 1)
-                latent = latent_mask * latent + (1.0 - latent_mask) * known_t
+                latent = repaint * latent + (1.0 - repaint) * known_t
             latent = latent.astype(np.float32)
             if on_step:
                 on_step(done, total)
@@ -185,8 +185,9 @@ class Pipeline:
         return GenerateResult(images=images, latents=latent, noise=noise)
 
 
-def _latent_mask(mask: np.ndarray, dims: ModelDims) -> np.ndarray:
-    """A latent cell is repainted if any pixel of its 8x8 block is."""
+def latent_mask(mask: np.ndarray, dims: ModelDims) -> np.ndarray:
+    """An inpainting mask (h, w) at latent resolution, (1, h/8, w/8, 1): a latent cell is
+    repainted if any pixel of its 8x8 block is."""
     h, w = dims.latent_shape[1:3]
     blocks = mask.reshape(h, mask.shape[0] // h, w, mask.shape[1] // w).max(axis=(1, 3))
     return blocks[None, :, :, None].astype(np.float32)

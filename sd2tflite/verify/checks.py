@@ -12,7 +12,7 @@ from ..core.precisions import RECIPES
 from ..core.registry import TIMESTEP_EMBEDDING_DIM, ModelDims
 from ..runtime.integrity import Check
 from ..runtime.pipeline import GenerateSettings, Pipeline
-from ..runtime.schedule import alphas_cumprod, timestep_embedding
+from ..runtime.samples import pipeline_samples, starting_noise
 
 # Prompts for parity and end-to-end inputs: real token sequences, short and long, and the empty
 # prompt (the unconditional branch).
@@ -27,35 +27,18 @@ GUIDANCE = 7.5
 
 
 def parity_inputs(dims: ModelDims, tokenizer, keras: dict, seed: int = 7) -> dict[str, list[dict]]:
-    """Seeded inputs per component, computed with the Keras models where a real one is needed
-    (contexts from real prompts, latents of real-looking images noised along the schedule)."""
-    from ..convert.calibration.synthetic import synthetic_images
+    """Seeded inputs per component (runtime/samples.py), with the Keras models' contexts of real
+    prompts and latents of real-looking images where those models are at hand."""
     from ..convert.keras_models import call_keras
 
-    rng = np.random.default_rng(seed)
-    b, length = dims.batch_size, dims.max_text_length
-    positions = np.repeat(np.arange(length, dtype=np.int32)[None], b, axis=0)
-    tokens = [np.asarray([tokenizer.tokens_for(p, length)] * b, np.int32) for p in VERIFY_PROMPTS]
-    images = synthetic_images(dims, 2, seed)
-    inputs: dict[str, list[dict]] = {
-        "text_encoder": [{"tokens": t, "positions": positions} for t in tokens],
-        "image_encoder": [{"image": image} for image in images],
-    }
-    contexts = [call_keras(keras["text_encoder"], s)[0] for s in inputs["text_encoder"]] if "text_encoder" in keras \
-        else [rng.standard_normal((b, length, dims.context_dim)).astype(np.float32) for _ in tokens]
-    clean = [call_keras(keras["image_encoder"], s)[0] for s in inputs["image_encoder"]] if "image_encoder" in keras \
-        else [0.8 * rng.standard_normal(dims.latent_shape).astype(np.float32) for _ in images]
-    table = alphas_cumprod()
-    unet = []
-    for i, t in enumerate(VERIFY_TIMESTEPS):
-        a = float(table[t])
-        eps = rng.standard_normal(dims.latent_shape).astype(np.float32)
-        latent = (np.sqrt(a) * clean[i % len(clean)] + np.sqrt(1 - a) * eps).astype(np.float32)
-        unet.append({"latent": latent, "timestep_embedding": timestep_embedding(t, b, dims.timestep_dim),
-                     "context": contexts[i % len(contexts)]})
-    inputs["diffusion"] = unet
-    inputs["decoder"] = [{"latent": c} for c in clean] + [{"latent": unet[-1]["latent"]}]
-    return inputs
+    def encoder(component: str):
+        if component not in keras:
+            return None
+        return lambda sample: call_keras(keras[component], sample)[0]
+
+    token_rows = [tokenizer.tokens_for(prompt, dims.max_text_length) for prompt in VERIFY_PROMPTS]
+    return pipeline_samples(dims, token_rows, VERIFY_TIMESTEPS, seed,
+                            encode_text=encoder("text_encoder"), encode_image=encoder("image_encoder"))
 
 
 def component_check(component: str, keras_model, litert, samples: list[dict], quant: str) -> Check:
@@ -77,7 +60,7 @@ def end_to_end_check(family: str, keras: dict, litert_pipeline, dims: ModelDims,
     from .reference import KerasCVPipeline
 
     prompt = VERIFY_PROMPTS[0]
-    noise = np.random.default_rng(seed).standard_normal(dims.latent_shape).astype(np.float32)
+    noise = starting_noise(dims, seed)
     settings = GenerateSettings(prompt, steps=steps, guidance=GUIDANCE, noise=noise)
     if litert_pipeline.prediction_type == "epsilon" and dims.timestep_dim == TIMESTEP_EMBEDDING_DIM:
         tokens = np.asarray([litert_pipeline.tokenizer.tokens_for(prompt)], np.int32)
