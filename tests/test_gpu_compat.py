@@ -10,6 +10,8 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
+
 from sd2tflite.core.manifest import load_manifest
 from sd2tflite.verify import gpu
 from sd2tflite.verify.gpu import NOT_SUPPORTED, SUPPORTED, UNKNOWN, Blocker, GpuSupport, parse_analyzer_text
@@ -61,18 +63,25 @@ def test_unreadable_text_is_unknown_in_one_line():
     assert parse_analyzer_text("y.tflite", "  Op#0 ADD(T#0, T#1) -> [T#2]\n").status == UNKNOWN  # no verdict
 
 
-def test_installed_analyzers_do_not_check(monkeypatch):
+@pytest.fixture(autouse=True)
+def installed_analyzers_afterwards():
+    """Each test starts and ends with this Python's own analyzers and no remembered choice."""
+    gpu.use_analyzers(None)
+    yield
+    gpu.use_analyzers(None)
+
+
+def test_installed_analyzers_do_not_check():
     """On this stack (ai-edge-litert 2.3, TensorFlow 2.21) every analyzer passes the probe's custom op:
     verify must say "unknown", not "supported". An upgrade that restores the checks fails this test,
     and then the README's GPU section should say so."""
-    monkeypatch.setattr(gpu, "_CHOSEN", {})
-    analyzer, why_not = gpu._analyzer()
+    analyzer, why_not = gpu.chosen_analyzer()
     assert analyzer is None
     assert "looks compatible" in why_not and "#77042" in why_not and "TFLite 2.22.0-dev0" in why_not
     assert "\n" not in why_not
 
 
-def fake_analyzers(monkeypatch, calls: list):
+def fake_analyzers(calls: list):
     """A stub analyzer listed first and a checking one second, answering with the recorded texts."""
     def stub(model, is_path, check_gpu):
         return recorded("litert2.3-probe.txt")
@@ -85,37 +94,33 @@ def fake_analyzers(monkeypatch, calls: list):
         name = "text_encoder" if "text_encoder" in model else "decoder"
         return recorded(f"tf2.17.1-tiny-fp32-{name}.txt")
 
-    monkeypatch.setattr(gpu, "_CHOSEN", {})
-    monkeypatch.setattr(gpu, "_installed_analyzers", lambda: [("stub", stub), ("checking", checking)])
+    gpu.use_analyzers([("stub", stub), ("checking", checking)])
 
 
-def test_the_first_analyzer_that_checks_is_used(tmp_path, monkeypatch):
+def test_the_first_analyzer_that_checks_is_used(tmp_path):
     calls: list = []
-    fake_analyzers(monkeypatch, calls)
+    fake_analyzers(calls)
     model = tmp_path / "text_encoder.tflite"
     model.write_bytes(b"not read by the fake")
     result = gpu.analyze_file(model)
     assert result.status == NOT_SUPPORTED and result.unsupported_ops == 8 and calls == ["text_encoder.tflite"]
 
 
-def test_broken_analyzer_is_unknown_not_a_traceback(tmp_path, monkeypatch):
+def test_broken_analyzer_is_unknown_not_a_traceback(tmp_path):
     def broken(model, is_path, check_gpu):
         raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr(gpu, "_CHOSEN", {})
-    monkeypatch.setattr(gpu, "_installed_analyzers", lambda: [("broken", broken)])
+    gpu.use_analyzers([("broken", broken)])
     result = gpu.analyze_file(tmp_path / "a.tflite")
     assert result.status == UNKNOWN and result.reason == "broken failed on a probe model (boom second line)"
-    monkeypatch.setattr(gpu, "_CHOSEN", {})
-    monkeypatch.setattr(gpu, "_installed_analyzers", lambda: [])
+    gpu.use_analyzers([])
     assert "no TFLite model analyzer is installed" in gpu.analyze_file(tmp_path / "a.tflite").reason
 
 
-def test_gpu_analyzer_runs_another_python(tmp_path, monkeypatch):
+def test_gpu_analyzer_runs_another_python(tmp_path):
     """--gpu-analyzer: the analyzer of another Python, in its own process; its failure is a reason."""
     import sys
 
-    monkeypatch.setattr(gpu, "_CHOSEN", {})
     failing = tmp_path / "python"
     failing.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named tensorflow' >&2\nexit 1\n")
     failing.chmod(0o755)
@@ -123,7 +128,7 @@ def test_gpu_analyzer_runs_another_python(tmp_path, monkeypatch):
     assert result.reason == (f"{failing}'s TensorFlow analyzer failed on a probe model "
                              "(ModuleNotFoundError: No module named tensorflow)")
     # This venv's Python has TensorFlow 2.21: it runs, and is recognised as not checking.
-    analyzer, why_not = gpu._analyzer(sys.executable)
+    analyzer, why_not = gpu.chosen_analyzer(sys.executable)
     assert analyzer is None and f"{sys.executable}'s TensorFlow analyzer (TFLite 2." in why_not
     assert "answer \"looks compatible\" for any model" in why_not
 
@@ -180,7 +185,7 @@ def test_fp16_weights_are_read_as_the_delegate_reads_them(tiny_sets, tmp_path):
                  for k, t in enumerate(op.inputs) if t in fp16_out]
     assert len(fp16_out) > 20 and len(consumers) >= len(fp16_out)
 
-    copy, moved = gpu._fp16_folded_copy(path, tmp_path)
+    copy, moved = gpu.fp16_folded_copy(path, tmp_path)
     assert copy != path and moved == len(consumers)
     folded = flatbuffer_utils.read_model(str(copy)).subgraphs[0]
     for i, k in consumers:
@@ -189,12 +194,12 @@ def test_fp16_weights_are_read_as_the_delegate_reads_them(tiny_sets, tmp_path):
     convs = [op for op in folded.operators if code[op.opcodeIndex] == fb.BuiltinOperator.CONV_2D]
     assert convs and all(folded.tensors[op.inputs[1]].type == fb.TensorType.FLOAT16 for op in convs)
     fp32 = tiny_sets["fp32"] / "decoder.tflite"
-    assert gpu._fp16_folded_copy(fp32, tmp_path / "absent") == (fp32, 0)  # no copy written (nowhere to write)
+    assert gpu.fp16_folded_copy(fp32, tmp_path / "absent") == (fp32, 0)  # no copy written (nowhere to write)
 
 
-def test_set_results_respect_integrity_and_the_path_gate(tiny_sets, tmp_path, monkeypatch):
+def test_set_results_respect_integrity_and_the_path_gate(tiny_sets, tmp_path):
     calls: list = []
-    fake_analyzers(monkeypatch, calls)
+    fake_analyzers(calls)
     set_dir = Path(shutil.copytree(tiny_sets["fp32"], tmp_path / "set"))
     outside = tmp_path / "elsewhere.tflite"
     shutil.move(set_dir / "decoder.tflite", outside)
@@ -254,7 +259,7 @@ def test_verify_reports_gpu_per_file(tiny_sets):
     report = verify(tiny_sets["fp32"], steps=1, end_to_end=False)
     assert report.passed, report.table()
     assert [g.path for g in report.gpu] == [a.path for a in report.manifest.artifacts]
-    analyzer, why_not = gpu._analyzer()
+    analyzer, why_not = gpu.chosen_analyzer()
     if analyzer is None:  # this stack: every file unknown, with the reason once
         assert {(g.status, g.reason) for g in report.gpu} == {(UNKNOWN, why_not)}
         assert "GPU delegate (TFLite's model analyzer; information, not a check): unknown for every file" \

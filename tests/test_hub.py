@@ -15,7 +15,6 @@ import re
 import shutil
 import socket
 import threading
-import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -308,9 +307,11 @@ def fake_hub():
 
 @pytest.fixture(autouse=True)
 def hub_env(fake_hub, tmp_path, monkeypatch):
-    """No real login, no real cache, no Xet, this test's fake Hub, fast retries."""
+    """No real login, no real cache, no Xet, this test's fake Hub, retries without waiting."""
+    import time
+
+    import huggingface_hub
     from huggingface_hub import constants
-    from huggingface_hub.utils import _http
 
     for name in ("HF_TOKEN", "HF_OIDC_RESOURCE", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
@@ -322,13 +323,12 @@ def hub_env(fake_hub, tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
     monkeypatch.setattr(hub_fetch, "RETRY", hub_fetch.Retry(attempts=3, first_wait=0.01))
-    # huggingface_hub's own backoff (1, 2, 4, 8 s) would make the failure tests slow.
-    fast_time = types.SimpleNamespace(**{k: getattr(_http.time, k) for k in dir(_http.time) if not k.startswith("_")})
-    fast_time.sleep = lambda _seconds: None
-    monkeypatch.setattr(_http, "time", fast_time)
-    _http.close_session()
+    # Our retries and huggingface_hub's own backoff inside each of them (1, 2, 4, 8 s) wait with
+    # time.sleep: the failure tests would take minutes.
+    monkeypatch.setattr(time, "sleep", lambda _seconds: None)
+    huggingface_hub.close_session()  # no connection kept to an earlier test's fake Hub
     yield
-    _http.close_session()
+    huggingface_hub.close_session()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..core.errors import ManifestError
 from ..core.manifest import Manifest, path_in_set
@@ -139,9 +140,13 @@ _EXTERNAL = ("import sys\n"
              "sys.stdout.write(ModelAnalyzer(sys.argv[1], True, True))\n")
 
 
-def _installed_analyzers():
-    """(name, ModelAnalyzer(path_or_bytes, is_path, check_gpu) -> str) for each analyzer in this Python:
-    ai-edge-litert's copy first (no TensorFlow import), then TensorFlow's."""
+# An analyzer: ModelAnalyzer(path or model bytes, is_path, check_gpu) -> the analyzer's text dump.
+Analyzer = Callable[[str | bytes, bool, bool], str]
+
+
+def installed_analyzers() -> list[tuple[str, Analyzer]]:
+    """(name, analyzer) for each analyzer in this Python: ai-edge-litert's copy first (no TensorFlow
+    import), then TensorFlow's."""
     found = []
     try:
         from ai_edge_litert._pywrap_analyzer_wrapper import ModelAnalyzer
@@ -213,7 +218,7 @@ def fold_fp16_dequantize(data, write: bool = True) -> int:
     return moved
 
 
-def _fp16_folded_copy(path: Path, tmp: Path) -> tuple[Path, int]:
+def fp16_folded_copy(path: Path, tmp: Path) -> tuple[Path, int]:
     """`path`, or a copy of it with fold_fp16_dequantize applied when it has float16 weights. The
     look reads only the flatbuffer's tables (mapped); the copy is made for fp16 files only."""
     try:
@@ -255,18 +260,32 @@ def _probe_model() -> bytes:
     return bytes(builder.Output())
 
 
-_CHOSEN: dict = {}  # memo of _analyzer(), per --gpu-analyzer: the probe runs once per process
+# The analyzers tried for this Python's verdicts (None: installed_analyzers()), and which one was
+# chosen per --gpu-analyzer: the probe runs once per process.
+_candidates: list[tuple[str, Analyzer]] | None = None
+_chosen: dict[str | None, tuple[Analyzer | None, str | None]] = {}
 
 
-def _analyzer(python: str | None = None):
+def use_analyzers(candidates: list[tuple[str, Analyzer]] | None = None) -> None:
+    """Sets the analyzers tried, in order, as (name, analyzer) pairs; None: the ones installed in this
+    Python. Forgets every earlier choice, so the next file probes again. For an application that
+    ships its own analyzer, and for tests (a stub that answers with recorded text)."""
+    global _candidates
+    _candidates = list(candidates) if candidates is not None else None
+    _chosen.clear()
+
+
+def chosen_analyzer(python: str | None = None) -> tuple[Analyzer | None, str | None]:
     """(analyzer, None) for the first analyzer that really checks GPU support (`python`'s if given,
-    else this Python's), or (None, why not). Each is first asked about the probe model: since
+    else one of use_analyzers'), or (None, why not). Each is first asked about the probe model: since
     TensorFlow 2.18 the analyzer says "looks compatible" for any model, which would report every
     file as supported."""
-    if python in _CHOSEN:
-        return _CHOSEN[python]
-    candidates = [(f"{python}'s TensorFlow analyzer", external_analyzer(python))] if python \
-        else _installed_analyzers()
+    if python in _chosen:
+        return _chosen[python]
+    if python:
+        candidates = [(f"{python}'s TensorFlow analyzer", external_analyzer(python))]
+    else:
+        candidates = _candidates if _candidates is not None else installed_analyzers()
     reasons, unchecked = [], []
     for name, analyzer in candidates:
         try:
@@ -275,27 +294,27 @@ def _analyzer(python: str | None = None):
             reasons.append(f"{name} failed on a probe model ({_one_line(exc)})")
             continue
         if probe.status == NOT_SUPPORTED and any(b.op == PROBE_OP for b in probe.blockers):
-            _CHOSEN[python] = (analyzer, None)
-            return _CHOSEN[python]
+            _chosen[python] = (analyzer, None)
+            return _chosen[python]
         unchecked.append(f"{name} (TFLite {probe.runtime or 'of unknown version'})")
     if unchecked:
         reasons.insert(0, NO_CHECKS.format(names=" and ".join(unchecked)))
     if not candidates:
         reasons.append("no TFLite model analyzer is installed (ai-edge-litert or TensorFlow has one)")
-    _CHOSEN[python] = (None, "; ".join(reasons))
-    return _CHOSEN[python]
+    _chosen[python] = (None, "; ".join(reasons))
+    return _chosen[python]
 
 
 def analyze_file(path: Path, name: str | None = None, python: str | None = None) -> GpuSupport:
     """One file's verdict; every failure is UNKNOWN with a one-line reason, never an exception.
     `python`: run the analyzer of that Python instead (see external_analyzer)."""
     name = name or Path(path).name
-    analyzer, why_not = _analyzer(python)
+    analyzer, why_not = chosen_analyzer(python)
     if analyzer is None:
         return GpuSupport(name, UNKNOWN, reason=why_not)
     try:
         with tempfile.TemporaryDirectory(prefix="sd2tflite-gpu-") as tmp:
-            analyzed, folded = _fp16_folded_copy(Path(path), Path(tmp))
+            analyzed, folded = fp16_folded_copy(Path(path), Path(tmp))
             text = analyzer(str(analyzed), True, True)
     except Exception as exc:  # noqa: BLE001
         return GpuSupport(name, UNKNOWN, reason=f"the analyzer failed ({_one_line(exc)})")
