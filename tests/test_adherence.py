@@ -1,4 +1,4 @@
-"""Prompt adherence of the trained tiny model (issue 13's targets), scored by sd2tflite/verify/shapes.py
+"""Prompt adherence of the trained tiny model, scored by sd2tflite/verify/shapes.py
 on held-out prompts: keras-cv's own pipeline draws them, LiteRT fp32 draws what keras-cv draws, and
 dynamic and int8 with recorded calibration keep at least 90 % of fp32's score."""
 
