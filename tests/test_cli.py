@@ -157,7 +157,8 @@ def test_verbose_keeps_the_exit_code(tmp_path):
 
 
 def test_interrupted_run_leaves_no_partial_files_and_resumes(tmp_path, export_cache):
-    from sd2tflite.convert.orchestrate import NullProgress, convert
+    from sd2tflite.convert.orchestrate import convert
+    from sd2tflite.core.progress import NullProgress
 
     from .conftest import tiny_request
 

@@ -150,18 +150,29 @@ def test_inpainting_keeps_the_unmasked_region(tiny_sets, tmp_path):
 def test_image_to_image_runs_the_share_of_steps_strength_asks(tiny_sets, tmp_path):
     from PIL import Image
 
+    from sd2tflite.core.progress import NullProgress
     from sd2tflite.runtime.generate import GenerateRequest, generate
     from sd2tflite.runtime.pipeline import GenerateSettings
 
+    class Recorded(NullProgress):
+        def __init__(self):
+            self.stages, self.done = [], 0
+
+        def stage(self, name, total=None, unit="item"):
+            self.stages.append((name, total, unit))
+
+        def advance(self, n=1):
+            self.done += n
+
     Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(tmp_path / "small.png")
-    steps = []
-    outcome = generate(
+    progress = Recorded()
+    result = generate(
         GenerateRequest(tiny_sets["fp32"], tmp_path / "out.png",
                         GenerateSettings("a hill", steps=10, strength=0.3), image_file=tmp_path / "small.png"),
-        on_step=lambda done, total: steps.append(total),
+        progress,
     )
-    assert set(steps) == {3} and len(steps) == 3
-    assert any("resized" in n for n in outcome.notes)
+    assert progress.stages == [("denoising", 3, "step")] and progress.done == 3
+    assert any("resized" in n for n in result.notes)
     result = _generate(tiny_sets["fp32"], tmp_path / "no.png", "--image", str(tmp_path / "small.png"), "--no-resize")
     assert_one_line_error(result, 2, "64x64", "--resize")
 

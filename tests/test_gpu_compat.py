@@ -254,9 +254,9 @@ def test_one_shared_reason_prints_once():
 
 def test_verify_reports_gpu_per_file(tiny_sets):
     """verify on a real set: one GPU line per file, in manifest order, and the set still passes."""
-    from sd2tflite.verify.run import verify
+    from sd2tflite.verify.run import VerifyRequest, verify
 
-    report = verify(tiny_sets["fp32"], steps=1, end_to_end=False)
+    report = verify(VerifyRequest(tiny_sets["fp32"], steps=1, end_to_end=False))
     assert report.passed, report.table()
     assert [g.path for g in report.gpu] == [a.path for a in report.manifest.artifacts]
     analyzer, why_not = gpu.chosen_analyzer()

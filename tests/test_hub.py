@@ -25,8 +25,8 @@ import yaml
 
 from sd2tflite.publish import card as hub_card
 from sd2tflite.publish import push as hub_push
+from sd2tflite.publish.push import PushRequest
 from sd2tflite.runtime import hub as hub_fetch
-from sd2tflite.cli.options import model_dir_argument
 from sd2tflite.core.errors import HubError, ManifestError, UsageError
 
 from .conftest import assert_one_line_error, run
@@ -476,7 +476,7 @@ def test_card_shows_verify_figures_and_uploads_the_report(fake_hub, model_set):
         "not a check",
     ]}
     (model_set / "verify.json").write_text(json.dumps(report))
-    result = hub_push.push(model_set, REPO, token=TOKEN)
+    result = hub_push.push(PushRequest(model_set, REPO, token=TOKEN))
     card = fake_hub.content(fake_hub.tree(REPO)["README.md"]).decode()
     assert "**passed** (3 checks)" in card
     assert "| parity | decoder | pass | matches Keras | psnr_db=52.01, cosine=0.9999 |" in card
@@ -581,10 +581,10 @@ def test_interrupted_upload_is_finished_by_a_rerun(fake_hub, model_set, tmp_path
 
 
 def test_private_and_branch_and_pull_request(fake_hub, model_set):
-    hub_push.push(model_set, REPO, token=TOKEN, private=True, revision="v1")
+    hub_push.push(PushRequest(model_set, REPO, token=TOKEN, private=True, revision="v1"))
     assert fake_hub.repos[REPO]["private"]
     assert fake_hub.commits[-1]["revision"] == "v1" and set(fake_hub.tree(REPO, "main")) == {".gitattributes"}
-    result = hub_push.push(model_set, REPO, token=TOKEN, create_pr=True, commit_message="again")
+    result = hub_push.push(PushRequest(model_set, REPO, token=TOKEN, create_pr=True, commit_message="again"))
     assert result.url == f"{fake_hub.url}/{REPO}/discussions/1"
     assert fake_hub.commits[-1]["pr"] and fake_hub.commits[-1]["summary"] == "again"
     assert set(fake_hub.tree(REPO, "main")) == {".gitattributes"}  # a PR does not move main
@@ -592,9 +592,9 @@ def test_private_and_branch_and_pull_request(fake_hub, model_set):
 
 
 def test_private_refuses_an_existing_public_repo(fake_hub, model_set):
-    hub_push.push(model_set, REPO, token=TOKEN)
+    hub_push.push(PushRequest(model_set, REPO, token=TOKEN))
     with pytest.raises(HubError, match="already exists and is public"):
-        hub_push.push(model_set, REPO, token=TOKEN, private=True)
+        hub_push.push(PushRequest(model_set, REPO, token=TOKEN, private=True))
     assert len(fake_hub.commits) == 1
 
 
@@ -603,8 +603,8 @@ def test_private_refuses_an_existing_public_repo(fake_hub, model_set):
 
 
 def test_hf_uri_downloads_checks_and_caches_the_set(fake_hub, model_set, monkeypatch):
-    hub_push.push(model_set, REPO, token=TOKEN)
-    path = model_dir_argument(f"hf://{REPO}")
+    hub_push.push(PushRequest(model_set, REPO, token=TOKEN))
+    path = hub_fetch.resolve_model_dir(f"hf://{REPO}")
     assert path.is_dir() and "hf-home" in str(path)
     for name in ("text_encoder.tflite", "decoder.tflite", "manifest.json"):
         assert (path / name).read_bytes() == (model_set / name).read_bytes()
@@ -616,7 +616,7 @@ def test_hf_uri_downloads_checks_and_caches_the_set(fake_hub, model_set, monkeyp
 
 
 def test_hf_uri_refuses_files_that_do_not_match_the_manifest(fake_hub, model_set):
-    hub_push.push(model_set, REPO, token=TOKEN)
+    hub_push.push(PushRequest(model_set, REPO, token=TOKEN))
     entry = fake_hub.tree(REPO)["decoder.tflite"]
     data = bytearray(fake_hub.lfs[entry["sha256"]])
     data[-1] ^= 0xFF

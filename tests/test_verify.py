@@ -16,9 +16,9 @@ from .conftest import SET_PRECISIONS, assert_one_line_error, run
 
 @pytest.fixture(scope="module")
 def reports(tiny_sets):
-    from sd2tflite.verify.run import verify
+    from sd2tflite.verify.run import VerifyRequest, verify
 
-    return {quant: verify(tiny_sets[quant]) for quant in SET_PRECISIONS}  # each precision's own step count
+    return {quant: verify(VerifyRequest(tiny_sets[quant])) for quant in SET_PRECISIONS}  # each precision's own steps
 
 
 @pytest.mark.parametrize("quant", SET_PRECISIONS)
@@ -123,7 +123,7 @@ def test_a_file_litert_cannot_run_fails_its_check_and_verify_goes_on(fp32_set, m
     """An operator without a kernel (int16x8's SQUARED_DIFFERENCE once was) fails at the first call:
     a failed parity line with LiteRT's reason, the end-to-end check skipped, no traceback."""
     from sd2tflite.runtime import litert
-    from sd2tflite.verify.run import verify
+    from sd2tflite.verify.run import VerifyRequest, verify
 
     original = litert.LiteRTComponent.__call__
 
@@ -134,7 +134,7 @@ def test_a_file_litert_cannot_run_fails_its_check_and_verify_goes_on(fp32_set, m
         return original(self, **inputs)
 
     monkeypatch.setattr(litert.LiteRTComponent, "__call__", call)
-    report = verify(fp32_set, steps=1)
+    report = verify(VerifyRequest(fp32_set, steps=1))
     failed = {c.name: c.detail for c in report.checks if not c.passed}
     assert failed == {"diffusion": "LiteRT cannot run it: SquaredDifference only supports FLOAT32 and INT32 now, got 7",
                       "pipeline": "not run: diffusion failed an earlier check"}, failed

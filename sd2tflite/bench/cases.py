@@ -4,6 +4,8 @@ process so its peak RSS is its own and LiteRT never shares a process with Tensor
 One case = one set × one thread count × one backend (litert, keras, keras-xla); the worker
 (bench/worker.py) measures it. Keras cases depend only on the weights and shapes, so sets converted
 from the same weights share one Keras reference per thread count.
+
+`bench(BenchRequest, progress) -> BenchReport`, the shape of every command's entry point.
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..core.errors import SD2TFLiteError, UsageError
+from ..core.fsutil import write_json_atomic
+from ..core.outputs import NewFile, check_new_files, json_with_keys, png_with_text
+from ..core.progress import NO_PROGRESS, Progress
 from ..core.versions import CONVERTER_LIBRARIES, RUNTIME_LIBRARIES, library_versions
+from ..runtime.hub import resolve_model_dir
 from ..runtime.integrity import ensure_intact
 from .measure import machine
-from .report import BENCH_FORMAT_VERSION, validate_bench_json
+from .plot import PLOT_MARKER, plot, require_matplotlib
+from .report import BenchReport
 
 COMPARE = {"keras": ("keras", "keras-xla")}  # --compare NAME -> the backends it adds
 
@@ -34,7 +40,7 @@ TIMESTEP = 500  # the UNet's input noise level for the per-component figures
 
 @dataclass(frozen=True)
 class BenchRequest:
-    model_dirs: tuple[Path, ...]
+    model_dirs: tuple[Path | str, ...]  # converted sets' folders, or hf://OWNER/REPO[@REVISION]
     threads: tuple[int, ...] = ()  # default: all cores
     repeats: int = 10
     warmup: int = 1
@@ -44,6 +50,9 @@ class BenchRequest:
     seed: int = 0
     vocab: Path | None = None
     weight_cache: bool = True  # LiteRT as `generate` runs it: XNNPACK's packed weights in cache files
+    json_path: Path | None = None  # also write the report here (BENCH_SCHEMA)
+    plot_path: Path | None = None  # also draw it here (PNG; needs matplotlib)
+    force: bool = False  # replace existing json_path / plot_path files that are not ours
 
     def settings(self) -> dict:
         return {"threads": list(self.threads or (os.cpu_count() or 1,)), "repeats": self.repeats,
@@ -53,6 +62,12 @@ class BenchRequest:
 
 
 def _check_request(request: BenchRequest) -> None:
+    if request.plot_path is not None:
+        require_matplotlib()
+    check_new_files([
+        NewFile("--json", request.json_path, json_with_keys("format_version", "cases"), "a bench report"),
+        NewFile("--plot", request.plot_path, png_with_text(PLOT_MARKER), "a bench plot"),
+    ], request.force)
     for flag, value, minimum in (("--repeats", request.repeats, 1), ("--steps", request.steps, 1),
                                  ("--warmup", request.warmup, 0), ("--image-repeats", request.image_repeats, 1)):
         if value < minimum:
@@ -67,11 +82,11 @@ def _check_request(request: BenchRequest) -> None:
         raise UsageError("give at least one converted set's directory")
 
 
-def plan_cases(request: BenchRequest, manifests: list) -> list[dict]:
+def plan_cases(request: BenchRequest, directories: list[Path], manifests: list) -> list[dict]:
     """The cases to run, as plain data. Keras cases depend only on the weights and shapes, so sets
     converted from the same weights (one per precision) share one Keras reference per thread count."""
     cases, seen = [], set()
-    for directory, manifest in zip(request.model_dirs, manifests):
+    for directory, manifest in zip(directories, manifests):
         for threads in request.threads or (os.cpu_count() or 1,):
             backends = ["litert"] + [b for c in request.compare for b in COMPARE[c]]
             for backend in backends:
@@ -99,15 +114,19 @@ def _reference_key(manifest, threads: int) -> str:
     return json.dumps([manifest.family, manifest.dims, manifest.weights, threads], sort_keys=True)
 
 
-def bench(request: BenchRequest, on_case: Callable[[int, int, dict], None] | None = None) -> dict:
-    """Runs every case in its own process; returns the report (BENCH_SCHEMA)."""
+def bench(request: BenchRequest, progress: Progress | None = None) -> BenchReport:
+    """Runs every case in its own process and returns the report, written to json_path and drawn
+    to plot_path when asked; progress: one stage counting the cases. A failed case is in the
+    report's failures; only every case failing raises."""
+    progress = progress or NO_PROGRESS
     _check_request(request)
-    manifests = [ensure_intact(Path(d), reuse_hashes=True) for d in request.model_dirs]
-    cases = plan_cases(request, manifests)
+    directories = [resolve_model_dir(str(d)) for d in request.model_dirs]
+    manifests = [ensure_intact(d, reuse_hashes=True) for d in directories]
+    cases = plan_cases(request, directories, manifests)
     results, failures = [], []
-    for i, case in enumerate(cases):
-        if on_case:
-            on_case(i, len(cases), case)
+    progress.stage("bench", len(cases), unit="case")
+    for case in cases:
+        progress.status(f"bench {case['backend']} {case['directory']}")
         try:
             results.append(measure_case(case))
         except UsageError:
@@ -115,20 +134,23 @@ def bench(request: BenchRequest, on_case: Callable[[int, int, dict], None] | Non
         except SD2TFLiteError as exc:
             # One case out of memory (Keras XLA at 512x512, say) should not cost the others' figures.
             failures.append({**{k: case[k] for k in ("directory", "backend", "threads")}, "error": str(exc)})
-    if on_case:
-        on_case(len(cases), len(cases), {})
+        progress.advance()
+    progress.status("bench done")
     if not results:
         raise SD2TFLiteError(f"every bench case failed; the first: {failures[0]['error']}")
-    report = {
-        "format_version": BENCH_FORMAT_VERSION,
-        "settings": request.settings(),
-        "machine": machine(),
-        "versions": library_versions({**RUNTIME_LIBRARIES, **(CONVERTER_LIBRARIES if request.compare else {})}),
-        "sets": [_set_summary(d, m) for d, m in zip(request.model_dirs, manifests)],
-        "cases": results,
-        "failures": failures,
-    }
-    validate_bench_json(report)
+    report = BenchReport(
+        settings=request.settings(),
+        machine=machine(),
+        versions=library_versions({**RUNTIME_LIBRARIES, **(CONVERTER_LIBRARIES if request.compare else {})}),
+        sets=[_set_summary(d, m) for d, m in zip(directories, manifests)],
+        cases=results,
+        failures=failures,
+    )
+    report.validate()
+    if request.json_path is not None:
+        write_json_atomic(request.json_path, report.to_json())
+    if request.plot_path is not None:
+        plot(report.cases, request.plot_path)
     return report
 
 

@@ -3,6 +3,8 @@ the Markdown table with ratios against Keras."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..core.errors import SD2TFLiteError
 from ..core.schema import schema_problems
 
@@ -92,6 +94,29 @@ def validate_bench_json(data) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise SD2TFLiteError(f"not an sd2tflite bench report: {problems[0]}{more}")
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """What `bench` returns: the figures of every case that finished, and the ones that did not."""
+
+    settings: dict
+    machine: dict
+    versions: dict
+    sets: list[dict]  # each set's files, sizes and conversion figures
+    cases: list[dict]  # one per finished case, with its stages
+    failures: list[dict]  # cases that did not finish: directory, backend, threads, error
+
+    def to_json(self) -> dict:
+        """The JSON report (BENCH_SCHEMA)."""
+        return {"format_version": BENCH_FORMAT_VERSION, "settings": self.settings, "machine": self.machine,
+                "versions": self.versions, "sets": self.sets, "cases": self.cases, "failures": self.failures}
+
+    def validate(self) -> None:
+        validate_bench_json(self.to_json())
+
+    def table(self) -> str:
+        return markdown(self.cases)
 
 
 def conversion_case(result: dict) -> dict:

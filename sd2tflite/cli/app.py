@@ -13,10 +13,9 @@ import click
 
 from .. import __version__
 from ..convert.quiet import quiet_tensorflow
-from ..core.outputs import NewFile, check_new_files, json_with_keys, png_with_text
 from ..core.registry import PREDICTION_TYPES
-from .options import (TqdmProgress, handle_errors, model_dir_argument, parse_bytes, require_converter,
-                      thread_list, threads_option, verbosity, vocab_option, weight_cache_option)
+from .options import (TqdmProgress, handle_errors, parse_bytes, require_converter, thread_list, threads_option,
+                      verbosity, vocab_option, weight_cache_option)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -103,7 +102,8 @@ def convert(dry_run, verbose, quiet, max_part_bytes, weights, loras, **options):
         planned, split = plan_conversion(request)
         click.echo(describe_plan(planned, split, request.quant))
         return
-    result = run_convert(request, progress=TqdmProgress(disable=quiet))
+    with TqdmProgress(quiet, TqdmProgress.COMPACT) as progress:
+        result = run_convert(request, progress)
     for a in result.manifest.artifacts:
         state = "reused" if a.path in result.reused else f"{a.conversion_seconds:7.1f} s"
         click.echo(f"{a.path:28s} {a.bytes / 2**20:10,.1f} MiB  {a.params:>13,} params  {state}")
@@ -152,8 +152,6 @@ def generate(model_dir, prompt, output, steps, guidance, seed, negative_prompt, 
     if quiet:
         os.environ[QUIET_ENV] = "1"  # LiteRT's native start-up line too
 
-    from tqdm import tqdm
-
     from ..runtime.generate import GenerateRequest
     from ..runtime.generate import generate as run_generate
     from ..runtime.pipeline import GenerateSettings
@@ -162,20 +160,16 @@ def generate(model_dir, prompt, output, steps, guidance, seed, negative_prompt, 
     settings = GenerateSettings(prompt, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative_prompt,
                                 strength=strength, sampler=sampler, karras=karras)  # checked before any download
     request = GenerateRequest(
-        model_dir=model_dir_argument(model_dir), output=Path(output), settings=settings,
+        model_dir=model_dir, output=Path(output), settings=settings,
         noise_file=opt(noise_file), image_file=opt(image_file), mask_file=opt(mask_file),
         resize=resize, threads=threads, vocab=opt(vocab), save_latents=opt(save_latents), force=force,
         weight_cache=weight_cache,
     )
-    with tqdm(total=None, disable=quiet, file=sys.stderr, unit="step", desc="denoising") as bar:
-        def on_step(done, total):
-            bar.total = total
-            bar.update(done - bar.n)
-
-        outcome = run_generate(request, on_step=on_step)
-    for note in outcome.notes:
+    with TqdmProgress(quiet) as progress:
+        result = run_generate(request, progress)
+    for note in result.notes:
         click.echo(f"note: {note}", err=True)
-    for path in outcome.paths:
+    for path in result.paths:
         click.echo(str(path))
     if save_latents:
         click.echo(str(save_latents))
@@ -207,21 +201,18 @@ def verify(model_dir, weights, steps, end_to_end, json_path, vocab, threads, gpu
     """
     from pathlib import Path
 
-    from ..core.fsutil import write_json_atomic
-    from ..verify.run import verify as run_verify
-
-    check_new_files([NewFile("--json", Path(json_path) if json_path else None,
-                             json_with_keys("checks", "manifest_sha256"), "a verify report")], force)
     require_converter("sd2tflite verify (it compares the files with the Keras model)")
     quiet_tensorflow(verbose)
-    report = run_verify(
-        model_dir_argument(model_dir), weights=weights, vocab=Path(vocab) if vocab else None, steps=steps,
-        end_to_end=end_to_end, threads=threads, gpu_analyzer=gpu_analyzer,
-        on_stage=(lambda text: None) if quiet else (lambda text: click.echo(f"… {text}", err=True)),
-    )
+    from ..verify.run import VerifyRequest
+    from ..verify.run import verify as run_verify
+
+    request = VerifyRequest(
+        model_dir, weights=weights, vocab=Path(vocab) if vocab else None, steps=steps, end_to_end=end_to_end,
+        threads=threads, gpu_analyzer=gpu_analyzer, json_path=Path(json_path) if json_path else None, force=force)
+    with TqdmProgress(quiet) as progress:
+        report = run_verify(request, progress)
     click.echo(report.table())
     if json_path:
-        write_json_atomic(Path(json_path), report.to_json())
         click.echo(f"report: {json_path}")
     sys.exit(0 if report.passed else 1)
 
@@ -257,43 +248,27 @@ def bench(model_dirs, threads, repeats, warmup, steps, image_repeats, compare, s
         os.environ[QUIET_ENV] = "1"  # the cases' processes inherit it
     from pathlib import Path
 
-    from tqdm import tqdm
-
-    from ..bench import cases, report as bench_report
-    from ..bench.plot import PLOT_MARKER, plot, require_matplotlib
-    from ..core.fsutil import write_json_atomic
+    from ..bench.cases import BenchRequest
+    from ..bench.cases import bench as run_bench
 
     if compare:
         require_converter("sd2tflite bench --compare keras")
-    if plot_path:
-        require_matplotlib()
-    check_new_files([
-        NewFile("--json", Path(json_path) if json_path else None, json_with_keys("format_version", "cases"),
-                "a bench report"),
-        NewFile("--plot", Path(plot_path) if plot_path else None, png_with_text(PLOT_MARKER),
-                "a bench plot"),
-    ], force)
-    request = cases.BenchRequest(
-        model_dirs=tuple(model_dir_argument(d) for d in model_dirs), threads=threads, repeats=repeats,
-        warmup=warmup, steps=steps, image_repeats=image_repeats, compare=tuple(compare), seed=seed,
-        vocab=Path(vocab) if vocab else None, weight_cache=weight_cache)
-    with tqdm(total=None, disable=quiet, file=sys.stderr, unit="case", desc="bench") as bar:
-        def on_case(done, total, case):
-            bar.total = total
-            bar.set_description_str(f"bench {case.get('backend', 'done')} {case.get('directory', '')}"[:60])
-            bar.update(done - bar.n)
-
-        report = cases.bench(request, on_case=on_case)
-    click.echo(bench_report.markdown(report["cases"]))
+    opt = lambda p: Path(p) if p else None  # noqa: E731
+    request = BenchRequest(
+        model_dirs=model_dirs, threads=threads, repeats=repeats, warmup=warmup, steps=steps,
+        image_repeats=image_repeats, compare=tuple(compare), seed=seed, vocab=opt(vocab), weight_cache=weight_cache,
+        json_path=opt(json_path), plot_path=opt(plot_path), force=force)
+    with TqdmProgress(quiet) as progress:
+        report = run_bench(request, progress)
+    click.echo(report.table())
     if json_path:
-        write_json_atomic(Path(json_path), report)
         click.echo(f"report: {json_path}")
     if plot_path:
-        click.echo(f"plot: {plot(report['cases'], Path(plot_path))}")
-    for failure in report["failures"]:
+        click.echo(f"plot: {plot_path}")
+    for failure in report.failures:
         click.echo(f"error: the {failure['backend']} case of {failure['directory']} (threads={failure['threads']}) "
                    f"failed and is not in the table: {failure['error']}", err=True)
-    if report["failures"]:
+    if report.failures:
         sys.exit(1)
 
 
@@ -322,10 +297,11 @@ def push_hub(directory, repo_id, private, revision, commit_message, create_pr, t
         hf_logging.set_verbosity_error()  # its retry warnings would break the one-line errors
         if quiet:
             disable_progress_bars()
-    say = None if quiet else (lambda message: click.echo(message, err=True))
-    result = hub.push(directory, repo_id, token=token, private=private, revision=revision,
-                      commit_message=commit_message, create_pr=create_pr, dry_run=dry_run,
-                      verify_report=verify_report, progress=say)
+    request = hub.PushRequest(directory, repo_id, token=token, private=private, revision=revision,
+                              commit_message=commit_message, create_pr=create_pr, verify_report=verify_report,
+                              dry_run=dry_run)
+    with TqdmProgress(quiet) as progress:
+        result = hub.push(request, progress)
     if dry_run:
         click.echo(result.plan.card)
         click.echo("# dry run: nothing was sent; the push would:")

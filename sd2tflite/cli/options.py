@@ -1,6 +1,5 @@
 """What the commands share: one-line error handling, -v / -q, option parsers (sizes, thread
-counts), the --vocab and --threads options, progress bars, the converter-extra check, and the
-model folder argument (a path or hf://)."""
+counts), the --vocab and --threads options, the terminal's progress, and the converter-extra check."""
 
 from __future__ import annotations
 
@@ -70,33 +69,55 @@ def verbosity(fn):
 
 
 class TqdmProgress:
-    """Progress bars on stderr, one per stage, with elapsed time."""
+    """The terminal's progress (core/progress.py): a tqdm bar on stderr per counted stage, a "… NAME"
+    line per announced stage, notes as lines; nothing at all under -q. A context manager: the last
+    bar closes when the command's library call returns or fails."""
 
-    def __init__(self, disable: bool):
-        self.disable = disable
+    # Conversion statuses name long files: no room for a bar beside them.
+    COMPACT = "{desc} {n_fmt}/{total_fmt} [{elapsed}]"
+
+    def __init__(self, quiet: bool, bar_format: str | None = None):
+        self.quiet = quiet
+        self.bar_format = bar_format
         self.bar = None
 
-    def begin(self, total: int) -> None:
+    def stage(self, name: str, total: int | None = None, unit: str = "item") -> None:
+        self.close()
+        if self.quiet:
+            return
+        if total is None:
+            click.echo(f"… {name}", err=True)
+            return
         from tqdm import tqdm
 
-        self.end()
-        self.bar = tqdm(total=total, disable=self.disable, file=sys.stderr, unit="file",
-                        bar_format="{desc} {n_fmt}/{total_fmt} [{elapsed}]")
+        self.bar = tqdm(total=total, desc=name, file=sys.stderr, unit=unit, bar_format=self.bar_format)
 
-    def step(self, description: str) -> None:
+    def status(self, text: str) -> None:
         if self.bar is not None:
-            self.bar.set_description_str(description)
+            self.bar.set_description_str(text)
 
-    def advance(self) -> None:
+    def advance(self, n: int = 1) -> None:
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.update(n)
 
-    def end(self) -> None:
+    def note(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)  # above the bar, which redraws below it
+        else:
+            click.echo(text, err=True)
+
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
 
+    def __enter__(self) -> "TqdmProgress":
+        return self
 
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def parse_bytes(_ctx, _param, value):
@@ -156,10 +177,3 @@ def thread_list(_ctx, _param, value):
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of thread counts, e.g. 1,2,4")
     return threads
-
-
-def model_dir_argument(text, token=None):
-    """A converted set's folder: TEXT, or hf://OWNER/REPO[@REVISION] downloaded (cached) and checked."""
-    from ..runtime.hub import resolve_model_dir
-
-    return resolve_model_dir(text, token)

@@ -26,6 +26,7 @@ from ..core.errors import ConversionError, OutputError, SD2TFLiteError
 from ..core.fsutil import sha256_file, write_json_atomic
 from ..core.manifest import VERIFY_REPORT_NAME, Artifact, Manifest, load_manifest, save_manifest
 from ..core.precisions import RECIPES
+from ..core.progress import NO_PROGRESS, Progress
 from ..core.versions import CONVERTER_LIBRARIES, library_versions
 from .export import export_stage
 from .outdir import PROGRESS_NAME, WORK_PREFIX, check_output_dir, clean_leftovers, output_lock, previous_artifacts
@@ -42,15 +43,6 @@ class ConvertResult:
     manifest_path: Path
     reused: list[str] = field(default_factory=list)
     built: list[str] = field(default_factory=list)
-
-
-class NullProgress:
-    """What the library reports to; the CLI passes a tqdm-backed implementation."""
-
-    def begin(self, total: int) -> None: ...
-    def step(self, description: str) -> None: ...
-    def advance(self) -> None: ...
-    def end(self) -> None: ...
 
 
 def built_artifact(artifact: PlannedArtifact, stats: dict) -> Artifact:
@@ -91,8 +83,9 @@ def _earlier_join_record(out_dir: Path, file_name: str) -> dict:
     return record if record.get("file") == file_name else {"file": file_name}
 
 
-def convert(request: ConvertRequest, progress=None) -> ConvertResult:
-    """Runs the whole conversion, holding the output folder; the manifest is written last."""
+def convert(request: ConvertRequest, progress: Progress | None = None) -> ConvertResult:
+    """Runs the whole conversion, holding the output folder; the manifest is written last.
+    progress: the export stage (one unit), then one stage counting the files (and the join)."""
     out_dir = Path(request.out_dir)
     check_output_dir(out_dir, request.force)
     created_out_dir = not out_dir.exists()
@@ -103,14 +96,14 @@ def convert(request: ConvertRequest, progress=None) -> ConvertResult:
     try:
         with output_lock(out_dir):
             check_output_dir(out_dir, request.force)  # again: another run may have written meanwhile
-            return _convert_locked(request, out_dir, progress or NullProgress())
+            return _convert_locked(request, out_dir, progress or NO_PROGRESS)
     finally:
         with contextlib.suppress(OSError):  # another run may have just created its lock file
             if created_out_dir and not any(out_dir.iterdir()):
                 out_dir.rmdir()  # a run that wrote nothing leaves nothing behind
 
 
-def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> ConvertResult:
+def _convert_locked(request: ConvertRequest, out_dir: Path, progress: Progress) -> ConvertResult:
     clean_leftovers(out_dir)
 
     earlier = previous_artifacts(out_dir)
@@ -128,8 +121,7 @@ def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> Convert
     result_artifacts: list[Artifact] = []
     reused, built = [], []
     try:
-        progress.begin(1)
-        progress.step("building Keras models and exporting SavedModels")
+        progress.stage("building Keras models and exporting SavedModels", 1, unit="file")
         planned, split = _run(request.isolate, export_stage, request, frozenset(reusable) | frozenset(joined_parts),
                               str(work_dir))
         unet_parts = [a for a in planned if a.component == "diffusion"]
@@ -144,7 +136,7 @@ def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> Convert
             planned = [first[a.build_key] if a.build_key in exported else a for a in again]
             unet_parts = [a for a in planned if a.component == "diffusion"]
         progress.advance()
-        progress.begin(len(planned) + (joined is not None))
+        progress.stage("converting", len(planned) + (joined is not None), unit="file")
         for artifact in planned:
             if artifact.saved_model_dir is None:
                 # (else a part of the earlier run's joined file, which this run delivers again)
@@ -152,10 +144,10 @@ def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> Convert
                 if earlier not in result_artifacts:
                     result_artifacts.append(earlier)
                     reused.append(earlier.path)
-                progress.step(f"{artifact.file_name} (unchanged, reused)")
+                progress.status(f"{artifact.file_name} (unchanged, reused)")
                 progress.advance()
                 continue
-            progress.step(f"converting {artifact.file_name} ({request.quant})")
+            progress.status(f"converting {artifact.file_name} ({request.quant})")
             stats = _run(request.isolate, convert_stage, artifact, request.quant, str(out_dir), request.keep_float)
             if Path(artifact.saved_model_dir).parent == work_dir:  # not one in the export cache
                 shutil.rmtree(artifact.saved_model_dir, ignore_errors=True)
@@ -174,7 +166,7 @@ def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> Convert
                     joined_artifact = reusable[joined.build_key]
                     reused.append(joined_artifact.path)
                 else:
-                    progress.step(f"joining {len(parts)} UNet parts into {joined.file_name}")
+                    progress.status(f"joining {len(parts)} UNet parts into {joined.file_name}")
                     stats = _run(request.isolate, join_stage, joined, unet_parts, request.dims, str(out_dir))
                     split["joined"] = {
                         "file": joined.file_name, "seconds": stats["seconds"],
@@ -235,7 +227,6 @@ def _convert_locked(request: ConvertRequest, out_dir: Path, progress) -> Convert
         if built:  # a verify report of the earlier files would describe files that are gone
             (out_dir / VERIFY_REPORT_NAME).unlink(missing_ok=True)
     finally:
-        progress.end()
         shutil.rmtree(work_dir, ignore_errors=True)
         clean_leftovers(out_dir)
     return ConvertResult(manifest, manifest_path, reused=reused, built=built)

@@ -11,21 +11,37 @@ already stores), and the branch only moves when the final commit lands.
 
 The token is resolved once and handed to huggingface_hub, which sends it as an Authorization header.
 It is never put into a message, the card or any file; error texts are scrubbed of it just in case.
+
+`push(PushRequest, progress) -> PushResult`, the shape of every command's entry point.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .. import __version__
 from ..core.errors import HubError, UsageError
 from ..core.manifest import MANIFEST_NAME, VERIFY_REPORT_NAME, path_in_set
+from ..core.progress import NO_PROGRESS, Progress
 from ..runtime.hub import LOGIN_HINT, REPO_ID_RE, endpoint, with_retries
 from ..runtime.integrity import ensure_intact
 from .card import CARD_NAME, load_verify_report, model_card
+
+
+@dataclass(frozen=True)
+class PushRequest:
+    directory: Path | str  # the converted set
+    repo_id: str  # OWNER/NAME on the Hub; created if missing
+    token: str | None = field(default=None, repr=False)  # None: HF_TOKEN, then the login; never printed
+    private: bool = False  # create the repo private (refuse an existing public one)
+    revision: str = "main"  # the branch to commit to (created if missing)
+    commit_message: str | None = None  # None: family, precision, file count
+    create_pr: bool = False  # open a pull request instead of committing to the branch
+    verify_report: Path | str | None = None  # for the card; None: the set's own verify.json if present
+    dry_run: bool = False  # plan and card only: no network
+
 
 @dataclass(frozen=True)
 class PushPlan:
@@ -105,16 +121,14 @@ def resolve_token(token: str | None, offline: bool = False) -> tuple[str | None,
     return (stored, "huggingface_hub login") if stored else (None, "")
 
 
-def plan_push(directory: Path | str, repo_id: str, *, token: str | None = None, private: bool = False,
-              revision: str = "main", commit_message: str | None = None, create_pr: bool = False,
-              verify_report: Path | str | None = None, dry_run: bool = False) -> tuple[PushPlan, str | None]:
+def plan_push(request: PushRequest) -> tuple[PushPlan, str | None]:
     """Check the set and build the card; no network. Returns the plan and the token (kept out of it)."""
-    directory = Path(directory)
+    directory, repo_id, revision = Path(request.directory), request.repo_id, request.revision
     validate_repo_id(repo_id)
     if not revision or any(c.isspace() for c in revision):
         raise UsageError(f"--revision {revision!r} is not a branch name: e.g. --revision main")
     manifest = ensure_intact(directory)  # refuse a set that does not match its manifest
-    report, report_path = load_verify_report(directory, verify_report)
+    report, report_path = load_verify_report(directory, request.verify_report)
     card = model_card(directory, manifest, report, repo_id)
     files = [(a.path, a.bytes) for a in manifest.artifacts]
     files.append((MANIFEST_NAME, (directory / MANIFEST_NAME).stat().st_size))
@@ -123,13 +137,13 @@ def plan_push(directory: Path | str, repo_id: str, *, token: str | None = None, 
     if own_report is not None:
         files.append((VERIFY_REPORT_NAME, own_report.stat().st_size))
     files.append((CARD_NAME, len(card.encode())))
-    message = commit_message or (
+    message = request.commit_message or (
         f"Upload {manifest.family} {manifest.quant} LiteRT set ({len(manifest.artifacts)} files) "
         f"with sd2tflite {__version__}"
     )
-    resolved, source = resolve_token(token, offline=dry_run)
-    plan = PushPlan(directory, repo_id, revision, private, create_pr, message, endpoint(), tuple(files),
-                    card, source, own_report)
+    resolved, source = resolve_token(request.token, offline=request.dry_run)
+    plan = PushPlan(directory, repo_id, revision, request.private, request.create_pr, message, endpoint(),
+                    tuple(files), card, source, own_report)
     return plan, resolved
 
 
@@ -147,15 +161,11 @@ def _operations(plan: PushPlan) -> list:
     return ops
 
 
-def push(directory: Path | str, repo_id: str, *, token: str | None = None, private: bool = False,
-         revision: str = "main", commit_message: str | None = None, create_pr: bool = False,
-         dry_run: bool = False, verify_report: Path | str | None = None,
-         progress: Callable[[str], None] | None = None) -> PushResult:
-    """Upload a converted set and its model card in one commit; create the repo if it is missing."""
-    plan, token = plan_push(directory, repo_id, token=token, private=private, revision=revision,
-                            commit_message=commit_message, create_pr=create_pr, verify_report=verify_report,
-                            dry_run=dry_run)
-    if dry_run:
+def push(request: PushRequest, progress: Progress | None = None) -> PushResult:
+    """Upload a converted set and its model card in one commit; create the repo if it is missing.
+    A dry run returns the plan only. progress: notes (the repo, the upload, each retry)."""
+    plan, token = plan_push(request)
+    if request.dry_run:
         return PushResult(plan, None, None, None, 0)
     if not token:
         raise HubError(f"no Hugging Face token to upload with: {LOGIN_HINT}")
@@ -163,7 +173,7 @@ def push(directory: Path | str, repo_id: str, *, token: str | None = None, priva
 
     if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
         raise HubError("HF_HUB_OFFLINE is set, so nothing can be uploaded: unset it, or use --dry-run")
-    say = progress or (lambda _message: None)
+    say = (progress or NO_PROGRESS).note
 
     from huggingface_hub import HfApi
 

@@ -1,4 +1,7 @@
-"""`sd2tflite generate`: a converted set, a prompt and settings in; PNG files out. No TensorFlow."""
+"""`sd2tflite generate`: a converted set, a prompt and settings in; PNG files out. No TensorFlow.
+
+`generate(GenerateRequest, progress) -> GenerateResult`, the shape of every command's entry point.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -14,6 +16,8 @@ from .. import __version__
 from ..core.errors import UsageError
 from ..core.fsutil import atomic_write
 from ..core.outputs import NewFile, check_new_files
+from ..core.progress import NO_PROGRESS, Progress
+from .hub import resolve_model_dir
 from .images import load_image, load_mask, output_paths, save_png
 from .integrity import ensure_intact
 from .litert import LiteRTComponents
@@ -24,7 +28,7 @@ from .weight_cache import default_cache_dir
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    model_dir: Path
+    model_dir: Path | str  # a converted set's folder, or hf://OWNER/REPO[@REVISION] (downloaded, checked)
     output: Path
     settings: GenerateSettings
     noise_file: Path | None = None
@@ -38,10 +42,10 @@ class GenerateRequest:
     weight_cache: bool = True  # XNNPACK's packed weights as files (weight_cache.py): file-backed memory
 
 
-@dataclass
-class GenerateOutcome:
-    paths: list[Path]
-    notes: list[str]
+@dataclass(frozen=True)
+class GenerateResult:
+    paths: list[Path]  # the PNG files written, one per image of the batch
+    notes: list[str]  # what was adapted on the way (an input image resized)
     seconds: float
 
 
@@ -63,9 +67,13 @@ def _load_noise(path: Path) -> np.ndarray:
         raise UsageError(f"--noise {path} is not a .npy array ({exc}): save one with numpy.save") from exc
 
 
-def generate(request: GenerateRequest, on_step: Callable[[int, int], None] | None = None) -> GenerateOutcome:
+def generate(request: GenerateRequest, progress: Progress | None = None) -> GenerateResult:
+    """Writes the images (and --save-latents) of one pipeline run; progress: one stage of
+    denoising steps, begun when the first step is done (the pipeline knows the count)."""
+    progress = progress or NO_PROGRESS
     start = time.monotonic()
-    manifest = ensure_intact(request.model_dir, reuse_hashes=True)
+    model_dir = resolve_model_dir(str(request.model_dir))
+    manifest = ensure_intact(model_dir, reuse_hashes=True)
     dims = manifest.model_dims
     paths = _check_outputs(request, dims.batch_size)  # before any work: nothing is overwritten
     settings, notes = request.settings, []
@@ -85,8 +93,14 @@ def generate(request: GenerateRequest, on_step: Callable[[int, int], None] | Non
 
     tokenizer = load_tokenizer(manifest.family, request.vocab)
     cache = default_cache_dir() if request.weight_cache else None
-    pipeline = Pipeline(LiteRTComponents(request.model_dir, manifest, request.threads, weight_cache=cache), dims,
+    pipeline = Pipeline(LiteRTComponents(model_dir, manifest, request.threads, weight_cache=cache), dims,
                         tokenizer, manifest.prediction_type)
+
+    def on_step(done: int, total: int) -> None:
+        if done == 1:
+            progress.stage("denoising", total, unit="step")
+        progress.advance()
+
     result = pipeline.generate(settings, on_step=on_step)
 
     text = {
@@ -99,7 +113,7 @@ def generate(request: GenerateRequest, on_step: Callable[[int, int], None] | Non
     if request.save_latents:
         with atomic_write(request.save_latents, suffix=".npy") as tmp:  # np.save adds .npy otherwise
             np.save(tmp, result.latents)
-    return GenerateOutcome(paths, notes, time.monotonic() - start)
+    return GenerateResult(paths, notes, time.monotonic() - start)
 
 
 def _recorded_settings(request: GenerateRequest, settings: GenerateSettings, manifest, tokenizer: str) -> dict:

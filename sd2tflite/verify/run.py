@@ -7,18 +7,23 @@ Three groups of checks, all run and all reported (failures are collected, not ra
   end-to-end   the LiteRT pipeline vs keras-cv's own `StableDiffusion.generate_image` fed the same
                Keras components and the same starting noise
 and, as information that never fails verify, whether Android's GPU delegate takes each file whole (gpu.py).
+
+`verify(VerifyRequest, progress) -> VerifyReport`, the shape of every command's entry point.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..core.errors import NumericsError, UsageError
-from ..core.fsutil import sha256_file
+from ..core.fsutil import sha256_file, write_json_atomic
 from ..core.manifest import MANIFEST_NAME
+from ..core.outputs import NewFile, check_new_files, json_with_keys
+from ..core.progress import NO_PROGRESS, Progress
 from ..core.precisions import RECIPES
 from ..core.registry import FAMILIES, PIPELINE_COMPONENTS
+from ..runtime.hub import resolve_model_dir
 from ..runtime.integrity import Check, check_integrity, description_holds
 from ..runtime.litert import LiteRTComponents, invoke_failure
 from ..runtime.pipeline import Pipeline
@@ -29,29 +34,53 @@ from .reference import reference_models
 from .report import VerifyReport
 
 
-def verify(directory: Path, weights: str | None = None, vocab: Path | None = None, steps: int | None = None,
-           end_to_end: bool = True, threads: int | None = None, gpu_analyzer: str | None = None,
-           on_stage: Callable[[str], None] = lambda text: None) -> VerifyReport:
-    if steps is not None and steps < 1:
-        raise UsageError(f"--steps {steps} must be at least 1")
+@dataclass(frozen=True)
+class VerifyRequest:
+    model_dir: Path | str  # a converted set's folder, or hf://OWNER/REPO[@REVISION] (downloaded, checked)
+    weights: str | None = None  # the reference's weights (convert's forms); None: the manifest's
+    vocab: Path | None = None
+    steps: int | None = None  # end-to-end steps; None: the precision's own (RECIPES)
+    end_to_end: bool = True
+    threads: int | None = None
+    gpu_analyzer: str | None = None  # a Python with TensorFlow 2.17 for the GPU delegate column
+    json_path: Path | None = None  # also write the report here (checked before any work)
+    force: bool = False  # replace an existing json_path that is not a verify report
+
+
+def verify(request: VerifyRequest, progress: Progress | None = None) -> VerifyReport:
+    """Runs every check and returns the report (failures are in it, not raised); progress: one
+    announced stage per group of checks."""
+    check_new_files([NewFile("--json", request.json_path, json_with_keys("checks", "manifest_sha256"),
+                             "a verify report")], request.force)
+    if request.steps is not None and request.steps < 1:
+        raise UsageError(f"--steps {request.steps} must be at least 1")
+    directory = resolve_model_dir(str(request.model_dir))
+    report = _verify(directory, request, progress or NO_PROGRESS)
+    if request.json_path is not None:
+        write_json_atomic(request.json_path, report.to_json())
+    return report
+
+
+def _verify(directory: Path, request: VerifyRequest, progress: Progress) -> VerifyReport:
+    weights, steps = request.weights, request.steps
     report = VerifyReport(str(directory), None, settings={
         "steps": steps, "guidance": GUIDANCE, "weights": weights or "from the manifest",
         "prompts": list(VERIFY_PROMPTS), "timesteps": list(VERIFY_TIMESTEPS)})
-    on_stage("integrity: sizes, sha256, signatures")
+    progress.stage("integrity: sizes, sha256, signatures")
     manifest, checks = check_integrity(directory)
     report.manifest = manifest
     if manifest is not None:
-        report.manifest_sha256 = sha256_file(Path(directory) / MANIFEST_NAME)
+        report.manifest_sha256 = sha256_file(directory / MANIFEST_NAME)
     report.checks += checks
     if manifest is None:
         return report
     if steps is None:  # the precision's own: int8's error needs a finished picture to be judged
         steps = RECIPES[manifest.quant].end_to_end_steps if manifest.quant in RECIPES else 3
         report.settings["steps"] = steps
-    on_stage("GPU delegate: operator support (LiteRT's analyzer)")
+    progress.stage("GPU delegate: operator support (LiteRT's analyzer)")
     damaged = {c.name: "not analyzed: the file failed its integrity check" for c in checks
                if not c.passed and c.name in {a.path for a in manifest.artifacts}}
-    report.gpu = analyze_set(Path(directory), manifest, damaged, gpu_analyzer)  # information: never a failed check
+    report.gpu = analyze_set(directory, manifest, damaged, request.gpu_analyzer)  # information: never a failed check
     if manifest.family not in FAMILIES:
         report.checks.append(Check("parity", "model family", False,
                                    f"unknown family {manifest.family!r}: this sd2tflite cannot rebuild it"))
@@ -61,17 +90,17 @@ def verify(directory: Path, weights: str | None = None, vocab: Path | None = Non
     dims = manifest.model_dims
     broken = {c.component for c in checks if not c.passed and c.component}
 
-    on_stage("building the Keras reference models")
+    progress.stage("building the Keras reference models")
     keras = reference_models(manifest, weights)
-    tokenizer = load_tokenizer(manifest.family, vocab)
-    litert = LiteRTComponents(Path(directory), manifest, threads)
+    tokenizer = load_tokenizer(manifest.family, request.vocab)
+    litert = LiteRTComponents(directory, manifest, request.threads)
     samples = parity_inputs(dims, tokenizer, keras)
     for component in manifest.components:
         if component in broken:
             report.checks.append(Check("parity", component, False, "not run: its files do not match the manifest",
                                        component=component))
             continue
-        on_stage(f"parity: {component}")
+        progress.stage(f"parity: {component}")
         try:
             report.checks.append(component_check(component, keras[component], litert[component],
                                                  samples[component], manifest.quant))
@@ -83,10 +112,10 @@ def verify(directory: Path, weights: str | None = None, vocab: Path | None = Non
     if RECIPES[manifest.quant].needs_calibration and pipeline_parts <= set(manifest.components) - broken:
         from .quality import held_out_inputs, quality_report
 
-        on_stage("int8 quality: recording held-out inputs from the Keras pipeline")
+        progress.stage("int8 quality: recording held-out inputs from the Keras pipeline")
         report.quality = quality_report(manifest, keras, litert, held_out_inputs(keras, dims, tokenizer,
                                                                                  prediction_type=manifest.prediction_type))
-    if end_to_end:
+    if request.end_to_end:
         needed = pipeline_parts
         missing = needed - set(manifest.components)
         if missing or needed & broken:
@@ -94,7 +123,7 @@ def verify(directory: Path, weights: str | None = None, vocab: Path | None = Non
                                        f"not run: {', '.join(sorted(missing or needed & broken))} "
                                        f"{'missing from the set' if missing else 'failed an earlier check'}"))
         else:
-            on_stage(f"end to end: keras-cv vs LiteRT, {steps} steps")
+            progress.stage(f"end to end: keras-cv vs LiteRT, {steps} steps")
             pipeline = Pipeline(litert, dims, tokenizer, manifest.prediction_type)
             try:
                 report.checks.append(end_to_end_check(manifest.family, keras, pipeline, dims, manifest.quant, steps))
