@@ -50,41 +50,13 @@ def tiny_request(out_dir: Path, quant: str = "fp32", **overrides):
 
 @pytest.fixture(scope="session", autouse=True)
 def keras_builds_once():
-    """Each distinct Keras component is built once per test process. Building the tiny UNet's
-    functional graph costs ~9 s (keras-cv's layers trace through TensorFlow), and the suite's
-    conversions, verify runs and references would otherwise build the same models ~60 times.
-    The key holds everything a build depends on (family, component, dims, the weights'
-    identity), so a different file, seed or checkpoint still gets its own build; planning,
-    which needs only the graph, takes any build of the same architecture. Spawned workers
-    (--isolate) build their own."""
-    import json
+    """Each distinct Keras component is built once per test process (convert.weights'
+    reuse_keras_builds). Building the tiny UNet's functional graph costs ~9 s (keras-cv's layers
+    trace through TensorFlow), and the suite's conversions, verify runs and references would
+    otherwise build the same models ~60 times. Spawned workers (--isolate) build their own."""
+    from sd2tflite.convert.weights import reuse_keras_builds
 
-    from sd2tflite.convert import weights
-
-    build_with_weights, build_for_plan = weights.build_with_weights, weights.build_for_plan
-    built: dict = {}
-
-    def architecture(family, component, dims, resolved) -> tuple:
-        checkpoint = resolved.identity.get("architecture") if resolved.identity.get("kind") == "checkpoint" else None
-        return family, component, dims, json.dumps(checkpoint, sort_keys=True)
-
-    def with_weights(family, component, dims, resolved):
-        key = (architecture(family, component, dims, resolved), json.dumps(resolved.identity, sort_keys=True))
-        if key not in built:
-            built[key] = build_with_weights(family, component, dims, resolved)
-        return built[key]
-
-    def for_plan(family, component, dims, resolved):
-        graph = architecture(family, component, dims, resolved)
-        same = [model for (shape, _), model in built.items() if shape == graph]
-        if not same:
-            same = [build_for_plan(family, component, dims, resolved)]
-            built[(graph, "plan")] = same[0]
-        return same[0]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(weights, "build_with_weights", with_weights)
-        patch.setattr(weights, "build_for_plan", for_plan)
+    with reuse_keras_builds():
         yield
 
 

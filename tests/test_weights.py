@@ -100,3 +100,29 @@ def test_the_tiny_default_size_is_what_it_is_trained_for():
     assert (v1.dims.img_height, v1.dims.img_width) == (512, 512)
     wide = build_request(ConvertOptions(family="tiny", img_width=256), resolve_weights=False)
     assert (wide.dims.img_height, wide.dims.img_width) == (128, 256)
+
+
+def test_reused_builds_are_keyed_by_everything_a_build_depends_on():
+    """reuse_keras_builds (the suite runs inside one): the same model and weights give the same
+    object; another seed, another dtype policy or no block at all give their own build; planning
+    takes any build of the same graph."""
+    import keras
+
+    tiny = FAMILIES["tiny"]
+    dims = tiny.dims(128, 128)
+    seed1, seed2 = (W.resolve(W.parse_weights(f"random:{s}", tiny), tiny, ["decoder"])["decoder"] for s in (1, 2))
+    with W.reuse_keras_builds():
+        first = W.build_with_weights("tiny", "decoder", dims, seed1)
+        with W.reuse_keras_builds():  # nested: the outer block's builds
+            assert W.build_with_weights("tiny", "decoder", dims, seed1) is first
+        assert W.build_for_plan("tiny", "decoder", dims, seed2) is first
+        other = W.build_with_weights("tiny", "decoder", dims, seed2)
+        assert other is not first
+        assert not all((a == b).all() for a, b in zip(first.get_weights(), other.get_weights()))
+        before = keras.config.dtype_policy()
+        keras.config.set_dtype_policy("float64")
+        try:
+            assert W.build_with_weights("tiny", "decoder", dims, seed1) is not first
+        finally:
+            keras.config.set_dtype_policy(before)
+        assert W.build_with_weights("tiny", "decoder", dims.__class__(64, 64, context_dim=768), seed1) is not first

@@ -10,7 +10,9 @@ touches Keras.
 
 from __future__ import annotations
 
+import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,7 +272,18 @@ def save_legacy_h5(model, path: Path) -> None:
 
 
 def build_with_weights(family: str, component: str, dims, weights: ResolvedWeights):
-    """Builds a component and loads its weights; random weights are seeded per component."""
+    """Builds a component and loads its weights; random weights are seeded per component. Inside
+    reuse_keras_builds(), an earlier build of the same model and weights is returned instead."""
+    if _reused is None:
+        return _build_with_weights(family, component, dims, weights)
+    builds = _reused.setdefault(_graph_key(family, component, dims, weights), {})
+    key = json.dumps(weights.identity, sort_keys=True)
+    if key not in builds:
+        builds[key] = _build_with_weights(family, component, dims, weights)
+    return builds[key]
+
+
+def _build_with_weights(family: str, component: str, dims, weights: ResolvedWeights):
     import keras
 
     from .keras_models import build_component
@@ -287,7 +300,17 @@ def build_with_weights(family: str, component: str, dims, weights: ResolvedWeigh
 
 
 def build_for_plan(family: str, component: str, dims, weights: ResolvedWeights):
-    """The component's Keras graph for planning (no weights loaded)."""
+    """The component's Keras graph for planning (no weights loaded). Inside reuse_keras_builds(),
+    any earlier build of the same graph, whatever its weights."""
+    if _reused is None:
+        return _build_for_plan(family, component, dims, weights)
+    builds = _reused.setdefault(_graph_key(family, component, dims, weights), {})
+    if not builds:
+        builds[None] = _build_for_plan(family, component, dims, weights)  # None: no weights loaded
+    return next(iter(builds.values()))
+
+
+def _build_for_plan(family: str, component: str, dims, weights: ResolvedWeights):
     if weights.identity.get("kind") == "checkpoint":
         from .checkpoint.architecture import Architecture
         from .checkpoint.builders import build
@@ -297,6 +320,42 @@ def build_for_plan(family: str, component: str, dims, weights: ResolvedWeights):
     from .keras_models import build_component
 
     return build_component(family, component, dims)
+
+
+# ---------------------------------------------------------------- one build per model in a process
+
+# graph key -> weights identity (None: built for planning only) -> Keras model, while
+# reuse_keras_builds() is active; None otherwise.
+_reused: dict[tuple, dict[str | None, object]] | None = None
+
+
+@contextmanager
+def reuse_keras_builds():
+    """Within the block, this process builds each distinct Keras component once and hands the same
+    model to every later build_with_weights / build_for_plan call. The key holds everything a build
+    depends on (family, component, dims, a checkpoint's architecture, the weights' identity, Keras'
+    dtype policy), so another file, seed or checkpoint still gets its own build; planning, which
+    needs only the graph, takes any build of the same graph. For callers that convert, verify or
+    measure one model many times in one process (a test suite, a sweep over precisions): building a
+    UNet's graph costs more than converting a small one. The models are shared, so callers must not
+    change them. Spawned workers (convert's isolate) build their own. Nested blocks share the
+    outermost one's builds, which are dropped when it ends."""
+    global _reused
+    outermost = _reused is None
+    if outermost:
+        _reused = {}
+    try:
+        yield
+    finally:
+        if outermost:
+            _reused = None
+
+
+def _graph_key(family: str, component: str, dims, weights: ResolvedWeights) -> tuple:
+    import keras
+
+    checkpoint = weights.identity.get("architecture") if weights.identity.get("kind") == "checkpoint" else None
+    return (family, component, dims, json.dumps(checkpoint, sort_keys=True), keras.config.dtype_policy().name)
 
 
 def checkpoint_dims(identity: dict) -> dict:
@@ -314,5 +373,6 @@ __all__ = [
     "load_into",
     "parse_weights",
     "resolve",
+    "reuse_keras_builds",
     "save_legacy_h5",
 ]
