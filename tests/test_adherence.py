@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sd2tflite.core.manifest import load_manifest
+from sd2tflite.runtime.samples import starting_noise
 from sd2tflite.verify import shapes
 
 from .conftest import tiny_request
@@ -21,10 +22,6 @@ MIN_KERAS_ADHERENCE = 0.42
 KEPT_SHARE = 0.9  # of fp32's score, for dynamic and int8 with recorded calibration
 
 
-def noise_for(seed: int, dims) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(dims.latent_shape).astype(np.float32)
-
-
 def litert_images(set_dir) -> list[np.ndarray]:
     from sd2tflite.runtime.litert import LiteRTComponents
     from sd2tflite.runtime.pipeline import GenerateSettings, Pipeline
@@ -33,7 +30,7 @@ def litert_images(set_dir) -> list[np.ndarray]:
     manifest = load_manifest(set_dir)
     dims = manifest.model_dims
     pipeline = Pipeline(LiteRTComponents(set_dir, manifest), dims, load_tokenizer("tiny"), manifest.prediction_type)
-    return [pipeline.generate(GenerateSettings(p, steps=STEPS, guidance=GUIDANCE, noise=noise_for(seed, dims))).images[0]
+    return [pipeline.generate(GenerateSettings(p, steps=STEPS, guidance=GUIDANCE, seed=seed)).images[0]
             for p, seed in PROMPTS]
 
 
@@ -49,7 +46,7 @@ def keras_cv_images(keras_models, tiny_dims):
     tokenizer = load_tokenizer("tiny")
     pipeline = KerasCVPipeline("tiny", tiny_dims, keras_models)
     return [pipeline.generate(np.asarray([tokenizer.tokens_for(p)], np.int32), STEPS, GUIDANCE,
-                              noise_for(seed, tiny_dims))[0] for p, seed in PROMPTS]
+                              starting_noise(tiny_dims, seed))[0] for p, seed in PROMPTS]
 
 
 @pytest.fixture(scope="module")

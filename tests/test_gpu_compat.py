@@ -136,9 +136,8 @@ def test_gpu_analyzer_runs_another_python(tmp_path):
 def graph_of(path: Path) -> tuple[list[tuple[str, list[int]]], dict[int, tuple[list[int], str]]]:
     """(operators as (name, input tensor ids), tensor id -> (shape, type)) from the installed
     analyzer's dump, which is real even though its GPU verdict is not."""
-    from ai_edge_litert._pywrap_analyzer_wrapper import ModelAnalyzer
-
-    text = ModelAnalyzer(str(path), True, False)
+    _, analyzer = gpu.installed_analyzers()[0]  # ai-edge-litert's
+    text = analyzer(str(path), True, False)
     ops = [(name, [int(t) for t in re.findall(r"T#(-?\d+)", inputs)])
            for name, inputs in re.findall(r"^  Op#\d+ (\S+?)\((.*)\) -> ", text, re.M)]
     tensors = {int(i): ([int(d) for d in shape.split(", ") if d], kind)
