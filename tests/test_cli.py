@@ -233,6 +233,17 @@ def test_dry_run_prints_the_plan_without_writing(tmp_path):
     assert not out.exists()
 
 
+def test_dry_run_prints_the_join_decision(tmp_path):
+    dry_run = [*TINY, "-o", str(tmp_path / "out"), "--components", "diffusion", "--unet-parts", "2", "--dry-run"]
+    joined = run([*dry_run, "--join-unet"])
+    assert joined.exit_code == 0, joined.output
+    assert "The UNet parts are then joined into one file, diffusion.tflite" in joined.output
+    parts = run(dry_run)  # parts asked for (--unet-parts): they stay parts
+    assert parts.exit_code == 0, parts.output
+    assert "The UNet stays in 2 part files" in parts.output and "joined into" not in parts.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_manifest_json_is_plain_json(cli_set):
     out, _ = cli_set
     data = json.loads((out / "manifest.json").read_text())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sd2tflite.convert.plan import DEFAULT_MAX_PART_BYTES, plan_conversion
+from sd2tflite.convert.limits import DEFAULT_MAX_PART_BYTES
+from sd2tflite.convert.plan import plan_conversion
 from sd2tflite.convert.request import ConvertOptions, build_request
 
 pytestmark = pytest.mark.slow
@@ -15,9 +16,10 @@ pytestmark = pytest.mark.slow
 def test_full_size_unet_plan(tmp_path, family, quant, parts):
     request = build_request(ConvertOptions(family=family, quant=quant, components="diffusion", weights="random",
                                            out_dir=str(tmp_path), isolate=False), resolve_weights=False)
-    planned, split = plan_conversion(request)
+    plan = plan_conversion(request)
+    planned = plan.artifacts
     assert len(planned) == parts
     # keras-cv's UNets: v1 as DESIGN.md counts it, v2 as diffusers' SD 2.1 UNet2DConditionModel.
-    assert sum(a.params for a in planned) == split["total_params"] == {"v1": 859_520_964, "v2": 865_910_724}[family]
+    assert sum(a.params for a in planned) == plan.split.total_params == {"v1": 859_520_964, "v2": 865_910_724}[family]
     assert all(a.estimated_bytes <= DEFAULT_MAX_PART_BYTES for a in planned)
     assert planned[-1].outputs[0].name == "noise_pred" and planned[-1].outputs[0].shape == (1, 64, 64, 4)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -64,6 +67,74 @@ def test_joined_unet_computes_what_its_parts_compute(tmp_path, tiny_dims, export
     assert [a.path for a in again.manifest.artifacts] == ["diffusion_part0.tflite", "diffusion_part1.tflite"]
     assert sorted(p.name for p in out.iterdir()) == ["diffusion_part0.tflite", "diffusion_part1.tflite",
                                                      "manifest.json"]
+
+
+def test_a_run_plans_once_exports_once_and_reads_the_earlier_manifest_once(tmp_path, export_cache, monkeypatch):
+    """The plan is one value: a run given one follows it without planning again, a run without
+    one plans once; the export runs once even when the earlier set held the UNet joined and this
+    run delivers it in parts; the earlier manifest is opened once per run."""
+    from sd2tflite.convert import weights
+    from sd2tflite.convert.orchestrate import convert
+    from sd2tflite.convert.plan import describe_plan, plan_conversion
+
+    out = tmp_path / "set"
+    calls = {"build_for_plan": [], "build_with_weights": []}
+    for name in calls:  # counts the calls of the public builders, whatever builds behind them
+        monkeypatch.setattr(weights, name, _counting(calls[name], getattr(weights, name)))
+
+    def request(join_unet):
+        return tiny_request(out, "dynamic", components="diffusion", unet_parts=2, join_unet=join_unet,
+                            export_cache=str(export_cache))
+
+    plan = plan_conversion(request(True))
+    assert "joined into one file, diffusion.tflite" in describe_plan(plan)  # what --dry-run prints
+    calls["build_for_plan"].clear()
+    joined = convert(request(True), plan=plan)
+    assert calls["build_for_plan"] == []  # the run followed the plan it was given
+    assert [a.path for a in joined.manifest.artifacts] == [plan.joined.file_name]
+    assert {k: v for k, v in joined.manifest.split.items() if k != "joined"} == plan.split_record()
+    assert joined.manifest.split["joined"]["file"] == plan.joined.file_name
+
+    for name in calls:
+        calls[name].clear()
+    parts_asked = request(None)  # (checking the request's output folder reads the manifest too)
+    with _opened(out / "manifest.json") as opened:
+        parted = convert(parts_asked)  # parts asked for: the joined file's parts are exported again
+    assert calls == {"build_for_plan": ["diffusion"], "build_with_weights": ["diffusion"]}
+    assert opened == [1]  # the earlier manifest, read once (the new one is written under a temp name)
+    assert sorted(parted.built) == ["diffusion_part0.tflite", "diffusion_part1.tflite"]
+    assert parted.manifest.split == plan_conversion(request(None)).split_record()
+
+
+def _counting(calls: list, build):
+    def counted(family, component, *args):
+        calls.append(component)
+        return build(family, component, *args)
+    return counted
+
+
+_WATCH: dict = {"installed": False, "path": None, "count": None}
+
+
+def _count_opens(event, args):
+    if event == "open" and _WATCH["path"] and isinstance(args[0], (str, os.PathLike)):
+        if os.path.realpath(args[0]) == _WATCH["path"]:
+            _WATCH["count"][0] += 1
+
+
+@contextlib.contextmanager
+def _opened(path):
+    """Counts the opens of `path` in this process while the block runs, through Python's audit
+    events: every reader counts, whichever module it sits in."""
+    if not _WATCH["installed"]:
+        sys.addaudithook(_count_opens)  # a hook stays for the process: installed once, idle outside blocks
+        _WATCH["installed"] = True
+    count = [0]
+    _WATCH.update(path=os.path.realpath(path), count=count)
+    try:
+        yield count
+    finally:
+        _WATCH.update(path=None, count=None)
 
 
 def test_fp32_joined_unet_matches_keras(tmp_path, keras_models, tiny_dims, export_cache):

@@ -92,15 +92,15 @@ def convert(dry_run, verbose, quiet, max_part_bytes, weights, loras, **options):
     require_converter("sd2tflite convert")
     quiet_tensorflow(verbose)
     from ..convert.orchestrate import convert as run_convert
-    from ..convert.plan import DEFAULT_MAX_PART_BYTES, describe_plan, plan_conversion
+    from ..convert.limits import DEFAULT_MAX_PART_BYTES
+    from ..convert.plan import describe_plan, plan_conversion
     from ..convert.request import ConvertOptions, build_request
 
     request = build_request(ConvertOptions(
         **options, weights=",".join(weights) or None, loras=tuple(loras), max_part_bytes=DEFAULT_MAX_PART_BYTES if max_part_bytes is None else max_part_bytes,
         command=shlex.join(["sd2tflite", *sys.argv[1:]])), resolve_weights=not dry_run)
-    if dry_run:
-        planned, split = plan_conversion(request)
-        click.echo(describe_plan(planned, split, request.quant))
+    if dry_run:  # the plan a run would make (convert plans once, the same way), printed
+        click.echo(describe_plan(plan_conversion(request)))
         return
     with TqdmProgress(quiet, TqdmProgress.COMPACT) as progress:
         result = run_convert(request, progress)

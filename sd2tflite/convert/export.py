@@ -1,5 +1,6 @@
-"""The export stage: build each Keras component with its weights, plan its split, and write one
-SavedModel per part (plus int8 calibration samples) into the run's work folder."""
+"""The export stage: build the components the plan still needs with their weights, cut the UNet
+where the plan says, and write one SavedModel per part (plus int8 calibration samples) into the
+run's work folder."""
 
 from __future__ import annotations
 
@@ -11,48 +12,68 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.errors import ConversionError
 from ..core.fsutil import temp_path
 from .attention import export_attention
 from ..core.precisions import RECIPES
+from ..core.registry import COMPONENTS
 from .calibration.synthetic import synthetic_samples
-from .plan import SIGNATURE_KEY, PlannedArtifact, calibration_identity, joins_unet, plan_component, split_summary
+from .plan import SIGNATURE_KEY, ConversionPlan, PlannedArtifact, calibration_identity, split_output_names
 from .request import ConvertRequest
 
 
-def export_stage(request: ConvertRequest, reuse_keys: frozenset[str], work_dir: str):
-    """Builds, plans and exports every component; returns (planned artifacts, split summary)."""
+def export_stage(request: ConvertRequest, plan: ConversionPlan, todo: frozenset[str],
+                 work_dir: str) -> dict[str, PlannedArtifact]:
+    """Exports the planned artifacts whose build keys are in `todo`; returns them by build key,
+    each with its SavedModel (and int8 calibration file) set. Components with nothing to do are
+    not built."""
     from .weights import build_with_weights
 
-    planned_all, split = [], {}
+    calibrated = RECIPES[request.quant].needs_calibration
     recorded = None
-    if RECIPES[request.quant].needs_calibration and request.recording is not None:
-        recorded = _recorded_samples(request)
+    exported: dict[str, PlannedArtifact] = {}
     for component in request.components:
+        artifacts = plan.of(component)
+        if not any(a.build_key in todo for a in artifacts):
+            continue
+        if calibrated and recorded is None and request.recording is not None:
+            recorded = _recorded_samples(request)  # before any model of ours is built: it runs the pipeline
         model = build_with_weights(request.family, component, request.dims, request.weights[component])
-        artifacts, models, plan = plan_component(request, component, model)
-        if component == "diffusion":
-            joins_unet(request, artifacts)  # a --join-unet that cannot fit one file stops before any export
-        split = split or split_summary(plan, request)
-        todo = [i for i, a in enumerate(artifacts) if a.build_key not in reuse_keys]
+        models = part_models(model, component, plan) if COMPONENTS[component].splittable else [model]
         calibration = None
-        if todo and RECIPES[request.quant].needs_calibration:
+        if calibrated:
             samples = recorded[component] if recorded is not None else synthetic_samples(
                 component, request.dims, request.calibration_samples, request.calibration_seed)
             calibration = _calibration_per_part(artifacts, models, samples)
         for i, artifact in enumerate(artifacts):
-            if i not in todo:
-                planned_all.append(artifact)
+            if artifact.build_key not in todo:
                 continue
             saved_model = _export(models[i], artifact, request.export_cache, work_dir)
             calib_file = None
             if calibration is not None:
                 calib_file = os.path.join(work_dir, artifact.file_name.replace(".tflite", ".calib.npz"))
                 np.savez(calib_file, **calibration[i])
-            planned_all.append(replace(artifact, saved_model_dir=saved_model, calibration_file=calib_file,
-                                       calibration=calibration_identity(request) if calib_file else None))
+            exported[artifact.build_key] = replace(
+                artifact, saved_model_dir=saved_model, calibration_file=calib_file,
+                calibration=calibration_identity(request) if calib_file else None)
         del model, models
         gc.collect()
-    return planned_all, split
+    return exported
+
+
+def part_models(model, component: str, plan: ConversionPlan) -> list:
+    """One Keras model per planned part of `component`, replaying `model`'s layers (its weights,
+    no copies) between the plan's cuts."""
+    from .split import KerasGraph
+
+    graph = KerasGraph(model)
+    nodes = graph.summary.nodes
+    if graph.summary.total_params != plan.split.total_params or any(
+            sum(n.params for n in nodes[p.start:p.stop]) != p.params for p in plan.split.parts):
+        raise ConversionError(f"the {component} built with its weights ({graph.summary.total_params:,} parameters) "
+                              "is not the graph that was planned: its split cannot be applied")
+    names = split_output_names(graph.summary, component)
+    return [graph.build_part(part, names) for part in plan.split.parts]
 
 
 def _export(model, artifact: PlannedArtifact, cache: Path | None, work_dir: str) -> str:

@@ -20,7 +20,8 @@ import numpy as np
 
 from ..core.errors import ConversionError, SD2TFLiteError
 from ..core.registry import ModelDims
-from .plan import HARD_FLATBUFFER_LIMIT, SIGNATURE_KEY, PlannedArtifact
+from .limits import HARD_FLATBUFFER_LIMIT
+from .plan import SIGNATURE_KEY, PlannedArtifact
 
 # The converter aligns weight buffers to 16 bytes; keep that (kernels may read them in place).
 BUFFER_ALIGNMENT = 16

@@ -10,11 +10,13 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import OutputDirError, OutputError, SD2TFLiteError
-from ..core.fsutil import is_temp_name
-from ..core.manifest import MANIFEST_NAME, VERIFY_REPORT_NAME, Artifact, load_manifest, safe_relative_path
+from ..core.fsutil import is_temp_name, sha256_file
+from ..core.manifest import (MANIFEST_NAME, VERIFY_REPORT_NAME, Artifact, Manifest, load_manifest,
+                             safe_relative_path)
 
 PROGRESS_NAME = ".sd2tflite-progress.json"
 WORK_PREFIX = ".sd2tflite-work-"
@@ -56,31 +58,61 @@ def output_lock(out_dir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def previous_artifacts(out_dir: Path) -> list[Artifact]:
-    """Artifacts recorded by an earlier run (finished manifest or an interrupted run's progress)."""
-    found: list[Artifact] = []
+@dataclass(frozen=True)
+class OutputState:
+    """What earlier runs left in an output folder: the finished manifest and the files an
+    interrupted run completed. A conversion reads it once, holding output_lock, and passes it on."""
+
+    directory: Path
+    manifest: Manifest | None = None  # None: no readable manifest
+    in_progress: tuple[Artifact, ...] = ()  # an interrupted run's progress file
+
+    @property
+    def artifacts(self) -> tuple[Artifact, ...]:
+        """Every file an earlier run recorded (finished manifest, then an interrupted run's files)."""
+        return (self.manifest.artifacts if self.manifest else ()) + self.in_progress
+
+    def intact(self) -> dict[str, Artifact]:
+        """The recorded files still on disk with their recorded sha256, by build key: reusable."""
+        recorded = {a.build_key: a for a in self.artifacts}  # the latest record of each key
+        return {
+            key: a for key, a in recorded.items()
+            if (self.directory / a.path).is_file() and sha256_file(self.directory / a.path) == a.sha256
+        }
+
+    def join_record(self, file_name: str) -> dict:
+        """The join figures the earlier manifest records for `file_name` (a joined UNet reused whole)."""
+        record = (self.manifest.split.get("joined") if self.manifest else None) or {}
+        return record if record.get("file") == file_name else {"file": file_name}
+
+
+def read_output_state(out_dir: Path) -> OutputState:
+    """The folder's manifest and progress file, each read once (unreadable ones count as absent)."""
     try:
-        found.extend(load_manifest(out_dir).artifacts)
+        manifest = load_manifest(out_dir)
     except SD2TFLiteError:
-        pass
+        manifest = None
+    in_progress: list[Artifact] = []
     progress = out_dir / PROGRESS_NAME
     if progress.is_file():
         try:
             for item in json.loads(progress.read_text()):
                 safe_relative_path(item["path"])
-                found.append(Artifact.from_json(item))
+                in_progress.append(Artifact.from_json(item))
         except (ValueError, KeyError, TypeError, SD2TFLiteError):
             pass
-    return found
+    return OutputState(out_dir, manifest, tuple(in_progress))
 
 
-def check_output_dir(out_dir: Path, force: bool) -> None:
-    """Refuse a directory that holds anything but an earlier sd2tflite conversion."""
+def check_output_dir(out_dir: Path, force: bool, state: OutputState | None = None) -> None:
+    """Refuse a directory that holds anything but an earlier sd2tflite conversion. `state`: the
+    folder's state when the caller has read it already."""
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputDirError(f"{out_dir} is a file, not a directory: choose another --output")
     if not out_dir.exists() or force:
         return
-    ours = {MANIFEST_NAME, PROGRESS_NAME, VERIFY_REPORT_NAME, LOCK_NAME} | {a.path for a in previous_artifacts(out_dir)}
+    state = state or read_output_state(out_dir)
+    ours = {MANIFEST_NAME, PROGRESS_NAME, VERIFY_REPORT_NAME, LOCK_NAME} | {a.path for a in state.artifacts}
     foreign = sorted(
         name for name in os.listdir(out_dir)
         if name not in ours and not name.startswith(WORK_PREFIX) and not is_temp_name(name)
@@ -90,6 +122,18 @@ def check_output_dir(out_dir: Path, force: bool) -> None:
             f"{out_dir} holds files sd2tflite did not write ({', '.join(foreign[:3])}): "
             "choose an empty directory, or pass --force to write into it anyway"
         )
+
+
+def make_output_dir(out_dir: Path) -> bool:
+    """Creates `out_dir` (and its parents) if missing; True when it did. A file in its place is refused."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputDirError(f"{out_dir} is a file, not a directory: choose another --output")
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {out_dir} ({exc.strerror}): choose another --output") from exc
+    return created
 
 
 def clean_leftovers(out_dir: Path) -> None:

@@ -1,6 +1,8 @@
 """Planning a conversion as plain data: the files to write (component, part, signature, wiring,
-build key), the UNet split, and the converter-memory model behind --memory-budget. Building the
-plan needs the Keras graphs (for the split) but loads no weights and converts nothing.
+build key), the UNet split and whether its parts are joined into one file. `plan_conversion` makes
+the one `ConversionPlan` of a run: --dry-run prints it, and the stages (export, convert, join,
+manifest) receive it. Building it needs the Keras graphs (for the split) but loads no weights and
+converts nothing.
 """
 
 from __future__ import annotations
@@ -8,64 +10,18 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ..core.errors import UsageError
 from ..core.precisions import RECIPES
 from ..core.registry import COMPONENTS, TensorSpec
 from ..core.versions import CONVERTER_LIBRARIES, library_versions
 from . import attention
+from .limits import estimate_converter_rss, max_part_params
+from .request import ConvertRequest
 from .split import SplitPlan, estimate_file_bytes
 
-if TYPE_CHECKING:
-    from .request import ConvertRequest
-
 SIGNATURE_KEY = "serving_default"
-GIB = 1 << 30
-# The flatbuffer limit is 2 GiB; above ~1.5 GiB the converter silently switches to the
-# buffer-offset format (needs TFLite >= 2.14, breaks plain flatbuffer tools). Stay below that.
-DEFAULT_MAX_PART_BYTES = 1400 * (1 << 20)
-HARD_FLATBUFFER_LIMIT = 2 * GIB
-# Converter memory: the process tree's peak ~ base + factor x the part's float32 weight bytes, the
-# factor per precision (QuantRecipe.converter_rss_per_float_byte: the converter holds the float
-# graph whatever the precision, calibration an instrumented copy and activations besides). The base
-# is a TensorFlow worker's own (~0.6 GB) plus the parent process. Fitted to v1 at 256 and 512
-# (tests/data/converter-peak-rss.json): the old single factor (5.3) planned a one-part dynamic UNet
-# whose tree peaked at 20.8 GB against a 19.3 GB budget on one machine (17.1 GB on another).
-CONVERTER_RSS_BASE = 700 * 10**6
-# Calibrating holds the float part plus an instrumented copy (~8 bytes per parameter); past ~1.5 GiB
-# the converter writes it in the buffer-offset format. Measured: a 282.8M-parameter int8 part of the
-# v1 UNet came out in that format. Keep calibrated parts under ~1.5 GiB / 8 bytes.
-CALIBRATED_MAX_PART_PARAMS = 190_000_000
-
-
-def _max_part_params(request: "ConvertRequest") -> int | None:
-    limits = []
-    if request.memory_budget:
-        limits.append(params_within_memory(request.memory_budget, request.quant))
-    if RECIPES[request.quant].needs_calibration:
-        limits.append(CALIBRATED_MAX_PART_PARAMS)
-    return min(limits) if limits else None
-
-
-def estimate_converter_rss(params: int, quant: str) -> int:
-    """Peak RSS of the process tree while one file of `params` parameters converts."""
-    return int(CONVERTER_RSS_BASE + RECIPES[quant].converter_rss_per_float_byte * 4 * params)
-
-
-def default_memory_budget() -> int | None:
-    """80 % of this machine's physical RAM: a default plan never needs more than the machine has."""
-    try:
-        return int(0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def params_within_memory(budget: int, quant: str) -> int:
-    """The most parameters one part may have for its conversion to fit `budget` bytes of RAM."""
-    return int((budget - CONVERTER_RSS_BASE) / (RECIPES[quant].converter_rss_per_float_byte * 4))
 
 
 @dataclass(frozen=True)
@@ -83,7 +39,8 @@ class PlannedArtifact:
     estimated_bytes: int
     build_key: str
     export_key: str  # hash of what determines the SavedModel (not the precision): --export-cache
-    saved_model_dir: str | None = None  # set by the export stage; None when reused
+    # Set on the export stage's copy of the artifact (the plan's own carries None):
+    saved_model_dir: str | None = None
     calibration_file: str | None = None
     calibration: dict | None = None  # provenance of the calibration data (int8)
 
@@ -135,8 +92,8 @@ def calibration_identity(request: ConvertRequest) -> dict | None:
             **request.recording.describe()}
 
 
-def plan_component(request: ConvertRequest, component: str, model):
-    """(planned artifacts, the Keras model of each, split plan or None) for one component."""
+def plan_component(request: ConvertRequest, component: str, model) -> tuple[list[PlannedArtifact], SplitPlan | None]:
+    """The planned artifacts of one component, and its split plan (None for an unsplittable one)."""
     from .split import KerasGraph, plan_split
 
     spec = COMPONENTS[component]
@@ -154,16 +111,16 @@ def plan_component(request: ConvertRequest, component: str, model):
             wiring={name: None for name in pipeline_inputs}, params=params,
             estimated_bytes=estimate_file_bytes(params, recipe.bytes_per_weight), **keys,
         )
-        return [artifact], [model], None
+        return [artifact], None
 
     graph = KerasGraph(model)
-    output_names = {graph.summary.model_outputs[0]: spec.output_name}
+    output_names = split_output_names(graph.summary, component)
     plan: SplitPlan = plan_split(
         graph.summary,
         bytes_per_weight=recipe.bytes_per_weight,
         max_part_bytes=request.max_part_bytes,
         min_parts=request.unet_parts or 1,
-        max_part_params=_max_part_params(request),
+        max_part_params=max_part_params(request.quant, request.memory_budget),
         output_names=output_names,
     )
     renamed_back = {v: k for k, v in output_names.items()}
@@ -177,7 +134,7 @@ def plan_component(request: ConvertRequest, component: str, model):
         dtype = graph.summary.tensor_dtypes[renamed_back.get(name, name)]
         return TensorSpec(name, (dims.batch_size, *shape[1:]), dtype)
 
-    artifacts, part_models = [], []
+    artifacts = []
     n = len(plan.parts)
     for part in plan.parts:
         keys = _keys(request, component, {
@@ -191,15 +148,19 @@ def plan_component(request: ConvertRequest, component: str, model):
             wiring={t: plan.producer_of(t) for t in part.inputs},
             params=part.params, estimated_bytes=part.estimated_bytes, **keys,
         ))
-        part_models.append(graph.build_part(part, output_names))
-    return artifacts, part_models, plan
+    return artifacts, plan
+
+
+def split_output_names(summary, component: str) -> dict[str, str]:
+    """The graph's output tensor renamed to the component's output name (e.g. 'noise_pred')."""
+    return {summary.model_outputs[0]: COMPONENTS[component].output_name}
 
 
 # Bumped when join.py changes what it writes: a joined file of an older revision is rebuilt.
 JOIN_REVISION = 1
 
 
-def joins_unet(request: "ConvertRequest", parts: list[PlannedArtifact]) -> bool:
+def joins_unet(request: ConvertRequest, parts: list[PlannedArtifact]) -> bool:
     """Whether the UNet's parts are delivered as one file (join.py). By default they are when the
     split exists only to keep the converter under --memory-budget: the joined file fits
     --max-part-bytes and the user did not ask for parts (--unet-parts)."""
@@ -213,12 +174,12 @@ def joins_unet(request: "ConvertRequest", parts: list[PlannedArtifact]) -> bool:
     return fits and (request.join_unet or request.unet_parts is None)
 
 
-def _joined_bytes(request: "ConvertRequest", parts: list[PlannedArtifact]) -> int:
+def _joined_bytes(request: ConvertRequest, parts: list[PlannedArtifact]) -> int:
     """One file's estimate (one file's overhead, not one per part)."""
     return estimate_file_bytes(sum(p.params for p in parts), RECIPES[request.quant].bytes_per_weight)
 
 
-def joined_unet(request: "ConvertRequest", parts: list[PlannedArtifact]) -> PlannedArtifact:
+def joined_unet(request: ConvertRequest, parts: list[PlannedArtifact]) -> PlannedArtifact:
     """The one-file UNet joined from `parts`: the signature of an unsplit conversion, and a build
     key made of its parts' keys (the same parts join into the same file)."""
     spec = COMPONENTS["diffusion"]
@@ -232,59 +193,81 @@ def joined_unet(request: "ConvertRequest", parts: list[PlannedArtifact]) -> Plan
     )
 
 
-def split_summary(plan: SplitPlan | None, request: "ConvertRequest") -> dict:
-    """The UNet plan as the manifest records it, with the budget it was made for: a measured peak
-    (manifest artifacts, benchmarks/convert.py) can be held against both."""
-    if plan is None:
-        return {}
-    return {
-        "max_part_bytes": plan.max_part_bytes,
-        "memory_budget": request.memory_budget,
-        "total_params": plan.total_params,
-        "parts": [
-            {"part": p.index, "nodes": [p.start, p.stop], "params": p.params,
-             "estimated_bytes": p.estimated_bytes,
-             "estimated_converter_rss": estimate_converter_rss(p.params, request.quant),
-             "inputs": list(p.inputs), "outputs": list(p.outputs)}
-            for p in plan.parts
-        ],
-    }
+@dataclass(frozen=True)
+class ConversionPlan:
+    """What one conversion writes, decided before any weight is loaded: plain, picklable data."""
+
+    quant: str
+    memory_budget: int | None  # the RAM bound the split was made for (None: no bound)
+    artifacts: tuple[PlannedArtifact, ...]  # every file to convert, in manifest order (UNet parts included)
+    split: SplitPlan | None = None  # the UNet's cut; None when the UNet is not converted
+    joined: PlannedArtifact | None = None  # the UNet's parts delivered as this one file; None keeps them
+
+    def of(self, component: str) -> tuple[PlannedArtifact, ...]:
+        return tuple(a for a in self.artifacts if a.component == component)
+
+    @property
+    def unet_parts(self) -> tuple[PlannedArtifact, ...]:
+        return self.of("diffusion")
+
+    def split_record(self) -> dict:
+        """The UNet plan as the manifest records it, with the budget it was made for: a measured
+        peak (manifest artifacts, benchmarks/convert.py) can be held against both. The join's own
+        record (file, figures) is added by the run that joins."""
+        if self.split is None:
+            return {}
+        return {
+            "max_part_bytes": self.split.max_part_bytes,
+            "memory_budget": self.memory_budget,
+            "total_params": self.split.total_params,
+            "parts": [
+                {"part": p.index, "nodes": [p.start, p.stop], "params": p.params,
+                 "estimated_bytes": p.estimated_bytes,
+                 "estimated_converter_rss": estimate_converter_rss(p.params, self.quant),
+                 "inputs": list(p.inputs), "outputs": list(p.outputs)}
+                for p in self.split.parts
+            ],
+        }
 
 
-def plan_conversion(request: ConvertRequest) -> tuple[list[PlannedArtifact], dict]:
-    """The files a conversion would write, without converting (builds models, loads no weights)."""
+def plan_conversion(request: ConvertRequest) -> ConversionPlan:
+    """The plan of a conversion: builds each component's Keras graph (no weights), cuts the UNet,
+    decides the join. A --join-unet that cannot fit one file is refused here, before any work."""
     from .weights import build_for_plan
 
-    planned, split = [], {}
+    planned, split = [], None
     for component in request.components:
         model = build_for_plan(request.family, component, request.dims, request.weights[component])
-        artifacts, _, plan = plan_component(request, component, model)
+        artifacts, component_split = plan_component(request, component, model)
         planned.extend(artifacts)
-        split = split or split_summary(plan, request)
+        split = split or component_split
         del model
         gc.collect()
     unet_parts = [a for a in planned if a.component == "diffusion"]
-    if joins_unet(request, unet_parts):
-        split["joined"] = {"file": joined_unet(request, unet_parts).file_name}
-    return planned, split
+    joined = joined_unet(request, unet_parts) if joins_unet(request, unet_parts) else None
+    return ConversionPlan(request.quant, request.memory_budget, tuple(planned), split, joined)
 
 
-def describe_plan(planned: list[PlannedArtifact], split: dict, quant: str) -> str:
+def describe_plan(plan: ConversionPlan) -> str:
+    """The plan as --dry-run prints it: every file, the UNet's cap and budget, the join decision."""
     lines = []
-    for a in planned:
+    for a in plan.artifacts:
         lines.append(
             f"{a.file_name:28s} {a.params:>13,} params  ~{a.estimated_bytes / 2**20:9,.1f} MiB  "
-            f"~{estimate_converter_rss(a.params, quant) / 1e9:5.1f} GB RAM to convert"
+            f"~{estimate_converter_rss(a.params, plan.quant) / 1e9:5.1f} GB RAM to convert"
         )
         if a.num_parts > 1:
             lines.append(f"    in:  {', '.join(f'{s.name}{list(s.shape)}' for s in a.inputs)}")
             lines.append(f"    out: {', '.join(f'{s.name}{list(s.shape)}' for s in a.outputs)}")
-    if split:
-        budget = split.get("memory_budget")
-        lines.append(f"UNet cap per part: {split['max_part_bytes']:,} bytes"
+    if plan.split is not None:
+        budget = plan.memory_budget
+        lines.append(f"UNet cap per part: {plan.split.max_part_bytes:,} bytes"
                      + (f"; memory budget {budget / 1e9:.1f} GB" if budget else ""))
-        if "joined" in split:
-            lines.append(f"The UNet parts are then joined into one file, {split['joined']['file']} "
+        if plan.joined is not None:
+            lines.append(f"The UNet parts are then joined into one file, {plan.joined.file_name} "
                          "(--no-join-unet keeps the parts)")
+        elif len(plan.unet_parts) > 1:
+            lines.append(f"The UNet stays in {len(plan.unet_parts)} part files (--join-unet joins them when one "
+                         "file fits --max-part-bytes)")
     lines.append("(RAM: estimated peak of the conversion's processes; --memory-budget splits the UNet further)")
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from ..core.precisions import get_recipe
 from ..core.registry import COMPONENTS, FAMILIES, PIPELINE_COMPONENTS, PREDICTION_TYPES, ModelDims, parse_components
 from .calibration.recorded import RecordingSettings, read_prompts
 from .calibration.selective import KeepFloat
-from .plan import CONVERTER_RSS_BASE, DEFAULT_MAX_PART_BYTES, HARD_FLATBUFFER_LIMIT, default_memory_budget
+from .limits import CONVERTER_RSS_BASE, DEFAULT_MAX_PART_BYTES, HARD_FLATBUFFER_LIMIT, default_memory_budget
 from .weights import ResolvedWeights
 
 

@@ -15,7 +15,8 @@ from ..core.errors import ConversionError, SD2TFLiteError
 from ..core.fsutil import write_bytes_atomic
 from ..core.precisions import RECIPES, QuantRecipe
 from ..core.registry import TensorSpec
-from .plan import HARD_FLATBUFFER_LIMIT, SIGNATURE_KEY, PlannedArtifact
+from .limits import HARD_FLATBUFFER_LIMIT
+from .plan import SIGNATURE_KEY, PlannedArtifact
 from ..core.quiet import native_stderr_muted
 
 
