@@ -287,7 +287,7 @@ def test_negative_seed_is_a_usage_error_not_a_crash(tiny_sets, tmp_path):
 
 
 def test_each_component_is_released_after_its_stage_and_the_pixels_are_the_same(tiny_sets):
-    """The UNet never shares memory with the text encoder or the decoder (issue 14's budget)."""
+    """The UNet never shares memory with the text encoder or the decoder."""
     from sd2tflite.runtime.litert import LiteRTComponents
     from sd2tflite.runtime.pipeline import GenerateSettings, Pipeline
     from sd2tflite.runtime.tokenizer import load_tokenizer

@@ -11,7 +11,7 @@ import pytest
 from sd2tflite.core.manifest import load_manifest
 from sd2tflite.core.precisions import RECIPES
 
-from .conftest import SET_PRECISIONS, assert_one_line_error, run
+from .conftest import SET_PRECISIONS, assert_one_line_error, run, seeded_inputs
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,40 @@ def test_fp32_is_near_exact(reports):
     assert all(figures[c]["psnr_db"] > 110 for c in ("text_encoder", "diffusion", "decoder", "image_encoder"))
     end_to_end = next(c for c in reports["fp32"].checks if c.group == "end-to-end").figures
     assert end_to_end["max_abs"] <= 2  # uint8 pixels: rounding only
+
+
+def test_vae_parity_reference_runs_in_float64(tiny_sets, tiny_dims):
+    """Keras' float32 GroupNormalization is off by ~1e-3 at full-size VAE group sizes, more than a
+    correct fp32 file: the decoder and image encoder are compared with a float64 copy of their Keras
+    model, same weights (verify/reference.py)."""
+    import numpy as np
+
+    from sd2tflite.convert.keras_models import call_keras
+    from sd2tflite.verify.reference import FLOAT64_PARITY, reference_models
+
+    assert FLOAT64_PARITY == {"decoder", "image_encoder"}
+    models = reference_models(load_manifest(tiny_sets["fp32"]), components=["decoder", "text_encoder"])
+    assert models.for_parity("text_encoder") is models["text_encoder"]
+    twin = models.for_parity("decoder")
+    assert twin is not models["decoder"]
+    assert {w.dtype for w in twin.get_weights()} == {np.dtype("float64")}
+    for ours, theirs in zip(twin.get_weights(), models["decoder"].get_weights()):
+        assert np.array_equal(ours, theirs.astype(np.float64))
+    sample = seeded_inputs("decoder", tiny_dims)[0]
+    exact, single = call_keras(twin, sample)[0], call_keras(models["decoder"], sample)[0]
+    assert exact.dtype == np.float64 and single.dtype == np.float32
+    assert not np.array_equal(exact, single)  # it computed in float64 ...
+    np.testing.assert_allclose(exact, single, atol=1e-4)  # ... the same function
+
+
+def test_verify_compares_each_component_with_its_parity_model(tiny_sets, monkeypatch):
+    from sd2tflite.verify.reference import ReferenceModels
+    from sd2tflite.verify.run import VerifyRequest, verify
+
+    asked, real = [], ReferenceModels.for_parity
+    monkeypatch.setattr(ReferenceModels, "for_parity", lambda self, c: asked.append(c) or real(self, c))
+    assert verify(VerifyRequest(tiny_sets["fp32"], end_to_end=False)).passed
+    assert sorted(asked) == ["decoder", "diffusion", "image_encoder", "text_encoder"]
 
 
 def test_precisions_order_by_fidelity(reports):

@@ -102,7 +102,7 @@ def _verify(directory: Path, request: VerifyRequest, progress: Progress) -> Veri
             continue
         progress.stage(f"parity: {component}")
         try:
-            report.checks.append(component_check(component, keras[component], litert[component],
+            report.checks.append(component_check(component, keras.for_parity(component), litert[component],
                                                  samples[component], manifest.quant))
         except RuntimeError as exc:  # LiteRT cannot invoke the file (e.g. an operator without a kernel)
             broken.add(component)
