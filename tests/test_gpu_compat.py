@@ -74,7 +74,7 @@ def installed_analyzers_afterwards():
 def test_installed_analyzers_do_not_check():
     """On this stack (ai-edge-litert 2.3, TensorFlow 2.21) every analyzer passes the probe's custom op:
     verify must say "unknown", not "supported". An upgrade that restores the checks fails this test,
-    and then the README's GPU section should say so."""
+    and then docs/verifying.md's GPU section should say so."""
     analyzer, why_not = gpu.chosen_analyzer()
     assert analyzer is None
     assert "looks compatible" in why_not and "#77042" in why_not and "TFLite 2.22.0-dev0" in why_not
@@ -149,7 +149,7 @@ def test_todays_text_encoder_has_what_the_recording_refuses(tiny_sets):
     """The recorded refusals are of the converter's own graph: today's fp32 text encoder still has
     the operators TensorFlow 2.17's rules refuse, in the shapes and types those rules name. A change
     that gives the lookups 1-D indices or the LayerNorm another form fails here: record
-    tests/data/gpu again (see its README) and update the README's GPU table."""
+    tests/data/gpu again (see its README) and update the GPU table in docs/verifying.md."""
     ops, tensors = graph_of(tiny_sets["fp32"] / "text_encoder.tflite")
     gathers = [inputs for name, inputs in ops if name == "GATHER"]
     assert [tensors[i[1]][0] for i in gathers] == [[1, 77], [1, 77]]  # "Only support 1D indices"

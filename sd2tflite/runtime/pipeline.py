@@ -48,7 +48,7 @@ class GenerateSettings:
 
 
 @dataclass
-class GenerateResult:
+class PipelineOutput:
     images: np.ndarray  # (batch, h, w, 3) uint8
     latents: np.ndarray  # final latents, before decoding
     noise: np.ndarray  # the starting noise actually used
@@ -122,7 +122,7 @@ class Pipeline:
 
     # ----------------------------------------------------------------- the loop
 
-    def generate(self, settings: GenerateSettings, on_step: Callable[[int, int], None] | None = None) -> GenerateResult:
+    def generate(self, settings: GenerateSettings, on_step: Callable[[int, int], None] | None = None) -> PipelineOutput:
         if settings.steps < 1:
             raise UsageError(f"--steps {settings.steps} must be at least 1")
         strength = settings.strength if settings.strength is not None else 1.0
@@ -182,7 +182,7 @@ class Pipeline:
             original = np.clip((settings.image + 1) / 2 * 255, 0, 255).round().astype("uint8")
             keep = settings.mask[None, :, :, None] < 0.5
             images = np.where(keep, original[None], images)
-        return GenerateResult(images=images, latents=latent, noise=noise)
+        return PipelineOutput(images=images, latents=latent, noise=noise)
 
 
 def latent_mask(mask: np.ndarray, dims: ModelDims) -> np.ndarray:
