@@ -28,9 +28,9 @@ class ReferenceModels(dict):
     """component -> float32 Keras model with the set's weights; `float64(component)` builds the
     same model with float64 variables and arithmetic, carrying the same weights."""
 
-    def __init__(self, models: dict, builders: dict):
+    def __init__(self, models: dict, graph_builders: dict):
         super().__init__(models)
-        self._builders = builders
+        self._graph_builders = graph_builders  # component -> its Keras graph, no weights loaded
 
     def float64(self, component: str):
         import keras
@@ -38,10 +38,11 @@ class ReferenceModels(dict):
         before = keras.config.dtype_policy()
         keras.config.set_dtype_policy("float64")
         try:
-            twin = self._builders[component]()
+            twin = self._graph_builders[component]()
         finally:
             keras.config.set_dtype_policy(before)
-        # Copied from the float32 model: a seeded random initialiser draws other values in float64.
+        # The float32 model's weights (the graph was built without any: no second read of the
+        # weights, and a seeded random initialiser would draw other values in float64).
         twin.set_weights([np.asarray(w, np.float64) for w in self[component].get_weights()])
         return twin
 
@@ -53,7 +54,7 @@ class ReferenceModels(dict):
 def reference_models(manifest: Manifest, weights_text: str | None = None,
                      components: list[str] | None = None) -> ReferenceModels:
     """component -> Keras model with the weights the set was converted from (or from --weights)."""
-    from ..convert.weights import build_with_weights, from_identity, parse_weights, resolve
+    from ..convert.weights import build_for_plan, build_with_weights, from_identity, parse_weights, resolve
 
     from ..convert.checkpoint_source import CheckpointOptions, is_checkpoint
 
@@ -78,8 +79,8 @@ def reference_models(manifest: Manifest, weights_text: str | None = None,
                 resolved[c] = replace(found[key], component=c)
             else:
                 resolved[c] = found[key] = from_identity(identity, family, c)
-    builders = {c: partial(build_with_weights, manifest.family, c, dims, resolved[c]) for c in components}
-    return ReferenceModels({c: build() for c, build in builders.items()}, builders)
+    models = {c: build_with_weights(manifest.family, c, dims, resolved[c]) for c in components}
+    return ReferenceModels(models, {c: partial(build_for_plan, manifest.family, c, dims, resolved[c]) for c in components})
 
 
 class KerasCVPipeline:
