@@ -17,7 +17,7 @@ from ..core.fsutil import temp_path
 from .attention import export_attention
 from ..core.precisions import RECIPES
 from ..core.registry import COMPONENTS
-from .calibration.synthetic import synthetic_samples
+from ..runtime.samples import synthetic_samples
 from .plan import SIGNATURE_KEY, ConversionPlan, PlannedArtifact, calibration_identity, split_output_names
 from .request import ConvertRequest
 
