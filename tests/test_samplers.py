@@ -21,7 +21,9 @@ from sd2tflite.runtime.tokenizer import ClipTokenizer
 from .conftest import assert_one_line_error, run
 
 FIXTURES = Path(__file__).parent / "data" / "samplers"
-CASES = sorted(FIXTURES.glob("*.npz"))
+CASES = sorted(p for p in FIXTURES.glob("*.npz") if p.stem.rsplit("-", 2)[1] in ("plain", "karras")
+               and p.stem.split("-")[0] in ("euler", "dpm++2m"))  # the first fixtures: no first_latent
+MORE_CASES = sorted(p for p in FIXTURES.glob("*.npz") if p not in CASES)
 # diffusers' latents carry its float32 rounding of the early, large latents (|x| ~ 40 at sigma
 # 14.6): measured at most 6.8e-6 of the latent's size at the same step (euler-a, 25 steps).
 LATENT_TOLERANCE = 1e-5
@@ -38,7 +40,7 @@ def test_the_fixtures_cover_every_case():
                      for k in (False, True) for s in (8, 25)}
     versions = json.loads((FIXTURES / "versions.json").read_text())
     assert versions["diffusers"] and versions["torch"].startswith("2.13.0")
-    assert sum(f.stat().st_size for f in FIXTURES.iterdir()) < 200_000
+    assert sum(f.stat().st_size for f in FIXTURES.iterdir()) < 800_000
 
 
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
@@ -80,6 +82,102 @@ def test_sampler_reproduces_diffusers(path):
     assert len(calls) == (steps if name == "euler-a" else 0)
     assert worst > 0  # float64 against float32: never bit-equal, so the replay did run
     print(f"{path.stem}: max latent difference {worst:.2e} of the latent's size")  # the README's figures (-rP)
+
+
+def _parse_more(path: Path) -> tuple[str, str, str, int]:
+    name, prediction_type, kind, steps = path.stem.rsplit("-", 3)
+    return name, prediction_type, kind, int(steps)
+
+
+def test_the_spacing_few_step_and_img2img_fixtures_cover_every_sampler():
+    cases = {_parse_more(p) for p in MORE_CASES}
+    for name in ("ddim", "pndm", "euler", "euler-a", "dpm++2m"):
+        for kind in ("leading", "trailing", "linspace", "img2img"):
+            assert any(c[0] == name and c[2] == kind for c in cases), (name, kind)
+    for name in ("lcm", "tcd"):
+        assert {c[3] for c in cases if c[0] == name and c[2] == "plain"} >= {1, 4}
+        assert any(c[0] == name and c[2] == "img2img" for c in cases)
+    assert {c[1] for c in cases} == {"epsilon", "v_prediction"}
+
+
+@pytest.mark.parametrize("path", MORE_CASES, ids=lambda p: p.stem)
+def test_sampler_with_spacing_strength_and_few_steps_reproduces_diffusers(path):
+    """DDIM / PNDM / Euler / Euler-a / DPM++2M with each spacing, LCM and TCD, and img2img starts,
+    replayed on diffusers' recorded outputs and noise (SD 1.5's scheduler config, steps_offset 1)."""
+    from sd2tflite.runtime.schedule import Schedule
+
+    name, prediction_type, kind, steps = _parse_more(path)
+    data = dict(np.load(path))
+    schedule = Schedule(convention="diffusers", steps_offset=1, set_alpha_to_one=False,
+                        timestep_spacing=str(data["spacing"]), scheduler_class="PNDMScheduler")
+    eta = float(data["eta"]) if "eta" in data else None
+    sampler = make_sampler(name, steps, prediction_type, schedule=schedule, eta=eta)
+    strength = float(data["strength"])
+    noise = data["noise"]
+    if strength < 1:
+        sampler.set_strength(strength)
+        latent = sampler.add_noise(data["x0"], noise, sampler.start).astype(np.float32)
+    else:
+        assert sampler.start == 0
+        latent = sampler.initial_latent(noise)
+    np.testing.assert_allclose(latent, data["first_latent"], rtol=0, atol=1e-5 * np.abs(data["first_latent"]).max())
+    run = sampler.timesteps[sampler.start:]
+    assert len(run) == len(data["timesteps"])
+    assert np.abs(run - data["timesteps"]).max() <= 1e-3 * max(1.0, float(np.abs(data["timesteps"]).max()))
+
+    drawn = iter(data["step_noise"])
+    calls = []
+
+    def recorded_noise(shape):
+        calls.append(shape)
+        return next(drawn)
+
+    for i, index in enumerate(range(sampler.start, len(sampler.timesteps))):
+        model_input = sampler.scale_input(latent, index)
+        recorded = data["model_inputs"][i]
+        assert np.abs(model_input - recorded).max() <= LATENT_TOLERANCE * np.abs(recorded).max(), i
+        latent = sampler.step(data["model_outputs"][i], index, latent, recorded_noise)
+        assert latent.dtype == np.float32
+        error = np.abs(latent - data["latents"][i]).max() / np.abs(data["latents"][i]).max()
+        assert error <= LATENT_TOLERANCE, (i, error)
+    assert len(calls) == len(data["step_noise"])  # the same draws, in the same places
+
+
+def test_pndm_runs_plms_with_one_extra_call_and_lcm_spaces_over_its_distillation_schedule():
+    from sd2tflite.runtime.schedule import Schedule
+
+    sd15 = Schedule(convention="diffusers", steps_offset=1, set_alpha_to_one=False)
+    assert list(make_sampler("pndm", 4, "epsilon", schedule=sd15).timesteps) == [751, 501, 501, 251, 1]
+    assert list(make_sampler("ddim", 4, "epsilon", schedule=sd15).timesteps) == [751, 501, 251, 1]
+    assert list(make_sampler("ddim", 4, "epsilon", schedule=sd15, spacing="trailing").timesteps) == [999, 749, 499, 249]
+    assert list(make_sampler("lcm", 4, "epsilon", schedule=sd15).timesteps) == [999, 759, 499, 259]
+    assert list(make_sampler("euler", 1, "epsilon", schedule=sd15, spacing="trailing").timesteps) == [999]
+    # keras-cv sets keep keras-cv's ddim unless a spacing is asked for
+    assert type(make_sampler("ddim", 4, "epsilon")).__name__ == "KerasCvDdim"
+    assert type(make_sampler("ddim", 4, "epsilon", spacing="leading")).__name__ == "Ddim"
+    with pytest.raises(UsageError, match="--steps 8 x --strength 0.1 leaves no step to run"):
+        make_sampler("euler", 8, "epsilon", schedule=sd15).set_strength(0.1)
+    with pytest.raises(UsageError, match="--spacing 'even' is unknown"):
+        make_sampler("euler", 8, "epsilon", spacing="even")
+    with pytest.raises(UsageError, match="--eta 1.5 must be in"):
+        make_sampler("tcd", 4, "epsilon", eta=1.5)
+    with pytest.raises(UsageError, match="--steps 60 is more than this model's distillation schedule"):
+        make_sampler("lcm", 60, "epsilon")
+
+
+def test_guidance_embedding_is_diffusers_get_guidance_scale_embedding():
+    """diffusers' LatentConsistencyModelPipeline.get_guidance_scale_embedding(w - 1, 8), values
+    recorded from diffusers 0.42.1 (w = 8.5)."""
+    from sd2tflite.runtime.schedule import guidance_scale_embedding
+
+    emb = guidance_scale_embedding(8.5, 2, 8)
+    assert emb.shape == (2, 8) and emb.dtype == np.float32
+    w = 7.5 * 1000.0
+    freqs = np.exp(-np.log(10000.0) / 3 * np.arange(4))
+    expected = np.concatenate([np.sin(w * freqs), np.cos(w * freqs)])
+    np.testing.assert_allclose(emb[0], expected, atol=2e-3)  # float32 arguments up to 7500: ~1e-3
+    np.testing.assert_array_equal(emb[0], emb[1])
+    assert np.allclose(guidance_scale_embedding(1.0, 1, 8)[0], [0, 0, 0, 0, 1, 1, 1, 1])
 
 
 # ---------------------------------------------------------------- ddim: keras-cv's update, unchanged
@@ -250,7 +348,7 @@ def test_karras_changes_the_schedule_and_ddim_refuses_it():
         GenerateSettings("x", karras=True)
     with pytest.raises(UsageError, match="--sampler 'heun' is unknown: use one of ddim, euler, euler-a, dpm\\+\\+2m"):
         GenerateSettings("x", sampler="heun")
-    assert list(SAMPLERS) == ["ddim", "euler", "euler-a", "dpm++2m"]
+    assert list(SAMPLERS) == ["ddim", "euler", "euler-a", "dpm++2m", "pndm", "lcm", "tcd", "ddim-kerascv"]
 
 
 def test_cli_sampler_defaults_are_the_library_defaults():
@@ -265,7 +363,7 @@ def test_cli_sampler_defaults_are_the_library_defaults():
 @pytest.mark.parametrize("args, fragments", [
     (["--karras"], ["--karras does not apply to --sampler ddim", "--sampler euler, euler-a, dpm++2m"]),
     (["--sampler", "ddim", "--karras"], ["--karras does not apply"]),
-    (["--sampler", "heun"], ["--sampler 'heun' is unknown", "ddim, euler, euler-a, dpm++2m"]),
+    (["--sampler", "heun"], ["--sampler 'heun' is unknown", "ddim, euler, euler-a, dpm++2m, pndm, lcm, tcd"]),
 ])
 def test_cli_sampler_errors_are_one_line_and_come_before_the_set_is_read(tmp_path, args, fragments):
     result = run(["generate", str(tmp_path / "no-such-set"), "a red circle", "-o", str(tmp_path / "o.png"), *args])

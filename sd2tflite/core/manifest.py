@@ -78,6 +78,14 @@ class Manifest:
     # What the UNet predicts: "epsilon" (SD 1.x, SD 2.x 512-base) or "v_prediction" (SD 2.x 768-v).
     prediction_type: str = "epsilon"
     format_version: int = FORMAT_VERSION
+    # The model's own scheduler (runtime/schedule.py Schedule.to_json): betas, spacing, offset, the
+    # recommended sampler / steps / guidance, and the convention ("keras-cv" | "diffusers"). Empty:
+    # keras-cv's (sets made before it was recorded).
+    scheduler: dict = field(default_factory=dict)
+    # How prompts are tokenized: {"pad_token", "pad_id", "source"}. Empty: keras-cv's (end-of-text padding).
+    tokenizer: dict = field(default_factory=dict)
+    # How decoded pixels become 8-bit: "truncate" (keras-cv's astype) or "round" (diffusers' pipelines).
+    pixels: str = "truncate"
 
     @property
     def model_dims(self) -> ModelDims:
@@ -143,6 +151,9 @@ MANIFEST_SCHEMA = {
         "split": {"type": "object"},
         "converter": {"type": "object"},
         "prediction_type": {"type": "string", "enum": list(PREDICTION_TYPES)},
+        "scheduler": {"type": "object"},
+        "tokenizer": {"type": "object"},
+        "pixels": {"type": "string", "enum": ["truncate", "round"]},
         "artifacts": {
             "type": "array",
             "items": {

@@ -1,4 +1,5 @@
-"""The diffusion schedule keras-cv's StableDiffusion uses, in numpy. No TensorFlow.
+"""Diffusion schedules in numpy: keras-cv's, and the one a model's own scheduler config describes
+(`Schedule`, recorded in the manifest at convert time). No TensorFlow.
 
 keras-cv ships `_ALPHAS_CUMPROD` as a table rounded to 8 significant digits; the formula below
 (scaled-linear betas 0.00085..0.012 over 1000 steps) reproduces it within 1.2e-7 relative
@@ -8,10 +9,12 @@ keras-cv ships `_ALPHAS_CUMPROD` as a table rounded to 8 significant digits; the
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 
 import numpy as np
 
+from ..core.errors import ManifestError, UsageError
 from ..core.registry import TIMESTEP_EMBEDDING_DIM
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -76,3 +79,126 @@ def timestep_embedding(timestep: float, batch_size: int, dim: int = TIMESTEP_EMB
     args = np.float32(timestep) * freqs
     embedding = np.concatenate([np.cos(args), np.sin(args)]).astype(np.float32)
     return np.repeat(embedding[None, :], batch_size, axis=0)
+
+
+# ---------------------------------------------------------------- a model's own schedule
+
+SPACINGS = ("leading", "trailing", "linspace")
+KERAS_CV = "keras-cv"  # the convention of keras-cv's weights: keras-cv's DDIM timesteps, truncated pixels
+BETA_SCHEDULES = ("scaled_linear", "linear")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What a set's scheduler config says: the training betas, the timestep spacing and offset, the
+    sampler it recommends (and steps / guidance where the model's family or the user at convert time
+    said them). `convention` "keras-cv" keeps keras-cv's DDIM and truncating pixels; "diffusers"
+    follows diffusers' schedulers and rounds pixels as its pipelines do."""
+
+    convention: str = KERAS_CV
+    beta_start: float = BETA_START
+    beta_end: float = BETA_END
+    beta_schedule: str = "scaled_linear"
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+    timestep_spacing: str | None = None  # None: each sampler's own diffusers default
+    steps_offset: int = 0
+    set_alpha_to_one: bool | None = None  # None: the sampler class's default
+    clip_sample: bool = False
+    clip_sample_range: float = 1.0
+    original_inference_steps: int = 50  # lcm / tcd
+    timestep_scaling: float = 10.0  # lcm
+    sampler: str | None = None  # the recommended sampler (None: keras-cv's ddim)
+    steps: int | None = None  # recommended steps / guidance (None: 25 / 7.5)
+    guidance: float | None = None
+    eta: float | None = None  # tcd's gamma
+    scheduler_class: str | None = None  # the diffusers class the config names
+    source: str = "keras-cv"  # where the record came from: scheduler_config.json, family, options
+
+    def __post_init__(self) -> None:
+        if self.convention not in (KERAS_CV, "diffusers"):
+            raise ManifestError(f"manifest scheduler.convention {self.convention!r} is unknown: convert again")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise UsageError(f"scheduler beta_schedule {self.beta_schedule!r} is not supported: this sd2tflite "
+                             f"runs {', '.join(BETA_SCHEDULES)}")
+        if self.timestep_spacing is not None and self.timestep_spacing not in SPACINGS:
+            raise UsageError(f"timestep spacing {self.timestep_spacing!r} is unknown: use one of {', '.join(SPACINGS)}")
+        if self.num_train_timesteps < 2 or not 0 < self.beta_start < self.beta_end < 1:
+            raise UsageError(f"scheduler betas {self.beta_start}..{self.beta_end} over {self.num_train_timesteps} "
+                             "steps are not a usable schedule: fix the scheduler config")
+
+    @property
+    def is_keras_cv(self) -> bool:
+        return self.convention == KERAS_CV
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> "Schedule":
+        """The manifest's record; an empty one (sets made before it existed) is keras-cv's."""
+        if not data:
+            return cls()
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ManifestError(f"manifest scheduler field {unknown[0]!r} is unknown to this sd2tflite: "
+                                "update sd2tflite or convert again")
+        return cls(**data)
+
+    def train_alphas_cumprod(self) -> np.ndarray:
+        """alpha_bar per training timestep as diffusers holds it (float32 betas and cumprod)."""
+        return _train_alphas_cumprod(self.beta_start, self.beta_end, self.beta_schedule, self.num_train_timesteps)
+
+    def train_sigmas(self) -> np.ndarray:
+        a = self.train_alphas_cumprod().astype(np.float32)
+        return np.sqrt((1 - a) / a).astype(np.float64)
+
+    @property
+    def is_default_betas(self) -> bool:
+        return (self.beta_start, self.beta_end, self.beta_schedule, self.num_train_timesteps) == (
+            BETA_START, BETA_END, "scaled_linear", NUM_TRAIN_TIMESTEPS)
+
+
+@lru_cache()
+def _train_alphas_cumprod(beta_start: float, beta_end: float, beta_schedule: str, n: int) -> np.ndarray:
+    if beta_schedule == "scaled_linear":
+        betas = np.linspace(beta_start**0.5, beta_end**0.5, n, dtype=np.float32) ** 2
+    else:
+        betas = np.linspace(beta_start, beta_end, n, dtype=np.float32)
+    # torch's CPU cumprod accumulates in float64 and stores float32.
+    return np.cumprod((1 - betas).astype(np.float64)).astype(np.float32).astype(np.float64)
+
+
+def spaced_timesteps(spacing: str, steps: int, n: int = NUM_TRAIN_TIMESTEPS, offset: int = 0,
+                     kind: str = "ddim") -> np.ndarray:
+    """diffusers' `set_timesteps` spacing, descending. kind "euler": float timesteps as the Euler
+    schedulers make them (linspace not rounded); "dpm": DPMSolverMultistep's (steps + 1 points, the
+    last dropped); "ddim": DDIM / PNDM / the others (integers)."""
+    if spacing == "linspace":
+        if kind == "dpm":
+            return np.linspace(0, n - 1, steps + 1).round()[::-1][:-1].copy()
+        t = np.linspace(0, n - 1, steps)[::-1].copy()
+        return t if kind == "euler" else t.round()
+    if spacing == "leading":
+        if kind == "dpm":
+            ratio = n // (steps + 1)
+            return (np.arange(0, steps + 1) * ratio).round()[::-1][:-1].copy() + offset
+        ratio = n // steps
+        return (np.arange(0, steps) * ratio).round()[::-1].copy() + offset
+    if spacing == "trailing":
+        return np.round(np.arange(n, 0, -n / steps)) - 1
+    raise UsageError(f"timestep spacing {spacing!r} is unknown: use one of {', '.join(SPACINGS)}")
+
+
+def guidance_scale_embedding(guidance: float, batch_size: int, dim: int) -> np.ndarray:
+    """diffusers' `get_guidance_scale_embedding(w - 1, dim)` for LCM UNets (time_cond_proj_dim):
+    sin then cos of (w - 1) * 1000 at geometric frequencies, float32 as torch computes it."""
+    w = np.float32((guidance - 1.0) * 1000.0)
+    half = dim // 2
+    scale = np.float32(math.log(10000.0) / (half - 1)) if half > 1 else np.float32(0.0)
+    freqs = np.exp(np.arange(half, dtype=np.float32) * -scale)
+    args = (w * freqs).astype(np.float32)
+    emb = np.concatenate([np.sin(args), np.cos(args)])
+    if dim % 2:
+        emb = np.concatenate([emb, np.zeros(1, np.float32)])
+    return np.repeat(emb.astype(np.float32)[None, :], batch_size, axis=0)
