@@ -50,7 +50,8 @@ def _blocked_call(self, inputs, context=None):
     v = ops.transpose(ops.reshape(v, (-1, context.shape[1], self.num_heads, self.head_size)), (0, 2, 1, 3))
     blocks = []
     for start in range(0, length, QUERY_BLOCK):
-        block_q = q[:, :, start:start + QUERY_BLOCK, :]
+        # One block: no slice (a STRIDED_SLICE that copies its input splits the GPU accelerator's graph).
+        block_q = q if length <= QUERY_BLOCK else q[:, :, start:start + QUERY_BLOCK, :]
         if blocks:
             # A data dependency of exactly zero on the previous block: the converter would
             # otherwise schedule every block's scores first, and all of them would be alive at once.

@@ -14,10 +14,10 @@ import numpy as np
 
 from ..core.errors import ConversionError
 from ..core.fsutil import temp_path
-from .attention import export_attention
 from ..core.precisions import RECIPES
 from ..core.registry import COMPONENTS
 from ..runtime.samples import synthetic_samples
+from .device_layers import device_graph
 from .plan import SIGNATURE_KEY, ConversionPlan, PlannedArtifact, calibration_identity, split_output_names
 from .request import ConvertRequest
 
@@ -120,7 +120,9 @@ def export_saved_model(model, artifact: PlannedArtifact, directory: str) -> None
     module = tf.Module()
     module.model_variables = [v.value for v in model.variables]
     module.serve = serve
-    with export_attention():  # UNet attention in query blocks, CLIP's causal mask finite (attention.py)
+    # Device formulations (4-D GroupNorm, resize, 1-D gathers; device_layers.py) and the export attention
+    # (UNet attention in query blocks, CLIP's causal mask finite; attention.py) while tracing.
+    with device_graph():
         tf.saved_model.save(
             module, directory, signatures={SIGNATURE_KEY: serve.get_concrete_function()}
         )

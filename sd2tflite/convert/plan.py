@@ -16,7 +16,7 @@ from ..core.errors import UsageError
 from ..core.precisions import RECIPES
 from ..core.registry import COMPONENTS, TensorSpec
 from ..core.versions import CONVERTER_LIBRARIES, library_versions
-from . import attention
+from . import attention, device_layers
 from .limits import estimate_converter_rss, max_part_params
 from .request import ConvertRequest
 from .split import SplitPlan, estimate_file_bytes
@@ -67,6 +67,7 @@ def _keys(request: ConvertRequest, component: str, part_fields: dict) -> dict[st
         "keep_float": request.keep_float.to_json() if request.keep_float else None,
         "attention_query_block": attention.QUERY_BLOCK,  # the exported graph's shape (attention.py)
         "causal_mask_margin": attention.CAUSAL_MASK_MARGIN,
+        "device_graph_revision": device_layers.REVISION,  # device_layers.py's formulations
         **part_fields,
     }
     if component == "diffusion":  # only the UNet's graph changed with this revision

@@ -1,0 +1,172 @@
+"""Device-ready graphs: the exported graph in formulations LiteRT's GPU accelerator and the Qualcomm
+NPU compiler take, with the same numbers.
+
+What Keras and keras-cv emit, and what the accelerators say about it (tiny sets, 128x128):
+
+- GroupNormalization reshapes to 5-D (batch, H, W, groups, channels per group) for its moments. The
+  GPU accelerator takes no tensor of rank 5 ("isn't BHWC-convertible", "Tensor dimensions must be
+  less than 5") and the Qualcomm compiler refuses the NEG it emits; at int16 TensorFlow emits a
+  SQUARED_DIFFERENCE LiteRT has no kernel for. Here it is computed in 4-D: per-channel means over
+  H and W, averaged over each group's channels by a constant (C, C) block matrix as a 1x1
+  convolution, a two-pass variance (the centred values squared by a MUL), gamma and beta as a 1x1
+  depthwise convolution with bias. Same maths (the two-pass variance is the textbook one).
+- UpSampling2D repeats through 5-D RESHAPE / TILE; nearest-neighbour RESIZE gives the same pixels
+  (each source pixel copied into a 2x2 block).
+- CLIP's token and position embeddings gather with (batch, 77) indices; the GPU gathers with 1-D
+  indices only, so the indices are flattened and the result reshaped.
+
+`device_graph()` swaps these (and attention.py's export attention) in while a model is traced for
+export; the Keras model, its variables and weight loading are unchanged, so `verify` compares the
+files with the unmodified Keras model. REVISION is part of every file's build key.
+
+Everything here imports Keras / TensorFlow when used: plan.py reads REVISION.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+# The device graph's revision: another value is another exported graph.
+REVISION = 1
+
+
+def group_matrix(channels: int, groups: int):
+    """(channels, channels): entry (i, j) is 1/n when channels i and j share one of `groups` groups
+    of n = channels / groups, else 0. Multiplying per-channel means by it gives each channel its
+    group's mean."""
+    import numpy as np
+
+    n = channels // groups
+    return np.kron(np.eye(groups, dtype=np.float32), np.full((n, n), 1.0 / n, np.float32))
+
+
+def group_norm_4d(layer, inputs):
+    """keras.layers.GroupNormalization.call on a (batch, H, W, C) tensor, in 4-D only."""
+    import tensorflow as tf
+
+    channels = inputs.shape[-1]
+    x = tf.cast(inputs, tf.float32)
+    matrix = tf.constant(group_matrix(channels, layer.groups)[None, None])  # (1, 1, C, C) 1x1 kernel
+    # Per-channel mean over H, W, then the group's mean for every channel.
+    mean = tf.nn.conv2d(tf.reduce_mean(x, axis=(1, 2), keepdims=True), matrix, 1, "VALID")
+    centred = x - mean
+    variance = tf.nn.conv2d(tf.reduce_mean(centred * centred, axis=(1, 2), keepdims=True), matrix, 1, "VALID")
+    # epsilon as the convolution's bias: no ADD of a constant tensor
+    inv = tf.math.rsqrt(tf.nn.bias_add(variance, tf.fill([channels], tf.constant(layer.epsilon, tf.float32))))
+    y = centred * inv
+    if layer.scale or layer.center:
+        gamma = tf.cast(layer.gamma, tf.float32) if layer.scale else tf.ones([channels])
+        beta = tf.cast(layer.beta, tf.float32) if layer.center else tf.zeros([channels])
+        y = tf.nn.bias_add(tf.nn.depthwise_conv2d(y, tf.reshape(gamma, (1, 1, channels, 1)), [1, 1, 1, 1], "VALID"),
+                           beta)
+    return tf.cast(y, layer.compute_dtype)
+
+
+def _takes_4d_group_norm(layer, inputs) -> bool:
+    shape = inputs.shape
+    return (len(shape) == 4 and layer.axis in (-1, 3) and shape[-1] is not None
+            and shape[-1] % layer.groups == 0 and all(d is not None for d in shape[1:]))
+
+
+def upsample_nearest(layer, inputs):
+    """keras.layers.UpSampling2D (nearest, channels_last) as one RESIZE_NEAREST_NEIGHBOR."""
+    import tensorflow as tf
+
+    h, w = inputs.shape[1], inputs.shape[2]
+    sh, sw = layer.size
+    return tf.image.resize(inputs, (h * sh, w * sw), method="nearest")
+
+
+def _takes_resize(layer, inputs) -> bool:
+    return (layer.interpolation == "nearest" and layer.data_format == "channels_last" and len(inputs.shape) == 4
+            and inputs.shape[1] is not None and inputs.shape[2] is not None)
+
+
+def embedding_1d(layer, inputs):
+    """keras-cv's CLIPEmbedding.call with 1-D gather indices."""
+    import tensorflow as tf
+
+    tokens, positions = inputs
+
+    def lookup(embedding, ids):
+        flat = tf.gather(embedding.embeddings, tf.reshape(ids, [-1]))
+        return tf.reshape(flat, [-1, ids.shape[1], flat.shape[-1]])
+
+    return lookup(layer.token_embedding, tokens) + lookup(layer.position_embedding, positions)
+
+
+def res_block(layer, inputs):
+    """keras-cv's ResBlock.call with the timestep embedding reshaped to (batch, 1, 1, C) (keras-cv
+    indexes it with new axes, a STRIDED_SLICE the GPU accelerator refuses)."""
+    import tensorflow as tf
+
+    inputs, embeddings = inputs
+    x = inputs
+    for sub in layer.entry_flow:
+        x = sub(x)
+    for sub in layer.embedding_flow:
+        embeddings = sub(embeddings)
+    x = x + tf.reshape(embeddings, (-1, 1, 1, embeddings.shape[-1]))
+    for sub in layer.exit_flow:
+        x = sub(x)
+    return x + layer.residual_projection(inputs)
+
+
+def geglu(layer, inputs):
+    """keras-cv's GEGLU.call with the value and the gate as two matmuls over the halves of the
+    dense layer's kernel (keras-cv slices one product in two: STRIDED_SLICE on the channels)."""
+    import tensorflow as tf
+
+    n = layer.output_dim
+    kernel, bias = tf.convert_to_tensor(layer.dense.kernel), tf.convert_to_tensor(layer.dense.bias)
+
+    def half(lo, hi):
+        return tf.matmul(inputs, kernel[:, lo:hi]) + bias[lo:hi]
+
+    x, gate = half(0, n), half(n, 2 * n)
+    tanh_res = tf.tanh(gate * 0.7978845608 * (1 + 0.044715 * (gate**2)))
+    return x * 0.5 * gate * (1 + tanh_res)
+
+
+@contextlib.contextmanager
+def device_graph() -> Iterator[None]:
+    """While active, the layers above compute in their device formulations (module docstring), and
+    attention is attention.py's export attention."""
+    import keras
+    from keras_cv.src.models.stable_diffusion.diffusion_model import GEGLU, ResBlock
+    from keras_cv.src.models.stable_diffusion.text_encoder import CLIPEmbedding
+
+    from .attention import export_attention
+
+    group_norm, upsampling, clip_embedding = (keras.layers.GroupNormalization.call, keras.layers.UpSampling2D.call,
+                                              CLIPEmbedding.call)
+
+    def group_norm_call(self, inputs):
+        return group_norm_4d(self, inputs) if _takes_4d_group_norm(self, inputs) else group_norm(self, inputs)
+
+    def upsampling_call(self, inputs):
+        return upsample_nearest(self, inputs) if _takes_resize(self, inputs) else upsampling(self, inputs)
+
+    def embedding_call(self, inputs):
+        tokens, positions = inputs
+        if len(tokens.shape) == 2 and tokens.shape[1] is not None and tuple(positions.shape) == tuple(tokens.shape):
+            return embedding_1d(self, inputs)
+        return clip_embedding(self, inputs)
+
+    swapped = {ResBlock: res_block, GEGLU: geglu}
+    originals = {cls: cls.call for cls in swapped}
+    for cls, call in swapped.items():
+        cls.call = call
+    keras.layers.GroupNormalization.call = group_norm_call
+    keras.layers.UpSampling2D.call = upsampling_call
+    CLIPEmbedding.call = embedding_call
+    try:
+        with export_attention():
+            yield
+    finally:
+        keras.layers.GroupNormalization.call = group_norm
+        keras.layers.UpSampling2D.call = upsampling
+        CLIPEmbedding.call = clip_embedding
+        for cls, call in originals.items():
+            cls.call = call
