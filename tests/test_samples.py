@@ -3,6 +3,7 @@ numpy only, and its numbers fixed (synthetic calibration and verify's bars depen
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import subprocess
 import sys
@@ -15,13 +16,14 @@ from sd2tflite.runtime.samples import MAKERS, pipeline_samples, starting_noise, 
 from sd2tflite.runtime.schedule import timestep_embedding
 
 TINY = FAMILIES["tiny"].dims(128, 128)
-DIMS = [TINY, FAMILIES["v1"].dims(256, 128), FAMILIES["v2"].dims(128, 256, batch_size=2)]
+LCM = dataclasses.replace(TINY, guidance_embedding_dim=32)  # an LCM UNet's extra input
+DIMS = [TINY, FAMILIES["v1"].dims(256, 128), FAMILIES["v2"].dims(128, 256, batch_size=2), LCM]
 
 
 def test_every_input_of_every_component_has_one_maker():
     assert set(MAKERS) == set(COMPONENTS)
     for name, spec in COMPONENTS.items():
-        assert set(MAKERS[name]) == {s.name for s in spec.input_specs(TINY)}, name
+        assert set(MAKERS[name]) == {s.name for s in spec.input_specs(LCM)}, name
 
 
 @pytest.mark.parametrize("dims", DIMS, ids=lambda d: f"{d.img_height}x{d.img_width}x{d.batch_size}-{d.context_dim}")

@@ -188,13 +188,16 @@ def generate(model_dir, prompt, output, steps, guidance, seed, negative_prompt, 
               help="Also write the report as JSON (MODEL_DIR/verify.json is what push-hub's card shows).")
 @vocab_option()
 @threads_option
-@click.option("--gpu-analyzer", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="A Python with TensorFlow 2.17, whose model analyzer still checks GPU delegate support "
-                   "(later ones do not: without it the GPU column says unknown).")
+@click.option("--accelerators", default="npu,gpu", show_default=True,
+              help="Whose placement to measure per file (information, never a failed check): npu (LiteRT's AOT "
+                   "compiler, needs the npu extra), gpu (LiteRT.js WebGPU in headless Chromium), or none.")
+@click.option("--npu-target", default="qualcomm:SM8650", show_default=True, metavar="VENDOR:SOC",
+              help="The SoC the NPU placement is asked of.")
 @click.option("--force", is_flag=True, help="Overwrite existing --json files.")
 @verbosity
 @handle_errors
-def verify(model_dir, weights, steps, end_to_end, json_path, vocab, threads, gpu_analyzer, force, verbose, quiet):
+def verify(model_dir, weights, steps, end_to_end, json_path, vocab, threads, accelerators, npu_target, force, verbose,
+           quiet):
     """Check a set: integrity, each component against Keras, and whole images against keras-cv.
 
     Exit code 0 when every check passes, 1 when any fails, 2 for usage errors.
@@ -208,7 +211,8 @@ def verify(model_dir, weights, steps, end_to_end, json_path, vocab, threads, gpu
 
     request = VerifyRequest(
         model_dir, weights=weights, vocab=Path(vocab) if vocab else None, steps=steps, end_to_end=end_to_end,
-        threads=threads, gpu_analyzer=gpu_analyzer, json_path=Path(json_path) if json_path else None, force=force)
+        threads=threads, json_path=Path(json_path) if json_path else None, force=force, npu_target=npu_target,
+        accelerators=tuple(a.strip().lower() for a in accelerators.split(",") if a.strip() and a.strip() != "none"))
     with TqdmProgress(quiet) as progress:
         report = run_verify(request, progress)
     click.echo(report.table())
@@ -269,6 +273,48 @@ def bench(model_dirs, threads, repeats, warmup, steps, image_repeats, compare, s
         click.echo(f"error: the {failure['backend']} case of {failure['directory']} (threads={failure['threads']}) "
                    f"failed and is not in the table: {failure['error']}", err=True)
     if report.failures:
+        sys.exit(1)
+
+
+@main.command("compile")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--target", "targets", required=True, multiple=True, metavar="VENDOR:SOC[,SOC...]",
+              help="NPU targets, e.g. qualcomm:SM8650,SM8750 (also mediatek:MT6989, google_tensor:Tensor_G4); "
+                   "repeatable.")
+@click.option("--opt-level", default="O3", show_default=True, type=click.Choice(["O1", "O2", "O3"]),
+              help="Qualcomm optimisation level: O3 makes the fastest code (pixel-space files take minutes), "
+                   "O2 compiles fastest.")
+@click.option("--components", default="all", show_default=True,
+              help="Comma-separated: text_encoder,diffusion,decoder,image_encoder.")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the per-file report (NPU ops, partitions, rejected ops and reasons) as JSON.")
+@click.option("--force", is_flag=True, help="Compile again files whose compiled copy is up to date.")
+@verbosity
+@handle_errors
+def compile_(model_dir, targets, opt_level, components, json_path, force, verbose, quiet):
+    """Compile a set's files ahead of time for phone NPUs (LiteRT AOT), into MODEL_DIR/npu/.
+
+    The set's own files stay as they are (runnable on the CPU); the manifest records each compiled
+    file. Exit code 0 when every file compiled, 1 when any failed (the others are kept), 2 for
+    usage errors.
+    """
+    from pathlib import Path
+
+    from ..device.compile import CompileRequest
+    from ..device.compile import run as run_compile
+    from ..device.targets import parse_targets
+
+    parsed = tuple(t for text in targets for t in parse_targets(text))
+    request = CompileRequest(Path(model_dir), tuple(dict.fromkeys(parsed)), opt_level,
+                             components=None if components == "all" else tuple(c.strip() for c in components.split(",")),
+                             force=force, json_path=Path(json_path) if json_path else None)
+    with TqdmProgress(quiet) as progress:
+        result = run_compile(request, progress)
+    click.echo("\n".join(result.lines()))
+    if json_path:
+        click.echo(f"report: {json_path}")
+    if result.failed:
+        click.echo(f"error: {result.failure_message()}", err=True)
         sys.exit(1)
 
 

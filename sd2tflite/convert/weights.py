@@ -362,7 +362,8 @@ def checkpoint_dims(identity: dict) -> dict:
     """The dims a checkpoint fixes (context width, vocabulary, timestep embedding), for ModelDims."""
     architecture = identity["architecture"]
     return {"context_dim": architecture["unet"]["context_dim"], "vocab_size": architecture["text"]["vocab_size"],
-            "timestep_dim": architecture["unet"]["timestep_dim"]}
+            "timestep_dim": architecture["unet"]["timestep_dim"],
+            "guidance_embedding_dim": architecture["unet"].get("time_cond_proj_dim", 0)}
 
 
 __all__ = [

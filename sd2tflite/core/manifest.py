@@ -19,6 +19,7 @@ from .schema import schema_problems
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 VERIFY_REPORT_NAME = "verify.json"  # where `verify --json` reports go when kept with the set
+COMPILED_FOLDER = "npu"  # `sd2tflite compile` writes npu/<vendor>-<soc>/<file> beside the set's own files
 
 
 @dataclass(frozen=True)
@@ -86,15 +87,19 @@ class Manifest:
     tokenizer: dict = field(default_factory=dict)
     # How decoded pixels become 8-bit: "truncate" (keras-cv's astype) or "round" (diffusers' pipelines).
     pixels: str = "truncate"
+    # `sd2tflite compile`: one record per (target, file) compiled for an NPU (device/compile.py's
+    # CompiledFile.to_json: target, source, path, sha256, bytes, optimization level, partition).
+    compiled: list[dict] = field(default_factory=list)
 
     @property
     def model_dims(self) -> ModelDims:
         """The static shapes the files are built for; every field must be present and positive."""
-        defaults = {"timestep_dim": ModelDims.timestep_dim}  # sets made before it was recorded
+        defaults = {"timestep_dim": ModelDims.timestep_dim,  # sets made before it was recorded
+                    "guidance_embedding_dim": 0}  # recorded only for LCM UNets
         dims = {**defaults, **self.dims}
         names = list(ModelDims.__dataclass_fields__)
         bad = [n for n in names if not isinstance(dims.get(n), int) or isinstance(dims.get(n), bool)
-               or dims[n] < 1]
+               or dims[n] < (0 if n == "guidance_embedding_dim" else 1)]
         if bad:
             raise ManifestError(f"manifest dims.{bad[0]} is {dims.get(bad[0])!r}, not a positive integer: "
                                 "convert the set again")
@@ -114,6 +119,8 @@ class Manifest:
     def to_json(self) -> dict:
         data = asdict(self)
         data["artifacts"] = [a.to_json() for a in self.artifacts]
+        if not self.compiled:
+            del data["compiled"]  # a set never compiled keeps the manifest it always had
         return data
 
     @classmethod
@@ -154,6 +161,18 @@ MANIFEST_SCHEMA = {
         "scheduler": {"type": "object"},
         "tokenizer": {"type": "object"},
         "pixels": {"type": "string", "enum": ["truncate", "round"]},
+        "compiled": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["target", "source", "source_sha256", "path", "sha256", "bytes", "optimization_level"],
+                "properties": {
+                    "target": {"type": "string"}, "source": {"type": "string"}, "source_sha256": {"type": "string"},
+                    "path": {"type": "string"}, "sha256": {"type": "string"}, "bytes": {"type": "integer"},
+                    "optimization_level": {"type": "string"}, "partition": {"type": "object"},
+                },
+            },
+        },
         "artifacts": {
             "type": "array",
             "items": {
@@ -197,6 +216,8 @@ def validate_manifest_json(data) -> None:
         raise ManifestError(f"{problems[0]}: regenerate the set with sd2tflite convert")
     for i, artifact in enumerate(data["artifacts"]):
         safe_relative_path(artifact["path"], f"artifacts[{i}].path")
+    for i, record in enumerate(data.get("compiled", [])):
+        safe_relative_path(record["path"], f"compiled[{i}].path")
 
 
 def safe_relative_path(text: str, where: str = "path") -> PurePosixPath:

@@ -43,6 +43,9 @@ class ModelDims:
     vocab_size: int = CLIP_VOCAB_SIZE
     # The sinusoidal timestep embedding fed to the UNet: 320 in SD 1.x / 2.x (the UNet's first width).
     timestep_dim: int = TIMESTEP_EMBEDDING_DIM
+    # LCM-distilled UNets take the guidance scale as a sinusoidal embedding of this width
+    # (diffusers' time_cond_proj_dim, e.g. 256); 0: the UNet has no such input.
+    guidance_embedding_dim: int = 0
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
@@ -62,6 +65,7 @@ class ModelDims:
             "context_dim": self.context_dim,
             "vocab_size": self.vocab_size,
             "timestep_dim": self.timestep_dim,
+            **({"guidance_embedding_dim": self.guidance_embedding_dim} if self.guidance_embedding_dim else {}),
         }
 
 
@@ -91,11 +95,14 @@ class ComponentSpec:
                 TensorSpec("positions", (b, dims.max_text_length), "int32"),
             ]
         if self.name == "diffusion":
-            return [
+            specs = [
                 TensorSpec("latent", dims.latent_shape, "float32"),
                 TensorSpec("timestep_embedding", (b, dims.timestep_dim), "float32"),
                 TensorSpec("context", (b, dims.max_text_length, dims.context_dim), "float32"),
             ]
+            if dims.guidance_embedding_dim:  # LCM UNets: the first part's extra input
+                specs.append(TensorSpec("guidance_embedding", (b, dims.guidance_embedding_dim), "float32"))
+            return specs
         if self.name == "decoder":
             return [TensorSpec("latent", dims.latent_shape, "float32")]
         if self.name == "image_encoder":

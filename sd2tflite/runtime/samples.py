@@ -99,6 +99,13 @@ def _timestep_embedding(spec: TensorSpec, draw: _Draw) -> np.ndarray:
     return timestep_embedding(draw.timestep, spec.shape[0], spec.shape[1])
 
 
+def _guidance_embedding(spec: TensorSpec, draw: _Draw) -> np.ndarray:
+    """LCM UNets: the guidance scale's embedding, for scales spread over 1..15."""
+    from .schedule import guidance_scale_embedding
+
+    return guidance_scale_embedding(1.0 + 14.0 * draw.rng.random(), spec.shape[0], spec.shape[1])
+
+
 def _context(spec: TensorSpec, draw: _Draw) -> np.ndarray:
     """Prompt-like contexts, and every other one near-constant (the unconditional branch)."""
     context = draw.rng.standard_normal(spec.shape).astype(np.float32)
@@ -121,7 +128,8 @@ def _encoder_image(spec: TensorSpec, draw: _Draw) -> np.ndarray:
 # component -> input name -> maker; the test suite checks this covers every spec in the registry.
 MAKERS: dict[str, dict[str, Callable[[TensorSpec, _Draw], np.ndarray]]] = {
     "text_encoder": {"tokens": _tokens, "positions": _positions},
-    "diffusion": {"latent": _noisy_latent, "timestep_embedding": _timestep_embedding, "context": _context},
+    "diffusion": {"latent": _noisy_latent, "timestep_embedding": _timestep_embedding, "context": _context,
+                  "guidance_embedding": _guidance_embedding},
     "decoder": {"latent": _decoded_latent},
     "image_encoder": {"image": _encoder_image},
 }
@@ -180,6 +188,11 @@ def pipeline_samples(dims: ModelDims, token_rows: Sequence[Sequence[int]], times
         latent = (np.sqrt(a) * clean[i % len(clean)] + np.sqrt(1 - a) * eps).astype(np.float32)
         unet.append({"latent": latent, "timestep_embedding": timestep_embedding(t, b, dims.timestep_dim),
                      "context": contexts[i % len(contexts)]})
+        if dims.guidance_embedding_dim:  # LCM UNets: guidance scales an LCM run uses
+            from .schedule import guidance_scale_embedding
+
+            unet[-1]["guidance_embedding"] = guidance_scale_embedding((1.0, 4.0, 8.0)[i % 3], b,
+                                                                      dims.guidance_embedding_dim)
     inputs["diffusion"] = unet
     inputs["decoder"] = [{"latent": c} for c in clean] + [{"latent": unet[-1]["latent"]}]
     return inputs

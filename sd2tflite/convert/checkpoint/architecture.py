@@ -37,6 +37,9 @@ class UNetArch:
     time_embed_dim: int  # 4 * widths[0]
     in_channels: int = 4
     out_channels: int = 4
+    # LCM-distilled UNets (diffusers' `time_cond_proj_dim`): the width of the guidance (w) embedding
+    # that `time_embedding.cond_proj` (no bias) adds to the sinusoidal timestep embedding; 0: none.
+    time_cond_proj_dim: int = 0
 
 
 @dataclass(frozen=True)
@@ -163,8 +166,17 @@ def infer_unet(g: Group, family_hint: str) -> UNetArch:
     for w, h, a in zip(widths, heads, attention):
         if a and w % h:
             raise WeightsError(f"UNet width {w} is not divisible by {h} heads")
+    cond_dim = 0
+    if "time_embedding.cond_proj.weight" in g.tensors:
+        rows, cond_dim = _shape(g, "time_embedding.cond_proj.weight")
+        if rows != t_dim:
+            raise WeightsError(f"UNet time_embedding.cond_proj gives {rows} values for a {t_dim}-wide timestep "
+                               "embedding; not an LCM UNet sd2tflite knows")
+    if cfg.get("time_cond_proj_dim") not in (None, cond_dim):
+        raise WeightsError(f"UNet config says time_cond_proj_dim {cfg['time_cond_proj_dim']} but the weights "
+                           f"have {'no cond_proj' if not cond_dim else cond_dim}; the config and weights differ")
     return UNetArch(widths, lpb, attention, heads, linear, context, t_dim, t_embed,
-                    cin, _shape(g, "conv_out.weight")[0])
+                    cin, _shape(g, "conv_out.weight")[0], cond_dim)
 
 
 def infer_vae(g: Group) -> VaeArch:

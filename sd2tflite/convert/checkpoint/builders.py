@@ -184,7 +184,15 @@ def build_diffusion(a: UNetArch, img_height: int, img_width: int, max_text_lengt
         return tag(SpatialTransformer(heads, a.widths[level] // heads, fully_connected=a.linear_projection),
                    prefix, st_kind)
 
-    t_emb = tag(keras.layers.Dense(a.time_embed_dim), "time_embedding.linear_1", "dense")(t_embed_input)
+    inputs = [latent, t_embed_input, context]
+    t_emb = t_embed_input
+    if a.time_cond_proj_dim:  # LCM: diffusers' TimestepEmbedding adds cond_proj(w embedding) before linear_1
+        guidance = keras.layers.Input((a.time_cond_proj_dim,), name="guidance_embedding")
+        inputs.append(guidance)
+        w_emb = tag(keras.layers.Dense(a.timestep_dim, use_bias=False), "time_embedding.cond_proj",
+                    "dense_nobias")(guidance)
+        t_emb = keras.layers.Add()([t_embed_input, w_emb])
+    t_emb = tag(keras.layers.Dense(a.time_embed_dim), "time_embedding.linear_1", "dense")(t_emb)
     t_emb = keras.layers.Activation("swish")(t_emb)
     t_emb = tag(keras.layers.Dense(a.time_embed_dim), "time_embedding.linear_2", "dense")(t_emb)
 
@@ -224,7 +232,7 @@ def build_diffusion(a: UNetArch, img_height: int, img_width: int, max_text_lengt
     x = tag(keras.layers.GroupNormalization(epsilon=1e-5), "conv_norm_out", "norm")(x)
     x = keras.layers.Activation("swish")(x)
     output = tag(PaddedConv2D(a.out_channels, kernel_size=3, padding=1), "conv_out", "conv")(x)
-    return keras.Model([latent, t_embed_input, context], output, name="diffusion_model")
+    return keras.Model(inputs, output, name="diffusion_model")
 
 
 def build_decoder(a: VaeArch, img_height: int, img_width: int, tag: Tags) -> keras.Model:

@@ -23,6 +23,8 @@ from .reader import SafetensorsFile
 _KOHYA = re.compile(r"^(lora_unet|lora_te\d?)_(.+?)\.(lora_down\.weight|lora_up\.weight|alpha)$")
 _PEFT = re.compile(r"^(?:(unet|text_encoder(?:_\d)?)\.)?(.+?)\.(?:lora_(A|B)(?:\.default)?\.weight|"
                    r"lora(?:_linear_layer)?\.(down|up)\.weight|alpha)$")
+# kohya names of SDXL's UNet (the sgm layout: several transformer blocks per attention, added embeddings)
+_SDXL_UNET = re.compile(r"^lora_unet_(?:.*_transformer_blocks_[1-9]\d*_|label_emb_|add_embedding_)")
 _OLD_PROC = re.compile(r"^(.*)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
 
 
@@ -80,7 +82,8 @@ def load_lora(path: Path, scale: float, groups: dict[str, Group]) -> Lora:
     f = SafetensorsFile(path)
     keys = f.keys()
     if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for k in keys):
-        raise WeightsError(f"{path}: an SDXL LoRA (two text encoders); it does not fit an SD 1.x/2.x model")
+        raise WeightsError(f"{path}: an SDXL LoRA (two text encoders); it does not fit an SD 1.x/2.x model: "
+                           "use a LoRA made for this model's family")
     indexes = {"unet": _weights_index(groups["unet"], False),
                "text_encoder": _weights_index(groups["text_encoder"], True)}
     modules: dict[tuple[str, str], LoraModule] = {}
@@ -137,8 +140,12 @@ def load_lora(path: Path, scale: float, groups: dict[str, Group]) -> Lora:
         else:
             entry.up = ref(f, k)
     if unmatched:
-        raise WeightsError(f"{path}: {len(unmatched)} LoRA keys match no weight of the checkpoint: "
-                           f"{_short(unmatched)}")
+        if any(_SDXL_UNET.match(k) for k in unmatched):
+            raise WeightsError(f"{path}: an SDXL LoRA (its UNet has several transformer blocks per attention); "
+                               "it does not fit an SD 1.x/2.x model: use a LoRA made for this model's family")
+        raise WeightsError(f"{path}: {len(unmatched)} LoRA keys match no weight of the checkpoint "
+                           f"({_short(unmatched, 2)}): the LoRA was made for another model; use one made "
+                           "for this model's family (SD 1.x or 2.x) and block layout")
     if not modules:
         raise WeightsError(f"{path}: no LoRA weights found (expected kohya lora_unet_*/lora_te_* or "
                            "diffusers unet.*.lora_A/B keys)")
@@ -153,7 +160,8 @@ def load_lora(path: Path, scale: float, groups: dict[str, Group]) -> Lora:
               and tuple(m.down.shape[1:]) == tuple(target[1:]))
         if not ok:
             raise WeightsError(f"{path}: LoRA for another model: {m.module} is {list(target)} here, the LoRA has "
-                               f"up {list(m.up.shape)} / down {list(m.down.shape)} (SD 1.x vs 2.x or SDXL?)")
+                               f"up {list(m.up.shape)} / down {list(m.down.shape)} (SD 1.x vs 2.x or SDXL?); "
+                               "use a LoRA made for this model's family")
         if m.alpha is None:
             m.alpha = default_alpha.get(m.group, rank) if default_alpha else float(rank)
     return Lora(path, scale, f, fmt or "diffusers", modules)

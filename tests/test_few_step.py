@@ -1,0 +1,207 @@
+"""Few-step models against diffusers: LCM UNets (the guidance embedding input), LCM / TCD / Hyper-SD style
+LoRAs that touch convolutions, Turbo-style (SD 2.x) sets, and the end-to-end few-step runs.
+
+Fixtures: tests/data/few_step/ (made by tests/fixtures/make_few_step_fixtures.py in a torch venv; no
+torch here). Goldens without suffix use keras-cv's numerics (held tight: the mapping); `*_exact` are
+diffusers as it is (held to keras-cv's own deviation), as in tests/test_checkpoint.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sd2tflite.convert.checkpoint import open_checkpoint
+from sd2tflite.core.errors import WeightsError
+
+from .conftest import assert_one_line_error, run
+
+DATA = Path(__file__).resolve().parent / "data" / "few_step"
+LCM = DATA / "lcm" / "diffusers"
+LORA = DATA / "lora"
+H, W = 128, 128  # convert's smallest size
+TIGHT = 1e-4
+EXACT = 1e-2
+
+
+def golden(name: str) -> dict[str, np.ndarray]:
+    with np.load(DATA / name / "golden.npz") as z:
+        g = {k: z[k] for k in z.files}
+    for k in [k for k in g if k.endswith("_exact_delta")]:
+        base = k[: -len("_exact_delta")]
+        g[f"{base}_exact"] = g[base] + g.pop(k).astype(np.float32)
+    return g
+
+
+def fixture(name: str) -> dict:
+    return json.loads((DATA / name / "fixture.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def turbo(tmp_path_factory) -> Path:
+    """The Turbo-style folder with the LCM folder's VAE (committed once)."""
+    folder = tmp_path_factory.mktemp("turbo") / "diffusers"
+    shutil.copytree(DATA / "turbo" / "diffusers", folder)
+    shutil.copytree(LCM / "vae", folder / "vae")
+    return folder
+
+
+def check(label: str, out: np.ndarray, ref: np.ndarray, tol: float = TIGHT, exact: np.ndarray | None = None):
+    assert out.shape == ref.shape, (label, out.shape, ref.shape)
+    scale = max(1.0, float(np.abs(ref).max()))
+    err = float(np.abs(out - ref).max())
+    line = f"{label}: max abs err {err:.2e} (scale {scale:.2f})"
+    if exact is not None:
+        err_x = float(np.abs(out - exact).max())
+        line += f"; vs unpatched diffusers {err_x:.2e}"
+        assert err_x < EXACT * scale, line
+    print(line)
+    assert err < tol * scale, line
+
+
+def unet_inputs(g: dict, t: int, w: float | None) -> dict:
+    feed = {"latent": g["unet_latent"], "timestep_embedding": g[f"timestep_embedding_{t}"],
+            "context": g["unet_context"]}
+    if w is not None:
+        feed["guidance_embedding"] = g[f"guidance_embedding_{w}"]
+    return feed
+
+
+def check_lcm_unet(model, g: dict, prefix: str, label: str, exact: bool = True):
+    from sd2tflite.convert.keras_models import call_keras
+
+    for t in fixture("lcm")["timesteps"]:
+        for w in fixture("lcm")["guidance"]:
+            out = call_keras(model, unet_inputs(g, t, w))[0]
+            key = f"{prefix}_{t}_{w}"
+            check(f"{label} t={t} w={w}", out, g[key], exact=g[f"{key}_exact"] if exact else None)
+
+
+# ---------------------------------------------------------------- import
+
+
+def test_lcm_unet_takes_the_guidance_embedding():
+    from sd2tflite.runtime.schedule import guidance_scale_embedding
+
+    ckpt = open_checkpoint(LCM)
+    assert ckpt.family == "v1" and ckpt.architecture.unet.time_cond_proj_dim == 32
+    model = ckpt.build("diffusion", H, W)
+    assert [t.name.split(":")[0] for t in model.inputs][-1] == "guidance_embedding"
+    g = golden("lcm")
+    check_lcm_unet(model, g, "unet", "LCM diffusers folder")
+    # the embedding the runtime feeds is the one LatentConsistencyModelPipeline makes, to float32's
+    # resolution of sin((w - 1) * 1000 * f): an argument of 7000 carries ~4e-4 of rounding
+    for w in fixture("lcm")["guidance"]:
+        np.testing.assert_allclose(guidance_scale_embedding(w, 1, 32), g[f"guidance_embedding_{w}"], atol=5e-4)
+
+
+def test_lcm_unet_as_a_lone_file_override():
+    """LCM UNets ship as one diffusers-named UNet file (LCM_Dreamshaper_v7_4k.safetensors) next to a base."""
+    ckpt = open_checkpoint(LCM, overrides={"unet": LCM / "unet" / "diffusion_pytorch_model.safetensors"})
+    assert ckpt.architecture.unet.time_cond_proj_dim == 32
+    check_lcm_unet(ckpt.build("diffusion", H, W), golden("lcm"), "unet", "LCM UNet override", exact=False)
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "peft"])
+def test_conv_loras_match_diffusers_fuse(fmt):
+    """kohya names + alpha (LCM-LoRA, Hyper-SD) and PEFT names (TCD-LoRA), incl. 3x3 conv LoRAs."""
+    g = golden("lora")
+    scale = float(g["scale"])
+    ckpt = open_checkpoint(LCM, loras=[(LORA / f"lora_{fmt}.safetensors", scale)])
+    lora = ckpt.loras[0]
+    kinds = {len(m.down.shape) and m.down.shape[2:] for m in lora.modules.values()}
+    assert (3, 3) in kinds and (1, 1) in kinds and () in kinds  # 3x3 convs, 1x1 convs, linears
+    assert any(m.module.endswith("time_emb_proj") for m in lora.modules.values())
+    g.update({k: v for k, v in golden("lcm").items() if k.startswith(("unet_latent", "unet_context", "timestep_",
+                                                                        "guidance_"))})
+    check_lcm_unet(ckpt.build("diffusion", H, W), g, f"{fmt}_unet", f"LoRA {fmt}")
+
+
+def test_turbo_folder(turbo):
+    from sd2tflite.convert.keras_models import call_keras
+
+    ckpt = open_checkpoint(turbo)
+    assert ckpt.family == "v2" and ckpt.architecture.unet.time_cond_proj_dim == 0
+    model = ckpt.build("diffusion", H, W)
+    assert "guidance_embedding" not in [t.name.split(":")[0] for t in model.inputs]
+    g = golden("turbo")
+    for t in fixture("turbo")["timesteps"]:
+        check(f"turbo t={t}", call_keras(model, unet_inputs(g, t, None))[0], g[f"unet_{t}"],
+              exact=g[f"unet_{t}_exact"])
+
+
+# ---------------------------------------------------------------- LoRAs for another architecture
+
+
+def _lora_file(path: Path, tensors: dict) -> Path:
+    from safetensors.numpy import save_file
+
+    save_file({k: np.asarray(v, np.float16) for k, v in tensors.items()}, str(path))
+    return path
+
+
+def test_a_lora_for_another_architecture_is_refused(tmp_path, turbo):
+    # the SD 1.x-style LoRA (32-d cross-attention, conv projections) on the SD 2.x-style model (64-d,
+    # linear projections): the same module names, other shapes
+    with pytest.raises(WeightsError, match="LoRA for another model.*made for this model's family"):
+        open_checkpoint(turbo, loras=[(LORA / "lora_kohya.safetensors", 1.0)])
+    # SDXL, UNet only (kohya's sgm names: several transformer blocks per attention)
+    sdxl = _lora_file(tmp_path / "sdxl.safetensors", {
+        f"lora_unet_input_blocks_4_1_transformer_blocks_{i}_attn1_to_q.lora_{d}.weight": np.zeros((4, 4))
+        for i in (0, 1) for d in ("down", "up")})
+    with pytest.raises(WeightsError, match="SDXL LoRA"):
+        open_checkpoint(LCM, loras=[(sdxl, 1.0)])
+    # SDXL with its two text encoders
+    sdxl_te = _lora_file(tmp_path / "sdxl_te.safetensors", {
+        "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": np.zeros((4, 32)),
+        "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": np.zeros((128, 4))})
+    with pytest.raises(WeightsError, match="SDXL LoRA"):
+        open_checkpoint(LCM, loras=[(sdxl_te, 1.0)])
+
+
+@pytest.mark.parametrize("name, fragment", [("sd2", "LoRA for another model"), ("sdxl", "SDXL LoRA")])
+def test_convert_refuses_a_lora_for_another_architecture(tmp_path, turbo, name, fragment):
+    if name == "sdxl":
+        lora = _lora_file(tmp_path / "sdxl.safetensors", {
+            "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": np.zeros((4, 32)),
+            "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": np.zeros((128, 4))})
+        weights = LCM
+    else:
+        lora, weights = LORA / "lora_kohya.safetensors", turbo
+    out = tmp_path / "set"
+    result = run(["convert", "--weights", str(weights), "--lora", f"{lora}:0.5", "--components", "diffusion",
+                  "--img-height", "128", "--img-width", "128", "--quant", "fp32", "-o", str(out)])
+    assert_one_line_error(result, 1, fragment, "made for this model's family")
+    assert not out.exists() or not any(out.iterdir())
+
+
+# ---------------------------------------------------------------- the converted LCM UNet
+
+
+@pytest.fixture(scope="module")
+def lcm_unet_set(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lcm") / "set"
+    result = run(["convert", "--weights", str(LCM), "--components", "diffusion,decoder", "--quant", "fp32",
+                  "--img-height", str(H), "--img-width", str(W), "-q", "-o", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return out
+
+
+def test_the_converted_lcm_unet_has_the_guidance_input(lcm_unet_set):
+    from sd2tflite.core.manifest import load_manifest
+    from sd2tflite.runtime.litert import LiteRTComponents
+
+    manifest = load_manifest(lcm_unet_set)
+    assert manifest.model_dims.guidance_embedding_dim == 32
+    first = manifest.parts_of("diffusion")[0]
+    assert [s.shape for s in first.inputs if s.name == "guidance_embedding"] == [(1, 32)]
+    components = LiteRTComponents(lcm_unet_set, manifest)
+    g = golden("lcm")
+    for t in fixture("lcm")["timesteps"]:
+        for w in fixture("lcm")["guidance"]:
+            out = components["diffusion"](**unet_inputs(g, t, w))["noise_pred"]
+            check(f"LCM fp32 file t={t} w={w}", out, g[f"unet_{t}_{w}"], tol=1e-4)
