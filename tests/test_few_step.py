@@ -205,3 +205,76 @@ def test_the_converted_lcm_unet_has_the_guidance_input(lcm_unet_set):
         for w in fixture("lcm")["guidance"]:
             out = components["diffusion"](**unet_inputs(g, t, w))["noise_pred"]
             check(f"LCM fp32 file t={t} w={w}", out, g[f"unet_{t}_{w}"], tol=1e-4)
+
+
+# ---------------------------------------------------------------- the tiny autoencoder (TAESD)
+
+TAESD = DATA / "taesd" / "diffusers"
+
+
+@pytest.fixture(scope="module")
+def madebyollin(tmp_path_factory) -> Path:
+    """The fixture's weights in madebyollin/taesd's naming: the encoder's Sequential indices as they are,
+    the decoder's shifted by one (its Sequential starts with a Clamp)."""
+    from safetensors.numpy import save_file
+
+    from sd2tflite.convert.checkpoint.reader import SafetensorsFile
+
+    folder = tmp_path_factory.mktemp("taesd")
+    f = SafetensorsFile(TAESD / "diffusion_pytorch_model.safetensors")
+    enc, dec = {}, {}
+    for key in f.keys():
+        part, _, index, rest = key.split(".", 3)
+        x = f.get(key).astype(np.float16)
+        if part == "encoder":
+            enc[f"{index}.{rest}"] = x
+        else:
+            dec[f"{int(index) + 1}.{rest}"] = x
+    save_file(enc, str(folder / "taesd_encoder.safetensors"))
+    save_file(dec, str(folder / "taesd_decoder.safetensors"))
+    return folder
+
+
+def _taesd_check(vae, label: str):
+    from sd2tflite.convert.keras_models import call_keras
+
+    g = golden("taesd")
+    if vae.has("taesd_decoder"):
+        out = call_keras(vae.build("taesd_decoder", H, W), {"latent": g["latent"]})[0]
+        check(f"{label} decoder", out, g["decoder"])
+    if vae.has("taesd_encoder"):
+        out = call_keras(vae.build("taesd_encoder", H, W), {"image": g["image"]})[0]
+        check(f"{label} encoder", out, g["image_encoder"])
+
+
+def test_taesd_diffusers_folder_matches_autoencoder_tiny():
+    from sd2tflite.convert.taesd import open_taesd
+
+    vae = open_taesd(TAESD)
+    assert vae.layout == "diffusers" and vae.arch.num_encoder_blocks == (1, 2, 1, 1)
+    assert vae.arch.scaling_factor == 1.0 and vae.arch.latent_magnitude == 3
+    _taesd_check(vae, "TAESD diffusers folder")
+
+
+def test_taesd_madebyollin_files(madebyollin):
+    from sd2tflite.convert.taesd import open_taesd
+
+    both = open_taesd(madebyollin)  # no config: the structure comes from the tensors
+    assert both.layout == "madebyollin" and both.arch.num_decoder_blocks == (1, 1, 2, 1)
+    assert both.arch.num_encoder_blocks == (1, 2, 1, 1) and both.arch.encoder_block_out_channels == (32,) * 4
+    _taesd_check(both, "TAESD madebyollin folder")
+    decoder = open_taesd(madebyollin / "taesd_decoder.safetensors")
+    assert decoder.has("taesd_decoder") and not decoder.has("taesd_encoder")
+    _taesd_check(decoder, "TAESD madebyollin decoder file")
+    with pytest.raises(WeightsError, match="no TAESD encoder weights"):
+        decoder.build("taesd_encoder", H, W)
+
+
+def test_taesd_bad_inputs(tmp_path):
+    from sd2tflite.convert.taesd import open_taesd
+
+    (tmp_path / "taesd_decoder.pth").write_bytes(b"\x80\x02")
+    with pytest.raises(WeightsError, match="pickled"):
+        open_taesd(tmp_path / "taesd_decoder.pth")
+    with pytest.raises(WeightsError, match="full VAE"):
+        open_taesd(LCM / "vae" / "diffusion_pytorch_model.safetensors")
