@@ -356,5 +356,41 @@ def push_hub(directory, repo_id, private, revision, commit_message, create_pr, t
     click.echo(result.url)
 
 
+@main.command()
+@click.argument("model_dir")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (127.0.0.1: this machine only).")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port (0: a free one).")
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in the default browser.")
+@click.option("--litertjs", default=None, type=click.Path(file_okay=False),
+              help="Folder holding node_modules/@litertjs (default: $SD2TFLITE_LITERTJS or sd2tflite's cache; "
+                   "see docs/browser.md).")
+@click.option("--noise", "noise_file", default=None, type=click.Path(dir_okay=False),
+              help="Starting latent noise (.npy) for every run, as generate --noise.")
+@vocab_option()
+@verbosity
+@handle_errors
+def serve(model_dir, host, port, open_browser, litertjs, noise_file, vocab, verbose, quiet):
+    """Generate in the browser: a local page running the set on LiteRT.js (WebGPU, else wasm)."""
+    from pathlib import Path
+
+    from ..serve.app import ServeRequest, make_server
+
+    opt = lambda p: Path(p) if p else None  # noqa: E731
+    server = make_server(ServeRequest(model_dir, host=host, port=port, litertjs=litertjs,
+                                      noise_file=opt(noise_file), vocab=opt(vocab)))
+    click.echo(f"serving {model_dir} at {server.url} (Ctrl+C stops)")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+
 if __name__ == "__main__":
     main()

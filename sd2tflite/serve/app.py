@@ -1,0 +1,236 @@
+"""`sd2tflite serve SET`: a local page that generates with the set's files in the browser.
+
+The page (assets/index.html, app.js) loads the files the manifest lists, wires the UNet parts by
+name as runtime/litert.py does, and runs the text encoder, the denoising loop (both guidance
+branches, combined in float32 as the Python pipeline does) and the decoder on LiteRT.js: WebGPU
+where the browser has it, wasm otherwise. The server gives what must equal `sd2tflite generate`
+exactly: the prompt's tokens (runtime/tokenizer.py), the starting noise (runtime/samples.py, or
+--noise) and each sampler step (runtime/samplers.py: the page posts the guided model output, the
+server answers the next UNet input), so every sampler of `generate` works and the same noise gives
+the same picture. Every file is checked against the manifest's sha256 before it is served.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import ManifestError, SD2TFLiteError, UsageError
+from ..core.manifest import Manifest, path_in_set
+from ..core.precisions import RECIPES
+from ..runtime.hub import resolve_model_dir
+from ..runtime.integrity import ensure_intact, file_sha256
+from ..runtime.pipeline import GenerateSettings, Pipeline
+from ..runtime.samplers import SAMPLERS, seeded_noise
+from ..runtime.schedule import guidance_scale_embedding, timestep_embedding
+from ..runtime.tokenizer import load_tokenizer
+from .browser import LITERTJS_VERSION, find_litertjs
+from .placement import count_ops
+from .server import PageServer, Reply
+
+# The wasm heap is 2 GiB (32-bit wasm): a model that does not fit logs "Failed to allocate
+# tensors" and returns garbage without throwing. The page loads one component at a time (the UNet's
+# parts together); what one needs is estimated from its files, conservatively (docs/browser.md).
+WASM_HEAP_BYTES = 2 << 30
+# heap bytes per file byte: the file itself in the heap, plus XNNPACK's packed float32 weights
+# (fp16 weights are widened to float32: 2 bytes more per stored byte; int8 weights packed as int8)
+HEAP_PER_FILE_BYTE = {"fp32": 2.0, "fp16": 3.0}
+DEFAULT_HEAP_PER_FILE_BYTE = 2.0
+HEAP_RESERVE_BYTES = 256 << 20  # LiteRT.js itself, activations, the page's arrays
+# int8 families whose text encoder LiteRT.js computes wrongly on WebGPU (relative error 1.0; see
+# docs/browser.md): the page runs that component on wasm.
+WEBGPU_WRONG = {"text_encoder": ("int8", "int8-strict", "int16x8")}
+
+
+@dataclass(frozen=True)
+class ServeRequest:
+    model_dir: Path | str  # a set folder or hf://OWNER/REPO[@REV]
+    host: str = "127.0.0.1"
+    port: int = 8765
+    litertjs: Path | str | None = None  # folder holding node_modules/@litertjs (default: sd2tflite's cache)
+    noise_file: Path | None = None  # the starting noise for every run (as generate --noise)
+    vocab: Path | None = None
+
+
+def browser_fit(manifest: Manifest) -> dict:
+    """Per component: the file bytes the page holds at once and the heap they are estimated to
+    need; `fits` False with `reason` when the largest would not fit the wasm heap."""
+    factor = HEAP_PER_FILE_BYTE.get(manifest.quant, DEFAULT_HEAP_PER_FILE_BYTE)
+    stages = {}
+    for component in manifest.components:
+        file_bytes = sum(a.bytes for a in manifest.parts_of(component))
+        stages[component] = {"file_bytes": file_bytes, "heap_bytes": int(file_bytes * factor) + HEAP_RESERVE_BYTES}
+    worst = max(stages, key=lambda c: stages[c]["heap_bytes"]) if stages else None
+    fits = worst is None or stages[worst]["heap_bytes"] <= WASM_HEAP_BYTES
+    reason = "" if fits else (
+        f"the {worst} needs about {stages[worst]['heap_bytes'] / 2**30:.2f} GiB of the browser's 2 GiB wasm heap "
+        f"({stages[worst]['file_bytes'] / 2**20:,.0f} MiB of {manifest.quant} files): convert a smaller set "
+        "(--img-height/--img-width 256, --quant dynamic or int8)")
+    return {"fits": fits, "reason": reason, "stages": stages, "heap_limit_bytes": WASM_HEAP_BYTES,
+            "heap_per_file_byte": factor}
+
+
+def _b64(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype=np.float32).tobytes()).decode()
+
+
+class ServeApp:
+    """The routes of one served set, on a PageServer."""
+
+    def __init__(self, request: ServeRequest):
+        self.request = request
+        self.model_dir = resolve_model_dir(str(request.model_dir))
+        self.manifest = ensure_intact(self.model_dir, load_in_litert=False, reuse_hashes=True)
+        self.dims = self.manifest.model_dims
+        self.tokenizer = load_tokenizer(self.manifest.family, request.vocab, getattr(self.manifest, "tokenizer", None))
+        self.pipeline = Pipeline.for_manifest({}, self.manifest, self.tokenizer)
+        self.noise = self._load_noise(request.noise_file) if request.noise_file else None
+        self.litertjs = find_litertjs(request.litertjs)
+        self.fit = browser_fit(self.manifest)
+        self.sessions: dict[str, dict] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.server = PageServer(self.litertjs, request.host, request.port)
+        for artifact in self.manifest.artifacts:
+            self.server.gets[f"/set/{artifact.path}"] = (lambda a: lambda q: self._file(a))(artifact)
+        self.server.gets["/api/config"] = self._config
+        self.server.posts["/api/start"] = self._start
+        self.server.posts["/api/step"] = self._step
+
+    def _load_noise(self, path: Path) -> np.ndarray:
+        from ..runtime.generate import _load_noise
+
+        noise = _load_noise(Path(path))
+        return self.pipeline.starting_noise(GenerateSettings("", noise=noise, seed=None))  # checks the shape
+
+    # ----------------------------------------------------------------- routes
+
+    def _file(self, artifact) -> Reply:
+        path = path_in_set(self.model_dir, artifact.path)
+        if not path.is_file():
+            return Reply.error(f"{artifact.path} is missing from the set: copy the whole set again", 410)
+        if file_sha256(path, reuse=True) != artifact.sha256:
+            return Reply.error(f"{artifact.path}: sha256 differs from the manifest's (modified since the server "
+                               "started): copy it again or convert again", 409)
+        return Reply(file=path, content_type="application/octet-stream")
+
+    def _config(self, query) -> Reply:
+        m = self.manifest
+        components = {}
+        for component in m.components:
+            components[component] = [{
+                "url": f"/set/{a.path}", "path": a.path, "bytes": a.bytes, "sha256": a.sha256,
+                "signature": a.signature_key, "wiring": a.wiring,
+                "ops": count_ops(path_in_set(self.model_dir, a.path)),
+                "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in a.inputs],
+                "outputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in a.outputs],
+            } for a in m.parts_of(component)]
+        defaults = self.pipeline.resolve(GenerateSettings(""))
+        return Reply.json({
+            "set": str(self.model_dir), "family": m.family, "quant": m.quant, "recipe": RECIPES[m.quant].description,
+            "dims": {"img_height": self.dims.img_height, "img_width": self.dims.img_width,
+                     "batch_size": self.dims.batch_size, "max_text_length": self.dims.max_text_length,
+                     "latent_shape": list(self.dims.latent_shape)},
+            "pixels": getattr(m, "pixels", "truncate"), "components": components,
+            "samplers": list(SAMPLERS), "defaults": {"sampler": defaults.sampler, "steps": defaults.steps,
+                                                     "guidance": defaults.guidance},
+            "noise": "the --noise file" if self.noise is not None else "seeded (as generate --seed)",
+            "browser": self.fit, "litertjs": self.litertjs.version, "litertjs_tested": LITERTJS_VERSION,
+            "webgpu_wrong": {c: m.quant in quants for c, quants in WEBGPU_WRONG.items()},
+        })
+
+    def _start(self, query, body: bytes) -> Reply:
+        import json
+
+        try:
+            asked = json.loads(body or b"{}")
+        except ValueError:
+            return Reply.error("the request is not JSON")
+        if not self.fit["fits"]:
+            return Reply.error(self.fit["reason"], 413)
+        try:
+            settings = GenerateSettings(
+                str(asked.get("prompt", "")), steps=_int(asked.get("steps"), "steps"),
+                guidance=_float(asked.get("guidance"), "guidance"), seed=_int(asked.get("seed"), "seed") or 0,
+                negative_prompt=asked.get("negative_prompt") or None, sampler=asked.get("sampler") or None)
+            if self.noise is not None:
+                settings = replace(settings, noise=self.noise, seed=None)
+            settings = self.pipeline.resolve(settings)
+            p = self.pipeline
+            embedded = p.guidance_embedding_dim > 0
+            guided = settings.guidance > 1.0 and not embedded
+            length = self.dims.max_text_length
+            tokens = p.tokenizer.tokens_for(settings.prompt, length)
+            unconditional = p.tokenizer.tokens_for(settings.negative_prompt or "", length) if guided else None
+            sampler = p.make_sampler(settings)
+            noise = p.starting_noise(settings)
+        except SD2TFLiteError as exc:
+            return Reply.error(str(exc))
+        latent = sampler.initial_latent(noise).astype(np.float32)
+        session = {"sampler": sampler, "latent": latent, "index": 0, "noise_source": seeded_noise(noise),
+                   "steps": len(sampler.timesteps)}
+        with self._lock:
+            sid = str(next(self._ids))
+            self.sessions = {sid: session}  # one run at a time: a new run replaces the last
+        w_emb = guidance_scale_embedding(settings.guidance, self.dims.batch_size, p.guidance_embedding_dim) \
+            if embedded else None
+        return Reply.json({"session": sid, "tokens": tokens, "unconditional_tokens": unconditional,
+                           "guided": guided, "guidance": settings.guidance, "sampler": settings.sampler,
+                           "steps": session["steps"], "seed": settings.seed, "notes": p.sampler_notes(settings),
+                           "guidance_embedding": _b64(w_emb) if w_emb is not None else None,
+                           **self._next_input(session)})
+
+    def _next_input(self, session: dict) -> dict:
+        index = session["index"]
+        if index >= session["steps"]:
+            return {"done": True, "latent": _b64(session["latent"])}
+        sampler = session["sampler"]
+        model_input = sampler.scale_input(session["latent"], index)
+        t_emb = timestep_embedding(sampler.timesteps[index], self.dims.batch_size, self.dims.timestep_dim)
+        return {"done": False, "index": index, "model_input": _b64(model_input), "timestep_embedding": _b64(t_emb)}
+
+    def _step(self, query, body: bytes) -> Reply:
+        session = self.sessions.get(query.get("session", ""))
+        if session is None:
+            return Reply.error("this run was replaced by a newer one (one run at a time): start again", 409)
+        output = np.frombuffer(body, dtype=np.float32)
+        shape = self.dims.latent_shape
+        if output.size != int(np.prod(shape)):
+            return Reply.error(f"the step needs {int(np.prod(shape))} float32 values, got {output.size}")
+        if not np.isfinite(output).all():
+            return Reply.error(f"the diffusion output holds NaN/Inf values at step {session['index'] + 1}: the set is "
+                               "broken, overflows, or the browser computed it wrongly (try ?accelerator=wasm)")
+        index = session["index"]
+        latent = session["sampler"].step(output.reshape(shape), index, session["latent"], session["noise_source"])
+        session["latent"] = np.asarray(latent, dtype=np.float32)
+        session["index"] = index + 1
+        return Reply.json(self._next_input(session))
+
+
+def _int(value, name: str) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name} {value!r} is not a whole number") from None
+
+
+def _float(value, name: str) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name} {value!r} is not a number") from None
+
+
+def make_server(request: ServeRequest) -> PageServer:
+    """The page server for a set, not yet started: every refusal (no manifest, a modified file, no
+    LiteRT.js, the port in use) is raised here, before anything listens."""
+    return ServeApp(request).server

@@ -1,0 +1,283 @@
+// sd2tflite serve: the set's files on LiteRT.js. The page runs the models and the denoising loop;
+// the server (the Python runtime's own code) gives the tokens, the starting noise and each sampler
+// update, so the picture is the one `sd2tflite generate` draws from the same noise.
+import {Tensor, compileModel, initLiteRt, webgpuAdapter} from '/assets/litert.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+// Read by the browser test (tests/browser/run_page.mjs) and handy in the console.
+const state = window.sd2tflite = {status: 'loading', error: null, step: 0, steps: 0, timings: {}, placement: [],
+                                   accelerators: {}};
+
+function showError(message) {
+  state.status = 'error';
+  state.error = message;
+  $('error').textContent = message;
+  $('error').hidden = false;
+  $('stage').textContent = 'stopped';
+  $('go').disabled = false;
+}
+
+function stage(text) {
+  $('stage').textContent = text;
+}
+
+async function getJson(url, options) {
+  const response = await fetch(url, options);
+  const body = await response.json().catch(() => ({error: `${url}: HTTP ${response.status}`}));
+  if (!response.ok || body.error) throw new Error(body.error || `${url}: HTTP ${response.status}`);
+  return body;
+}
+
+function fromBase64(text) {
+  const bytes = Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+  return new Float32Array(bytes.buffer);
+}
+
+async function sha256Hex(bytes) {
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+async function fetchFile(part) {
+  const response = await fetch(part.url);
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw new Error(body.error || `${part.path}: HTTP ${response.status}`);
+  }
+  const bytes = new Uint8Array(await response.arrayBuffer());
+  if (crypto.subtle && (await sha256Hex(bytes)) !== part.sha256) {
+    throw new Error(`${part.path}: sha256 differs from the manifest's (modified or cut short on the way): reload`);
+  }
+  return bytes;
+}
+
+const TYPED = {float32: Float32Array, int32: Int32Array, int8: Int8Array, uint8: Uint8Array, int64: BigInt64Array};
+
+// One component: its parts chained by the manifest's wiring (an input named like an earlier
+// part's output takes that output), as runtime/litert.py's LiteRTComponent.
+class Component {
+  constructor(name, parts, accelerator) {
+    Object.assign(this, {name, parts, accelerator, models: null});
+  }
+
+  async load() {
+    if (this.models) return;
+    this.models = [];
+    for (const part of this.parts) {
+      const bytes = await fetchFile(part);
+      const {model, error, lines, placement, allocationFailed} = await compileModel(bytes, this.accelerator);
+      if (error) throw new Error(`${part.path} does not load in LiteRT.js on ${this.accelerator}: ${error.message || error}`);
+      if (allocationFailed) {
+        model.delete();
+        throw new Error(`${part.path}: LiteRT.js could not allocate its tensors (the browser's 2 GiB wasm heap is full): ` +
+                        'this set is too large for the browser; convert it smaller (256x256, --quant dynamic)');
+      }
+      const onGpu = this.accelerator !== 'webgpu' ? 0 :
+        placement.gpuOps ?? (lines.some((l) => /not fully compiled/.test(l)) ? null : part.ops);
+      state.placement.push({file: part.path, component: this.name, accelerator: this.accelerator, gpuOps: onGpu,
+                            totalOps: part.ops, rejected: placement.rejected.length});
+      this.models.push(model);
+    }
+    showPlacement();
+  }
+
+  async run(inputs) {
+    const values = {...inputs};
+    for (let i = 0; i < this.parts.length; i++) {
+      const part = this.parts[i];
+      const feed = {};
+      for (const spec of part.inputs) {
+        const Typed = TYPED[spec.dtype] || Float32Array;
+        const data = values[spec.name] instanceof Typed ? values[spec.name] : Typed.from(values[spec.name]);
+        feed[spec.name] = new Tensor(data, spec.shape);
+      }
+      const outputs = await this.models[i].run(part.signature, feed);
+      for (const t of Object.values(feed)) t.delete();
+      for (const [name, tensor] of Object.entries(outputs)) {
+        const onCpu = tensor.accelerator === 'wasm' ? tensor : await tensor.moveTo('wasm');
+        values[name] = onCpu.toTypedArray().slice();
+        onCpu.delete();
+      }
+    }
+    const last = this.parts[this.parts.length - 1];
+    return Object.fromEntries(last.outputs.map((s) => [s.name, values[s.name]]));
+  }
+
+  release() {
+    for (const m of this.models || []) m.delete();
+    this.models = null;
+  }
+}
+
+function showPlacement() {
+  const rows = state.placement.map((p) => {
+    const share = p.accelerator !== 'webgpu' ? 'CPU (XNNPACK)' :
+      p.gpuOps == null ? 'WebGPU (share not logged)' :
+      `${p.gpuOps.toLocaleString()} of ${p.totalOps.toLocaleString()} ops on the GPU (${(100 * p.gpuOps / p.totalOps).toFixed(1)} %)`;
+    return `<tr><td>${p.file}</td><td>${p.accelerator}</td><td>${share}</td></tr>`;
+  });
+  $('placement').innerHTML = '<tr><th>file</th><th>accelerator</th><th>placement</th></tr>' + rows.join('');
+}
+
+function showTimings() {
+  const t = state.timings;
+  const rows = Object.entries(t).map(([k, v]) => `<tr><td>${k}</td><td class="num">${v.toFixed(2)} s</td></tr>`);
+  $('timings').innerHTML = rows.join('');
+}
+
+function f32(x) {
+  return Math.fround(x);
+}
+
+// Decoder output in [-1, 1] -> RGBA, the manifest's pixel rule (runtime/pipeline.py to_pixels),
+// in float32 as numpy computes it.
+function toPixels(decoded, width, height, rule) {
+  const rgba = new Uint8ClampedArray(width * height * 4);
+  for (let i = 0, j = 0; i < width * height; i++) {
+    for (let c = 0; c < 3; c++) {
+      const x = decoded[i * 3 + c];
+      let v;
+      if (rule === 'round') {
+        const unit = Math.min(Math.max(f32(f32(x * 0.5) + 0.5), 0), 1);
+        const scaled = f32(unit * 255);
+        v = Math.round(scaled);
+        if (Math.abs(scaled - Math.trunc(scaled)) === 0.5 && v % 2 === 1) v -= 1; // numpy rounds half to even
+      } else {
+        v = Math.trunc(Math.min(Math.max(f32(f32(f32(x + 1) / 2) * 255), 0), 255));
+      }
+      rgba[j++] = v;
+    }
+    rgba[j++] = 255;
+  }
+  return rgba;
+}
+
+let config;
+const components = {};
+
+async function setup() {
+  config = await getJson('/api/config');
+  const d = config.dims;
+  $('set').textContent = `${config.family} ${config.quant} (${config.recipe}), ${d.img_width}×${d.img_height}, ` +
+    `${Object.keys(config.components).join(', ')}; LiteRT.js ${config.litertjs}`;
+  for (const name of config.samplers) $('sampler').add(new Option(name, name));
+  $('sampler').value = config.defaults.sampler;
+  $('steps').value = params.get('steps') || config.defaults.steps;
+  $('guidance').value = config.defaults.guidance;
+  if (params.get('prompt')) $('prompt').value = params.get('prompt');
+  if (params.get('sampler')) $('sampler').value = params.get('sampler');
+  if (params.get('seed')) $('seed').value = params.get('seed');
+  if (!config.browser.fits) throw new Error(config.browser.reason);
+
+  const asked = params.get('accelerator') || 'auto';
+  const adapter = asked === 'wasm' ? null : await webgpuAdapter();
+  if (asked === 'webgpu' && !adapter) throw new Error('?accelerator=webgpu: this browser offers no WebGPU adapter');
+  const preferred = adapter ? 'webgpu' : 'wasm';
+  await initLiteRt();
+  for (const [name, parts] of Object.entries(config.components)) {
+    if (name === 'image_encoder') continue; // text-to-image only
+    // LiteRT.js computes some components wrongly on WebGPU (the int8 text encoder): wasm for those.
+    const accelerator = preferred === 'webgpu' && config.webgpu_wrong[name] ? 'wasm' : preferred;
+    components[name] = new Component(name, parts, accelerator);
+    state.accelerators[name] = accelerator;
+  }
+  // Every file is loaded once before the first run: a set the browser cannot hold is refused here.
+  const started = performance.now();
+  for (const [name, component] of Object.entries(components)) {
+    stage(`loading ${name}…`);
+    await component.load();
+    if (config.browser.stages[name] && config.browser.stages[name].file_bytes > (256 << 20)) component.release();
+  }
+  state.timings['load (all files)'] = (performance.now() - started) / 1000;
+  showTimings();
+  state.status = 'ready';
+  stage(`ready: ${preferred === 'webgpu' ? 'WebGPU' : 'wasm (CPU)'}` +
+        (adapter && adapter.info ? ` (${adapter.info.vendor} ${adapter.info.architecture})` : ''));
+  $('go').disabled = false;
+}
+
+async function generate() {
+  $('go').disabled = true;
+  $('error').hidden = true;
+  state.status = 'running';
+  state.error = null;
+  state.timings = {};
+  const timed = async (label, fn) => {
+    const t0 = performance.now();
+    const result = await fn();
+    state.timings[label] = (state.timings[label] || 0) + (performance.now() - t0) / 1000;
+    showTimings();
+    return result;
+  };
+  const d = config.dims;
+  const run = await getJson('/api/start', {method: 'POST', body: JSON.stringify({
+    prompt: $('prompt').value, negative_prompt: $('negative').value, sampler: $('sampler').value,
+    steps: $('steps').value, guidance: $('guidance').value, seed: $('seed').value})});
+  state.steps = run.steps;
+  state.step = 0;
+  $('progress').max = run.steps;
+  $('progress').value = 0;
+
+  const positions = Int32Array.from({length: d.batch_size * d.max_text_length}, (_, i) => i % d.max_text_length);
+  const batchTokens = (tokens) => Int32Array.from({length: d.batch_size * tokens.length}, (_, i) => tokens[i % tokens.length]);
+  const text = components.text_encoder;
+  stage('encoding the prompt…');
+  const context = await timed('text encoder', async () => {
+    await text.load();
+    const cond = (await text.run({tokens: batchTokens(run.tokens), positions})).context;
+    const uncond = run.guided ? (await text.run({tokens: batchTokens(run.unconditional_tokens), positions})).context : null;
+    return {cond, uncond};
+  });
+  if (config.browser.stages.text_encoder.file_bytes > (256 << 20)) text.release();
+
+  const unet = components.diffusion;
+  await timed('UNet load', () => unet.load());
+  const g = f32(run.guidance);
+  let next = run;
+  const loopStart = performance.now();
+  while (!next.done) {
+    stage(`denoising: step ${next.index + 1} of ${run.steps}`);
+    const latent = fromBase64(next.model_input);
+    const tEmb = fromBase64(next.timestep_embedding);
+    const inputs = {latent, timestep_embedding: tEmb};
+    if (run.guidance_embedding) inputs.guidance_embedding = fromBase64(run.guidance_embedding);
+    const output = await timed('UNet', async () => {
+      const cond = (await unet.run({...inputs, context: context.cond})).noise_pred;
+      if (!run.guided) return cond;
+      const uncond = (await unet.run({...inputs, context: context.uncond})).noise_pred;
+      const guided = new Float32Array(cond.length);
+      for (let i = 0; i < cond.length; i++) guided[i] = f32(uncond[i] + f32(g * f32(cond[i] - uncond[i])));
+      return guided;
+    });
+    next = await timed('sampler (server)', () => getJson(`/api/step?session=${run.session}`, {method: 'POST', body: output}));
+    state.step += 1;
+    $('progress').value = state.step;
+    state.timings['per step (mean)'] = (performance.now() - loopStart) / 1000 / state.step;
+  }
+  if (config.browser.stages.diffusion.file_bytes > (256 << 20)) unet.release();
+
+  stage('decoding…');
+  const decoder = components.decoder;
+  const image = await timed('decoder', async () => {
+    await decoder.load();
+    return (await decoder.run({latent: fromBase64(next.latent)})).image;
+  });
+  const pixels = toPixels(image, d.img_width, d.img_height, config.pixels);
+  const canvas = $('canvas');
+  canvas.width = d.img_width;
+  canvas.height = d.img_height;
+  canvas.getContext('2d').putImageData(new ImageData(pixels, d.img_width, d.img_height), 0, 0);
+  state.status = 'done';
+  stage(`done: ${run.steps} ${run.sampler} steps, seed ${run.seed}` + (run.notes.length ? ` (${run.notes.join('; ')})` : ''));
+  $('go').disabled = false;
+}
+
+$('form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  generate().catch((e) => showError(String(e.message || e)));
+});
+
+setup().then(() => {
+  if (params.get('run') === '1') $('go').click();
+}).catch((e) => showError(String(e.message || e)));
