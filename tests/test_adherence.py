@@ -1,6 +1,6 @@
 """Prompt adherence of the trained tiny model, scored by sd2tflite/verify/shapes.py
 on held-out prompts: keras-cv's own pipeline draws them, LiteRT fp32 draws what keras-cv draws, and
-dynamic and int8 with recorded calibration keep at least 90 % of fp32's score."""
+dynamic, and int8 and int16x8 with recorded calibration, keep at least 90 % of fp32's score."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ STEPS, GUIDANCE = 25, 7.5
 # about 0.2: positions are not learned, colors, backgrounds and shapes carry the score). The bar
 # leaves room for float differences between machines, not for a worse model.
 MIN_KERAS_ADHERENCE = 0.42
-KEPT_SHARE = 0.9  # of fp32's score, for dynamic and int8 with recorded calibration
+KEPT_SHARE = 0.9  # of fp32's score, for dynamic, int8 and int16x8 with recorded calibration
 
 
 def litert_images(set_dir) -> list[np.ndarray]:
@@ -54,18 +54,28 @@ def fp32_score(tiny_sets) -> float:
     return score(litert_images(tiny_sets["fp32"])).score
 
 
-@pytest.fixture(scope="module")
-def int8_recorded_set(tmp_path_factory, export_cache):
-    """int8 calibrated on pipeline runs of training captions (what benchmarks/quality.py measures)."""
+def _recorded_set(quant, tmp_path_factory, export_cache):
+    """`quant` calibrated on pipeline runs of training captions (what benchmarks/quality.py measures)."""
     from sd2tflite.convert.orchestrate import convert
 
     prompts = tmp_path_factory.mktemp("calibration") / "prompts.txt"
     prompts.write_text("".join(c + "\n" for c in shapes.calibration_captions(8)))
-    out = tmp_path_factory.mktemp("int8-recorded") / "set"
-    convert(tiny_request(out, quant="int8", components="text_encoder,diffusion,decoder", unet_parts=2,
+    out = tmp_path_factory.mktemp(f"{quant}-recorded") / "set"
+    convert(tiny_request(out, quant=quant, components="text_encoder,diffusion,decoder", unet_parts=2,
                          calibration="recorded", calibration_prompts=str(prompts), calibration_samples=32,
                          export_cache=str(export_cache)))
     return out
+
+
+@pytest.fixture(scope="module")
+def int8_recorded_set(tmp_path_factory, export_cache):
+    return _recorded_set("int8", tmp_path_factory, export_cache)
+
+
+@pytest.fixture(scope="module")
+def int16x8_recorded_set(tmp_path_factory, export_cache):
+    """W8A16: int8 weights, int16 activations, the NPUs' precision."""
+    return _recorded_set("int16x8", tmp_path_factory, export_cache)
 
 
 def test_keras_cv_pipeline_draws_the_held_out_prompts(keras_cv_images):
@@ -77,8 +87,9 @@ def test_litert_fp32_draws_what_keras_cv_draws(keras_cv_images, fp32_score):
     assert fp32_score == score(keras_cv_images).score
 
 
-@pytest.mark.parametrize("precision", ["dynamic", "int8 recorded"])
+@pytest.mark.parametrize("precision", ["dynamic", "int8 recorded", "int16x8 recorded"])
 def test_quantized_sets_keep_most_of_fp32s_adherence(precision, fp32_score, tiny_sets, request):
-    set_dir = tiny_sets["dynamic"] if precision == "dynamic" else request.getfixturevalue("int8_recorded_set")
+    set_dir = tiny_sets["dynamic"] if precision == "dynamic" else \
+        request.getfixturevalue(precision.replace(" ", "_") + "_set")
     result = score(litert_images(set_dir))
     assert result.score >= KEPT_SHARE * fp32_score, (result.score, fp32_score, result.per_attribute)

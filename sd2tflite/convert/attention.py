@@ -9,9 +9,10 @@ time. The scale multiplies the queries rather than the scores (same maths, round
 keras-cv's CLIPAttention adds a causal mask of -inf to the text encoder's scores. In float that
 is exact; in int8 the scores share one range per tensor, and a range reaching -inf leaves no
 levels for the real scores (the int8 text encoder of the trained tiny model drew at chance). The
-exported graph instead sets each masked score to the row's lowest score minus CAUSAL_MASK_MARGIN:
-softmax gives it exp(-margin) at most relative to the row's largest kept score, zero in float32
-terms, and the tensor's range grows by the margin only.
+exported graph instead sets each masked score to the mean of the row's kept scores minus
+CAUSAL_MASK_MARGIN: softmax gives it exp(-margin) at most relative to the row's largest kept score
+(the mean is at most the largest), zero in float32 terms, and the tensor's range grows by the margin
+at most. (The mean, not the row's minimum: the Qualcomm NPU has no int16 REDUCE_MIN / REDUCE_MAX.)
 
 `export_attention()` swaps both in while a model is traced for export; the Keras model, its
 weights and every other use of it are unchanged.
@@ -31,8 +32,8 @@ QUERY_BLOCK = 1024
 # instead of the scores and multiplies 4-D tensors (no integer op between the float attention
 # operators of an int8 file; float results change at rounding level only).
 UNET_ATTENTION_REVISION = 2
-# How far below a row's lowest score a masked score goes: exp(-20) = 2e-9 of the kept scores'
-# weight, under float32's resolution even summed over 77 tokens. Part of the build key too.
+# How far below the mean of a row's kept scores a masked score goes: exp(-20) = 2e-9 of the largest
+# kept score's weight, at float32's resolution even summed over 77 tokens. Part of the build key too.
 CAUSAL_MASK_MARGIN = 20.0
 
 
@@ -76,7 +77,10 @@ def _finite_mask_attention(self, inputs):
     q, k, v = heads(self.q_proj(inputs) * self.scale), heads(self.k_proj(inputs)), heads(self.v_proj(inputs))
     scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # (batch, heads, query, key)
     keep = np.tril(np.ones((1, 1, length, length), np.float32))  # a query sees itself and earlier tokens
-    floor = ops.min(scores, axis=-1, keepdims=True) - CAUSAL_MASK_MARGIN
+    # The mean of the row's kept scores, as a MEAN of the scores weighted 1/count on the kept ones
+    # (times the row length): the Qualcomm NPU has no int16 REDUCE_MIN or REDUCE_MAX.
+    per_kept = keep / keep.sum(axis=-1, keepdims=True)
+    floor = ops.mean(scores * per_kept, axis=-1, keepdims=True) * float(length) - CAUSAL_MASK_MARGIN
     # kept: the score; masked: the floor. Written so that the constant mask multiplies a full-size
     # tensor: Android's GPU delegate refuses a MUL broadcasting [.., 77, 1] against [.., 77, 77].
     scores = (scores - floor) * keep + floor

@@ -1,19 +1,26 @@
 """Device-ready graphs: the exported graph in formulations LiteRT's GPU accelerator and the Qualcomm
 NPU compiler take, with the same numbers.
 
-What Keras and keras-cv emit, and what the accelerators say about it (tiny sets, 128x128):
+What Keras and keras-cv emit, what the accelerators said about it (tiny sets, 128x128), and what is
+traced instead while exporting:
 
 - GroupNormalization reshapes to 5-D (batch, H, W, groups, channels per group) for its moments. The
   GPU accelerator takes no tensor of rank 5 ("isn't BHWC-convertible", "Tensor dimensions must be
   less than 5") and the Qualcomm compiler refuses the NEG it emits; at int16 TensorFlow emits a
-  SQUARED_DIFFERENCE LiteRT has no kernel for. Here it is computed in 4-D: per-channel means over
-  H and W, averaged over each group's channels by a constant (C, C) block matrix as a 1x1
-  convolution, a two-pass variance (the centred values squared by a MUL), gamma and beta as a 1x1
-  depthwise convolution with bias. Same maths (the two-pass variance is the textbook one).
-- UpSampling2D repeats through 5-D RESHAPE / TILE; nearest-neighbour RESIZE gives the same pixels
-  (each source pixel copied into a 2x2 block).
+  SQUARED_DIFFERENCE LiteRT has no kernel for. Here: per-channel means over H and W, averaged over
+  each group's channels by a constant (C, C) block matrix as a 1x1 convolution, a two-pass variance
+  (the centred values squared by a MUL), epsilon as that convolution's bias, gamma and beta on the
+  (1, 1, 1, C) factor and per channel. Same maths; the two-pass variance is the textbook one.
+- LayerNormalization: the same two-pass moments over the last axis (no NEG, no SQUARED_DIFFERENCE).
+- UpSampling2D repeats through 5-D RESHAPE / TILE; here each pixel is copied along the channels
+  and reshaped into the width, each row likewise into the height: the same pixels, in 4-D.
+- keras-cv's PaddedConv2D with stride 2 keeps a PAD the NPU has no int16 kernel for; a 3x3 window
+  at stride 2 never reads the bottom / right padding, so zeros are concatenated on top / left only.
 - CLIP's token and position embeddings gather with (batch, 77) indices; the GPU gathers with 1-D
-  indices only, so the indices are flattened and the result reshaped.
+  indices only: the table is gathered as (1, vocabulary, width) on axis 1 with flattened indices.
+- keras-cv's ResBlock indexes the timestep embedding with new axes and GEGLU slices one product in
+  two on the channels: STRIDED_SLICEs the GPU refuses. Here a reshape, and two matmuls over the
+  halves of the kernel.
 
 `device_graph()` swaps these (and attention.py's export attention) in while a model is traced for
 export; the Keras model, its variables and weight loading are unchanged, so `verify` compares the
@@ -28,7 +35,7 @@ import contextlib
 from collections.abc import Iterator
 
 # The device graph's revision: another value is another exported graph.
-REVISION = 1
+REVISION = 3
 
 
 def group_matrix(channels: int, groups: int):
@@ -54,12 +61,11 @@ def group_norm_4d(layer, inputs):
     variance = tf.nn.conv2d(tf.reduce_mean(centred * centred, axis=(1, 2), keepdims=True), matrix, 1, "VALID")
     # epsilon as the convolution's bias: no ADD of a constant tensor
     inv = tf.math.rsqrt(tf.nn.bias_add(variance, tf.fill([channels], tf.constant(layer.epsilon, tf.float32))))
+    if layer.scale:  # gamma scales the (1, 1, 1, C) factor, not the whole tensor
+        inv = inv * tf.cast(layer.gamma, tf.float32)
     y = centred * inv
-    if layer.scale or layer.center:
-        gamma = tf.cast(layer.gamma, tf.float32) if layer.scale else tf.ones([channels])
-        beta = tf.cast(layer.beta, tf.float32) if layer.center else tf.zeros([channels])
-        y = tf.nn.bias_add(tf.nn.depthwise_conv2d(y, tf.reshape(gamma, (1, 1, channels, 1)), [1, 1, 1, 1], "VALID"),
-                           beta)
+    if layer.center:
+        y = y + tf.cast(layer.beta, tf.float32)
     return tf.cast(y, layer.compute_dtype)
 
 
@@ -69,18 +75,63 @@ def _takes_4d_group_norm(layer, inputs) -> bool:
             and shape[-1] % layer.groups == 0 and all(d is not None for d in shape[1:]))
 
 
-def upsample_nearest(layer, inputs):
-    """keras.layers.UpSampling2D (nearest, channels_last) as one RESIZE_NEAREST_NEIGHBOR."""
+def layer_norm_last(layer, inputs):
+    """keras.layers.LayerNormalization.call over the last axis, two-pass and without NEG or
+    SQUARED_DIFFERENCE (TensorFlow's moments emit both; LiteRT has no int16 SQUARED_DIFFERENCE)."""
     import tensorflow as tf
 
-    h, w = inputs.shape[1], inputs.shape[2]
+    x = tf.cast(inputs, tf.float32)
+    centred = x - tf.reduce_mean(x, axis=-1, keepdims=True)
+    y = centred * tf.math.rsqrt(tf.reduce_mean(centred * centred, axis=-1, keepdims=True) + layer.epsilon)
+    if layer.scale:
+        y = y * tf.cast(layer.gamma, tf.float32)
+    if layer.center:
+        y = y + tf.cast(layer.beta, tf.float32)
+    return tf.cast(y, layer.compute_dtype)
+
+
+def _takes_layer_norm(layer, inputs) -> bool:
+    rank = len(inputs.shape)
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    return not getattr(layer, "rms_scaling", False) and [a % rank for a in axes] == [rank - 1]
+
+
+def upsample_nearest(layer, inputs):
+    """keras.layers.UpSampling2D (nearest, channels_last) by copies and reshapes in 4-D: each pixel
+    repeated along the channels and reshaped into the width, each row likewise into the height.
+    (RESIZE_NEAREST_NEIGHBOR would do on the GPU, but the NPU has no int16 kernel for it.)"""
+    import tensorflow as tf
+
+    _, h, w, c = inputs.shape
     sh, sw = layer.size
-    return tf.image.resize(inputs, (h * sh, w * sw), method="nearest")
+    x = tf.reshape(tf.concat([inputs] * sw, axis=3), (-1, h, w * sw, c)) if sw > 1 else inputs
+    return tf.reshape(tf.concat([x] * sh, axis=2), (-1, h * sh, w * sw, c)) if sh > 1 else x
 
 
 def _takes_resize(layer, inputs) -> bool:
     return (layer.interpolation == "nearest" and layer.data_format == "channels_last" and len(inputs.shape) == 4
-            and inputs.shape[1] is not None and inputs.shape[2] is not None)
+            and all(d is not None for d in inputs.shape[1:]))
+
+
+def strided_padded_conv(layer, inputs):
+    """keras-cv's PaddedConv2D with padding 1 and stride 2 on an even size (the UNet's downsampling):
+    a 3x3 window at stride 2 never reaches the bottom / right padding, so only a row and a column of
+    zeros go on top / left, by CONCATENATION (the converter leaves a PAD here, which the NPU has no
+    int16 kernel for)."""
+    import tensorflow as tf
+
+    zeros_row = tf.zeros_like(inputs[:, :1])
+    x = tf.concat([zeros_row, inputs], axis=1)
+    x = tf.concat([tf.zeros_like(x[:, :, :1]), x], axis=2)
+    return layer.conv2d(x)
+
+
+def _takes_strided_padding(layer, inputs) -> bool:
+    conv = layer.conv2d
+    return (tuple(conv.strides) == (2, 2) and tuple(conv.kernel_size) == (3, 3) and conv.padding == "valid"
+            and tuple(map(tuple, layer.padding2d.padding)) == ((1, 1), (1, 1)) and len(inputs.shape) == 4
+            and inputs.shape[1] is not None and inputs.shape[2] is not None
+            and inputs.shape[1] % 2 == 0 and inputs.shape[2] % 2 == 0)
 
 
 def embedding_1d(layer, inputs):
@@ -90,8 +141,11 @@ def embedding_1d(layer, inputs):
     tokens, positions = inputs
 
     def lookup(embedding, ids):
-        flat = tf.gather(embedding.embeddings, tf.reshape(ids, [-1]))
-        return tf.reshape(flat, [-1, ids.shape[1], flat.shape[-1]])
+        # (1, vocabulary, width) gathered on axis 1: the rows come out 3-D, as (1, tokens, width).
+        # (A 2-D table gives a 2-D result the GPU lays out as a batch of rows and cannot reshape.)
+        table = tf.convert_to_tensor(embedding.embeddings)[None]
+        rows = tf.gather(table, tf.reshape(ids, [-1]), axis=1)
+        return tf.reshape(rows, [-1, ids.shape[1], rows.shape[-1]])
 
     return lookup(layer.token_embedding, tokens) + lookup(layer.position_embedding, positions)
 
@@ -141,6 +195,10 @@ def device_graph() -> Iterator[None]:
 
     group_norm, upsampling, clip_embedding = (keras.layers.GroupNormalization.call, keras.layers.UpSampling2D.call,
                                               CLIPEmbedding.call)
+    layer_norm = keras.layers.LayerNormalization.call
+
+    def layer_norm_call(self, inputs):
+        return layer_norm_last(self, inputs) if _takes_layer_norm(self, inputs) else layer_norm(self, inputs)
 
     def group_norm_call(self, inputs):
         return group_norm_4d(self, inputs) if _takes_4d_group_norm(self, inputs) else group_norm(self, inputs)
@@ -154,11 +212,19 @@ def device_graph() -> Iterator[None]:
             return embedding_1d(self, inputs)
         return clip_embedding(self, inputs)
 
-    swapped = {ResBlock: res_block, GEGLU: geglu}
+    from keras_cv.src.models.stable_diffusion.padded_conv2d import PaddedConv2D
+
+    padded_conv = PaddedConv2D.call
+
+    def padded_conv_call(self, inputs):
+        return strided_padded_conv(self, inputs) if _takes_strided_padding(self, inputs) else padded_conv(self, inputs)
+
+    swapped = {ResBlock: res_block, GEGLU: geglu, PaddedConv2D: padded_conv_call}
     originals = {cls: cls.call for cls in swapped}
     for cls, call in swapped.items():
         cls.call = call
     keras.layers.GroupNormalization.call = group_norm_call
+    keras.layers.LayerNormalization.call = layer_norm_call
     keras.layers.UpSampling2D.call = upsampling_call
     CLIPEmbedding.call = embedding_call
     try:
@@ -166,6 +232,7 @@ def device_graph() -> Iterator[None]:
             yield
     finally:
         keras.layers.GroupNormalization.call = group_norm
+        keras.layers.LayerNormalization.call = layer_norm
         keras.layers.UpSampling2D.call = upsampling
         CLIPEmbedding.call = clip_embedding
         for cls, call in originals.items():
