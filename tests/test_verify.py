@@ -132,11 +132,14 @@ def test_damage_is_collected_and_named(tiny_sets, tmp_path):
     assert "not run" in failed["pipeline"]
     assert "✓ parity     image_encoder" in result.output
     assert "✗ integrity  decoder.tflite" in result.output
-    # GPU support is information: damaged files are not read for it, intact ones are.
-    gpu = {f["path"]: f for f in json.loads((tmp_path / "r.json").read_text())["gpu_delegate"]["files"]}
-    assert gpu["decoder.tflite"]["reason"] == gpu[part.name]["reason"] == \
-        "not analyzed: the file failed its integrity check"
-    assert "integrity" not in gpu["image_encoder.tflite"]["reason"]
+    # Accelerator placement is information: damaged files are not read for it, intact ones are.
+    measured = json.loads((tmp_path / "r.json").read_text())["accelerators"]["accelerators"]
+    assert [m["accelerator"][:4] for m in measured] == ["NPU:", "GPU:"]
+    for accelerator in measured:
+        files = {f["path"]: f for f in accelerator["files"]}
+        assert files["decoder.tflite"]["reason"] == files[part.name]["reason"] == \
+            "the file failed its integrity check"
+        assert "integrity" not in (files["image_encoder.tflite"]["reason"] or "")
 
 
 def test_escaping_manifest_path_fails_verify(tiny_sets, tmp_path):

@@ -323,24 +323,42 @@ def _reason(qnn_op: str | None, validator: list[str], io: dict[str, list[str]]) 
 
 
 def failure_reason(log: str, code: int) -> str:
-    """One line: why the compile failed, in the compiler's words (its last error lines)."""
-    errors = []
-    for line in log.splitlines():
+    """One line: why the run failed, in the compiler's and the tool's words (the last two distinct error
+    messages; the tool's own "Failed ..." lines only when nothing else says why)."""
+    errors: list[str] = []
+    tool_failures: list[str] = []
+    lines = ["".join(c if c.isprintable() else " " for c in raw) for raw in log.splitlines()]
+    for i, line in enumerate(lines):
+        if line.startswith("ERROR:") and line.count("'") % 2:  # a quoted value with a line break in it
+            for j in range(i + 1, min(i + 3, len(lines))):
+                line, lines[j] = f"{line} {lines[j]}", ""
+                if line.count("'") % 2 == 0:
+                    break
         for message in _VALIDATOR.findall(line):
-            if message and not message.startswith(_BOILERPLATE):
+            if message.strip() and not message.startswith(_BOILERPLATE):
                 errors.append(message.strip())
-        stripped = line.strip()
-        if stripped.startswith(("ERROR:", "E ")) or "could not create op" in stripped or "Failed to" in stripped:
-            text = re.sub(r"^ERROR: \[[^\]]*\]\s*", "", stripped)
-            if text:
+        for segment in re.split(r"(?=\[LITERT_TOOLS:)", line):
+            text = segment.strip()
+            tool = re.match(r"\[LITERT_TOOLS:[A-Z_]+\]\s*(.*)", text)
+            if tool:
+                if "fail" in tool.group(1).lower() and tool.group(1).strip() != "Failed":
+                    tool_failures.append(tool.group(1).strip())
+            elif text.startswith("ERROR:"):
+                text = re.sub(r"^ERROR:\s*(\[[^\]]*\]\s*)?", "", text)
+                if text:
+                    errors.append(text)
+            elif "could not create op" in text:
                 errors.append(text)
-    if not errors:
+    found = errors or tool_failures
+    if not found:
+        if code == 0:
+            return "the tool wrote no model"
         tail = [l.strip() for l in log.splitlines() if l.strip()][-1:] or [f"exit code {code}"]
         return " ".join(tail[0].split())[:300]
     seen: list[str] = []
-    for e in errors[::-1]:
+    for e in reversed(found):
         if e not in seen:
             seen.append(e)
         if len(seen) == 2:
             break
-    return " ".join("; ".join(seen[::-1]).split())[:400]
+    return " ".join("; ".join(reversed(seen)).split())[:400]

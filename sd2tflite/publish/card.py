@@ -95,6 +95,51 @@ def _verify_section(report: dict | None, repo_id: str) -> list[str]:
     return lines
 
 
+def _accelerator_section(manifest: Manifest, report: dict | None) -> list[str]:
+    """What real accelerators take of each file, as measured: verify's accelerator report (NPU by the AOT
+    compiler's partitioning, GPU by LiteRT.js's WebGPU accelerator) and the NPU files `sd2tflite compile`
+    made. A file nothing measured says "not measured"; no static analyzer's "compatible"."""
+    measured = report.get("accelerators") if isinstance(report, dict) else None
+    blocks = measured.get("accelerators") if isinstance(measured, dict) else None
+    paths = [a.path for a in manifest.artifacts]
+    lines = ["Measured placement per file (ops on the accelerator / all ops, partitions; each partition "
+             "boundary is a hand-over to the CPU). Information: a file runs whole on the CPU either way.", ""]
+    columns = []
+    for block in blocks if isinstance(blocks, list) else []:
+        if isinstance(block, dict) and isinstance(block.get("files"), list):
+            columns.append((str(block.get("accelerator", "?")),
+                            {f.get("path"): f for f in block["files"] if isinstance(f, dict)}))
+    if not columns:
+        columns = [("NPU", {}), ("GPU", {})]
+    lines += ["| file | " + " | ".join(_cell(title) for title, _ in columns) + " |",
+              "|---|" + "---|" * len(columns)]
+
+    def cell(found: dict | None) -> str:
+        if not found or not found.get("measured"):
+            why = found.get("reason") if found else "verify did not measure it"
+            return _cell(f"not measured: {why}")
+        text = f"{found.get('ops_placed', 0):,}/{found.get('ops_total', 0):,}, {found.get('partitions', 0)} partition" \
+               f"{'' if found.get('partitions') == 1 else 's'}"
+        rejected = found.get("rejected") if isinstance(found.get("rejected"), list) else []
+        if rejected:
+            text += "; rejected: " + "; ".join(f"{r.get('op')} ×{r.get('count')}" for r in rejected if isinstance(r, dict))
+        return _cell(text)
+
+    for path in paths:
+        lines.append(f"| `{path}` | " + " | ".join(cell(files.get(path)) for _, files in columns) + " |")
+    if manifest.compiled:
+        lines += ["", "Compiled ahead of time for NPUs (`sd2tflite compile`; these files run only on the SoC "
+                  "they were compiled for, through LiteRT's NPU accelerator; numerics on the NPU are "
+                  "checked on the device, not here):", "",
+                  "| file | target | from | bytes | NPU ops | partitions | sha256 |", "|---|---|---|---|---|---|---|"]
+        for r in manifest.compiled:
+            part = r.get("partition") or {}
+            lines.append(f"| `{r['path']}` | {r['target']} ({r['optimization_level']}) | `{r['source']}` | "
+                         f"{r['bytes']:,} | {part.get('npu_ops', '?')}/{part.get('total_ops', '?')} | "
+                         f"{part.get('partitions', '?')} | `{r['sha256']}` |")
+    return lines
+
+
 def _base_models(manifest: Manifest) -> list[str]:
     """The Hub repos the weights came from (keras-cv's ports), from the manifest's weight identities."""
     repos = []
@@ -187,6 +232,7 @@ def model_card(directory: Path, manifest: Manifest, verify_report: dict | None, 
         body.append(f"- `{a.path}` `{a.signature_key}`: {_specs(a.inputs)} -> {_specs(a.outputs)}{from_parts}")
 
     body += ["", "## Verification", ""] + _verify_section(verify_report, repo_id)
+    body += ["", "## Accelerators", ""] + _accelerator_section(manifest, verify_report)
     body += [
         "",
         "## Use",

@@ -131,6 +131,7 @@ def plan_push(request: PushRequest) -> tuple[PushPlan, str | None]:
     report, report_path = load_verify_report(directory, request.verify_report)
     card = model_card(directory, manifest, report, repo_id)
     files = [(a.path, a.bytes) for a in manifest.artifacts]
+    files += [(r["path"], r["bytes"]) for r in manifest.compiled]  # `sd2tflite compile`'s NPU files
     files.append((MANIFEST_NAME, (directory / MANIFEST_NAME).stat().st_size))
     own_report = report_path if report_path is not None and report_path.parent.resolve() == directory.resolve() \
         and report_path.name == VERIFY_REPORT_NAME else None

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..core.manifest import Manifest
 from ..runtime.integrity import Check
-from .gpu import GpuSupport, describe_set, summary_json
+from .accelerators import AcceleratorReport
 
 
 @dataclass
@@ -18,7 +18,7 @@ class VerifyReport:
     settings: dict = field(default_factory=dict)
     quality: dict = field(default_factory=dict)  # calibrated precisions: quality.quality_report
     manifest_sha256: str | None = None  # ties the report to the exact files it checked
-    gpu: list[GpuSupport] = field(default_factory=list)  # per file; information, not part of `passed`
+    accelerators: AcceleratorReport | None = None  # per file and accelerator; information, not part of `passed`
 
     @property
     def passed(self) -> bool:
@@ -36,7 +36,7 @@ class VerifyReport:
             "settings": self.settings,
             "checks": [c.to_json() for c in self.checks],
             "quality": self.quality,
-            "gpu_delegate": summary_json(self.gpu) if self.gpu else None,
+            "accelerators": self.accelerators.to_json() if self.accelerators else None,
         }
 
     def table(self) -> str:
@@ -50,7 +50,8 @@ class VerifyReport:
 
             lines.append("  int8 quality against float Keras on held-out pipeline inputs (report):")
             lines.extend(describe(self.quality))
-        lines.extend(describe_set(self.gpu))
+        if self.accelerators:
+            lines.extend(self.accelerators.lines())
         failed = sum(not c.passed for c in self.checks)
         lines.append("PASSED" if self.passed else f"FAILED: {failed} of {len(self.checks)} checks")
         return "\n".join(lines)

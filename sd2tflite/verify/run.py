@@ -6,7 +6,8 @@ Three groups of checks, all run and all reported (failures are collected, not ra
                from the same weights, on seeded inputs that look like the pipeline's
   end-to-end   the LiteRT pipeline vs keras-cv's own `StableDiffusion.generate_image` fed the same
                Keras components and the same starting noise
-and, as information that never fails verify, whether Android's GPU delegate takes each file whole (gpu.py).
+and, as information that never fails verify, what real accelerators take of each file: the NPU by the
+AOT compiler's partitioning, the GPU by LiteRT.js's WebGPU accelerator (accelerators.py).
 
 `verify(VerifyRequest, progress) -> VerifyReport`, the shape of every command's entry point.
 """
@@ -29,7 +30,8 @@ from ..runtime.litert import LiteRTComponents, invoke_failure
 from ..runtime.pipeline import Pipeline
 from ..runtime.tokenizer import load_tokenizer
 from .checks import GUIDANCE, VERIFY_PROMPTS, VERIFY_TIMESTEPS, component_check, end_to_end_check, parity_inputs
-from .gpu import analyze_set
+from .accelerators import ACCELERATORS, DEFAULT_NPU_TARGET
+from .accelerators import measure as measure_accelerators
 from .reference import reference_models
 from .report import VerifyReport
 
@@ -42,7 +44,8 @@ class VerifyRequest:
     steps: int | None = None  # end-to-end steps; None: the precision's own (RECIPES)
     end_to_end: bool = True
     threads: int | None = None
-    gpu_analyzer: str | None = None  # a Python with TensorFlow 2.17 for the GPU delegate column
+    accelerators: tuple[str, ...] = ACCELERATORS  # which accelerators' placement to measure ("npu", "gpu")
+    npu_target: str = DEFAULT_NPU_TARGET  # the SoC the NPU placement is asked of (vendor:SOC)
     json_path: Path | None = None  # also write the report here (checked before any work)
     force: bool = False  # replace an existing json_path that is not a verify report
 
@@ -54,6 +57,14 @@ def verify(request: VerifyRequest, progress: Progress | None = None) -> VerifyRe
                              "a verify report")], request.force)
     if request.steps is not None and request.steps < 1:
         raise UsageError(f"--steps {request.steps} must be at least 1")
+    unknown = [a for a in request.accelerators if a not in ACCELERATORS]
+    if unknown:
+        raise UsageError(f"unknown accelerator {unknown[0]!r}: use {', '.join(ACCELERATORS)} or none")
+    if "npu" in request.accelerators:
+        from ..device.targets import parse_targets
+
+        if len(parse_targets(request.npu_target)) != 1:
+            raise UsageError(f"--npu-target {request.npu_target!r} names several SoCs: give one, e.g. qualcomm:SM8650")
     directory = resolve_model_dir(str(request.model_dir))
     report = _verify(directory, request, progress or NO_PROGRESS)
     if request.json_path is not None:
@@ -77,10 +88,12 @@ def _verify(directory: Path, request: VerifyRequest, progress: Progress) -> Veri
     if steps is None:  # the precision's own: int8's error needs a finished picture to be judged
         steps = RECIPES[manifest.quant].end_to_end_steps if manifest.quant in RECIPES else 3
         report.settings["steps"] = steps
-    progress.stage("GPU delegate: operator support (LiteRT's analyzer)")
-    damaged = {c.name: "not analyzed: the file failed its integrity check" for c in checks
-               if not c.passed and c.name in {a.path for a in manifest.artifacts}}
-    report.gpu = analyze_set(directory, manifest, damaged, request.gpu_analyzer)  # information: never a failed check
+    if request.accelerators:
+        progress.stage(f"accelerators: what {' and '.join(a.upper() for a in request.accelerators)} take of each file")
+        damaged = {c.name: "the file failed its integrity check" for c in checks
+                   if not c.passed and c.name in {a.path for a in manifest.artifacts}}
+        report.accelerators = measure_accelerators(directory, manifest, request.accelerators, request.npu_target,
+                                                   damaged)  # information: never a failed check
     if manifest.family not in FAMILIES:
         report.checks.append(Check("parity", "model family", False,
                                    f"unknown family {manifest.family!r}: this sd2tflite cannot rebuild it"))
