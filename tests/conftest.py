@@ -24,7 +24,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from sd2tflite.core.registry import COMPONENTS, FAMILIES  # noqa: E402
+from sd2tflite.core.registry import CORE_COMPONENTS, FAMILIES  # noqa: E402
 from sd2tflite.core.precisions import RECIPES  # noqa: E402
 
 IMG = 128
@@ -71,8 +71,8 @@ def keras_models(tiny_dims):
     from sd2tflite.convert.weights import build_with_weights, parse_weights, resolve
 
     family = FAMILIES["tiny"]
-    resolved = resolve(parse_weights(None, family), family, list(COMPONENTS))
-    return {c: build_with_weights("tiny", c, tiny_dims, resolved[c]) for c in COMPONENTS}
+    resolved = resolve(parse_weights(None, family), family, list(CORE_COMPONENTS))
+    return {c: build_with_weights("tiny", c, tiny_dims, resolved[c]) for c in CORE_COMPONENTS}
 
 
 def _run_root(tmp_path_factory) -> Path:

@@ -22,6 +22,7 @@ from .conftest import assert_one_line_error, run
 
 DATA = Path(__file__).resolve().parent / "data" / "few_step"
 LCM = DATA / "lcm" / "diffusers"
+TAESD = DATA / "taesd" / "diffusers"
 LORA = DATA / "lora"
 H, W = 128, 128  # convert's smallest size
 TIGHT = 1e-4
@@ -185,7 +186,8 @@ def test_convert_refuses_a_lora_for_another_architecture(tmp_path, turbo, name, 
 @pytest.fixture(scope="module")
 def lcm_unet_set(tmp_path_factory):
     out = tmp_path_factory.mktemp("lcm") / "set"
-    result = run(["convert", "--weights", str(LCM), "--components", "diffusion,decoder", "--quant", "fp32",
+    result = run(["convert", "--weights", f"{LCM},taesd={TAESD}", "--quant", "fp32",
+                  "--components", "diffusion,decoder,taesd_decoder,taesd_encoder",
                   "--img-height", str(H), "--img-width", str(W), "-q", "-o", str(out)])
     assert result.exit_code == 0, (result.output, result.exception)
     return out
@@ -208,8 +210,6 @@ def test_the_converted_lcm_unet_has_the_guidance_input(lcm_unet_set):
 
 
 # ---------------------------------------------------------------- the tiny autoencoder (TAESD)
-
-TAESD = DATA / "taesd" / "diffusers"
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +278,25 @@ def test_taesd_bad_inputs(tmp_path):
         open_taesd(tmp_path / "taesd_decoder.pth")
     with pytest.raises(WeightsError, match="full VAE"):
         open_taesd(LCM / "vae" / "diffusion_pytorch_model.safetensors")
+
+
+def test_the_converted_set_holds_the_tiny_autoencoder(lcm_unet_set):
+    from sd2tflite.core.manifest import load_manifest
+    from sd2tflite.runtime.litert import LiteRTComponents
+
+    manifest = load_manifest(lcm_unet_set)
+    assert manifest.weights["taesd_decoder"]["taesd"]["layout"] == "diffusers"
+    assert manifest.weights["taesd_decoder"]["taesd"]["files"][0]["sha256"]
+    components = LiteRTComponents(lcm_unet_set, manifest)
+    g = golden("taesd")
+    check("TAESD decoder fp32 file", components["taesd_decoder"](latent=g["latent"])["image"], g["decoder"])
+    check("TAESD encoder fp32 file", components["taesd_encoder"](image=g["image"])["latent"], g["image_encoder"])
+
+
+def test_taesd_needs_its_files(tmp_path):
+    result = run(["convert", "--weights", str(LCM), "--components", "taesd_decoder", "--img-height", "128",
+                  "--img-width", "128", "-o", str(tmp_path / "set")])
+    assert_one_line_error(result, 2, "taesd=PATH")
+    result = run(["convert", "--model", "tiny", "--components", "taesd_decoder", "-o", str(tmp_path / "set")])
+    assert_one_line_error(result, 2, "keras-cv does not release")
+    assert not (tmp_path / "set").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sd2tflite.core.registry import COMPONENTS
+from sd2tflite.core.registry import COMPONENTS, CORE_COMPONENTS
 from sd2tflite.core.manifest import load_manifest
 from sd2tflite.core.precisions import RECIPES
 from sd2tflite.core.metrics import parity
@@ -20,7 +20,7 @@ def _bytes(set_dir, component):
 
 
 @pytest.mark.parametrize("quant", SET_PRECISIONS)
-@pytest.mark.parametrize("component", list(COMPONENTS))
+@pytest.mark.parametrize("component", list(CORE_COMPONENTS))
 def test_component_matches_keras(component, quant, tiny_sets, keras_models, tiny_dims):
     from sd2tflite.runtime.litert import load_component
 
@@ -39,7 +39,7 @@ def test_component_matches_keras(component, quant, tiny_sets, keras_models, tiny
         assert worst_fp32_error < 1e-3
 
 
-@pytest.mark.parametrize("component", list(COMPONENTS))
+@pytest.mark.parametrize("component", list(CORE_COMPONENTS))
 def test_signature_is_named_and_static(component, tiny_sets):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -79,7 +79,7 @@ def test_the_manifest_convert_writes(quant, tiny_sets):
 
 @pytest.mark.parametrize("quant", ["fp16", "dynamic", "int8"])
 def test_quantized_files_are_smaller_than_fp32(quant, tiny_sets):
-    for component in COMPONENTS:
+    for component in CORE_COMPONENTS:
         assert _bytes(tiny_sets[quant], component) < _bytes(tiny_sets["fp32"], component), component
     # The big component shrinks roughly by the recipe's bytes per weight.
     ratio = _bytes(tiny_sets[quant], "diffusion") / _bytes(tiny_sets["fp32"], "diffusion")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sd2tflite.core.registry import COMPONENTS, FAMILIES
+from sd2tflite.core.registry import CORE_COMPONENTS, FAMILIES
 from sd2tflite.verify import shapes
 
 # Measured on the shipped weights (benchmarks/records/train-tiny.json); the bar leaves room for float
@@ -20,7 +20,7 @@ def trained():
 
     family = FAMILIES["tiny"]
     dims = family.dims()
-    resolved = resolve(parse_weights("trained", family), family, list(COMPONENTS))
+    resolved = resolve(parse_weights("trained", family), family, list(CORE_COMPONENTS))
     return dims, {c: build_with_weights("tiny", c, dims, resolved[c]) for c in ("image_encoder", "decoder")}
 
 

@@ -55,6 +55,10 @@ TINY = TinyWidths()
 
 def build_component(family: str, component: str, dims: ModelDims) -> keras.Model:
     """Builds one component with freshly initialised (random) weights."""
+    if component.startswith("taesd_"):  # the tiny autoencoder: madebyollin/taesd's shapes in every family
+        from .taesd import DEFAULT, build
+
+        return build(DEFAULT, component, dims.img_height, dims.img_width)[0]
     builders = _BUILDERS[family]
     return builders[component](dims)
 

@@ -61,8 +61,9 @@ def parse_weights(text: str | None, family: ModelFamily,
         overrides = []
         for item in (t for t in items if t != bases[0]):
             name, _, path = item.partition("=")
-            if name.strip() not in OVERRIDE_NAMES or not path.strip():
-                raise UsageError(f"bad --weights override {item!r}: use unet=PATH, vae=PATH or text_encoder=PATH")
+            if name.strip() not in (*OVERRIDE_NAMES, "taesd") or not path.strip():
+                raise UsageError(f"bad --weights override {item!r}: use unet=PATH, vae=PATH, text_encoder=PATH or "
+                                 "taesd=PATH (the tiny autoencoder)")
             if name.strip() in dict(overrides):
                 raise UsageError(f"--weights gives {name.strip()}= twice: keep one")
             overrides.append((name.strip(), Path(path.strip()).expanduser()))
@@ -97,7 +98,7 @@ def parse_weights(text: str | None, family: ModelFamily,
             name = name.strip()
             if not sep or not path.strip():
                 raise UsageError(f"bad --weights item {item!r}: use COMPONENT=PATH[,COMPONENT=PATH]")
-            if name not in COMPONENTS:
+            if name not in COMPONENTS and name != "taesd":
                 raise UsageError(
                     f"unknown component {name!r} in --weights: choose from {', '.join(COMPONENTS)}"
                 )
@@ -119,19 +120,38 @@ def resolve(source: WeightsSource, family: ModelFamily, components: list[str],
     if source.kind == "checkpoint":
         from .checkpoint_source import identity_of, open_source
 
-        checkpoint = open_source(source.checkpoint, dict(source.files), source.options)
+        overrides = dict(source.files)
+        taesd = overrides.pop("taesd", None)
+        checkpoint = open_source(source.checkpoint, overrides, source.options)
         identity = identity_of(checkpoint, source.checkpoint) if hash_files else {
             "kind": "checkpoint", "path": str(checkpoint.source.path), "family": checkpoint.family,
             "architecture": checkpoint.architecture.to_json(), "prediction_type": checkpoint.prediction_type}
-        return {c: ResolvedWeights(c, None, identity) for c in components}
+        resolved = {c: ResolvedWeights(c, None, identity) for c in components if c not in TAESD_COMPONENTS}
+        for c in (c for c in components if c in TAESD_COMPONENTS):
+            if taesd is None:
+                raise UsageError(f"{c} is the tiny autoencoder, which a checkpoint does not hold: add taesd=PATH "
+                                 "(a TAESD / AutoencoderTiny folder or .safetensors) to --weights")
+            resolved[c] = ResolvedWeights(c, None, {**identity, "taesd": _taesd_identity(taesd, c, hash_files)})
+        return resolved
     resolved: dict[str, ResolvedWeights] = {}
     for component in components:
+        if component in TAESD_COMPONENTS and source.kind not in ("random", "files"):
+            raise UsageError(f"{component} is the tiny autoencoder, which keras-cv does not release: convert it from "
+                             "its files (--weights CHECKPOINT,taesd=PATH or --weights taesd=PATH) or --weights random")
         if source.kind == "random":
             # A distinct, reproducible seed per component.
             seed = source.seed + list(COMPONENTS).index(component)
             resolved[component] = ResolvedWeights(
                 component, None, {"kind": "random", "seed": seed}
             )
+            continue
+        if component in TAESD_COMPONENTS:  # --weights taesd=PATH (or taesd_decoder= / taesd_encoder=)
+            given = dict(source.files)
+            path = given.get(component) or given.get("taesd")
+            if path is None:
+                raise UsageError(f"no weights for {component}: add taesd=PATH (a TAESD / AutoencoderTiny folder or "
+                                 "file) to --weights")
+            resolved[component] = ResolvedWeights(component, None, _taesd_identity(path, component, hash_files))
             continue
         if source.kind == "hub":
             resolved[component] = _download(family, component)
@@ -159,6 +179,22 @@ def resolve(source: WeightsSource, family: ModelFamily, components: list[str],
             component, path, {"kind": "file", "path": str(path), "sha256": sha256_file(path)}
         )
     return resolved
+
+
+TAESD_COMPONENTS = ("taesd_decoder", "taesd_encoder")
+
+
+def _taesd_identity(path, component: str, hash_files: bool = True) -> dict:
+    """The tiny autoencoder's files (checked to hold this component), as the manifest records them."""
+    from .taesd import open_taesd
+
+    vae = open_taesd(Path(path).expanduser().resolve())
+    if not vae.has(component):
+        raise WeightsError(f"{path} holds no {component} weights: pass the matching taesd file or the whole "
+                           "AutoencoderTiny folder")
+    identity = vae.identity() if hash_files else {"kind": "taesd", "path": str(vae.path),
+                                                  "architecture": vae.arch.to_json()}
+    return identity
 
 
 def _check_weights_file(path: Path, component: str) -> None:
@@ -229,6 +265,13 @@ def from_identity(identity: dict, family: ModelFamily, component: str) -> Resolv
                 f"{str(identity.get('sha256'))[:12]}…) than this sd2tflite ships ({found.identity['sha256'][:12]}…): "
                 "convert it again, or verify with the sd2tflite version that converted it")
         return found
+    if kind == "taesd" or identity.get("taesd"):
+        taesd = identity.get("taesd") or identity
+        for f in taesd.get("files", []):
+            if not Path(f["path"]).is_file() or sha256_file(Path(f["path"])) != f["sha256"]:
+                raise WeightsError(f"the tiny autoencoder file this set was converted from ({f['path']}) is gone or "
+                                   "changed: pass it again with --weights taesd=PATH")
+        return ResolvedWeights(component, None, dict(identity))
     if kind == "checkpoint":
         from .checkpoint_source import reopen
 
@@ -288,6 +331,11 @@ def _build_with_weights(family: str, component: str, dims, weights: ResolvedWeig
 
     from .keras_models import build_component
 
+    taesd = _taesd_of(weights)
+    if taesd is not None:
+        from .taesd import open_taesd
+
+        return open_taesd(taesd["path"]).build(component, dims.img_height, dims.img_width)
     if weights.identity.get("kind") == "checkpoint":
         from .checkpoint_source import reopen
 
@@ -310,7 +358,20 @@ def build_for_plan(family: str, component: str, dims, weights: ResolvedWeights):
     return next(iter(builds.values()))
 
 
+def _taesd_of(weights: ResolvedWeights) -> dict | None:
+    """The tiny autoencoder's identity when these weights are one (a checkpoint's taesd= or its own files)."""
+    if weights.component not in TAESD_COMPONENTS:
+        return None
+    identity = weights.identity
+    return identity.get("taesd") or (identity if identity.get("kind") == "taesd" else None)
+
+
 def _build_for_plan(family: str, component: str, dims, weights: ResolvedWeights):
+    taesd = _taesd_of(weights)
+    if taesd is not None:
+        from .taesd import TaesdArch, build
+
+        return build(TaesdArch.from_json(taesd["architecture"]), component, dims.img_height, dims.img_width)[0]
     if weights.identity.get("kind") == "checkpoint":
         from .checkpoint.architecture import Architecture
         from .checkpoint.builders import build
@@ -355,6 +416,8 @@ def _graph_key(family: str, component: str, dims, weights: ResolvedWeights) -> t
     import keras
 
     checkpoint = weights.identity.get("architecture") if weights.identity.get("kind") == "checkpoint" else None
+    if _taesd_of(weights) is not None:
+        checkpoint = _taesd_of(weights)["architecture"]
     return (family, component, dims, json.dumps(checkpoint, sort_keys=True), keras.config.dtype_policy().name)
 
 

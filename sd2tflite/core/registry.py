@@ -86,6 +86,7 @@ class ComponentSpec:
     description: str
     output_name: str
     splittable: bool  # only the UNet is big enough to need parts
+    optional: bool = False  # converted only when asked for by name (--components), never by "all"
 
     def input_specs(self, dims: ModelDims) -> list[TensorSpec]:
         b, h, w = dims.batch_size, dims.img_height, dims.img_width
@@ -103,9 +104,9 @@ class ComponentSpec:
             if dims.guidance_embedding_dim:  # LCM UNets: the first part's extra input
                 specs.append(TensorSpec("guidance_embedding", (b, dims.guidance_embedding_dim), "float32"))
             return specs
-        if self.name == "decoder":
+        if self.name in ("decoder", "taesd_decoder"):
             return [TensorSpec("latent", dims.latent_shape, "float32")]
-        if self.name == "image_encoder":
+        if self.name in ("image_encoder", "taesd_encoder"):
             return [TensorSpec("image", (b, h, w, 3), "float32")]
         raise KeyError(self.name)
 
@@ -116,6 +117,8 @@ class ComponentSpec:
             "diffusion": dims.latent_shape,
             "decoder": (b, h, w, 3),
             "image_encoder": dims.latent_shape,
+            "taesd_decoder": (b, h, w, 3),
+            "taesd_encoder": dims.latent_shape,
         }
         return TensorSpec(self.output_name, shapes[self.name], "float32")
 
@@ -131,8 +134,18 @@ COMPONENTS: dict[str, ComponentSpec] = {
                       splittable=False),
         ComponentSpec("image_encoder", "VAE image encoder: image in [-1, 1] -> latent", "latent",
                       splittable=False),
+        # The tiny autoencoder (TAESD / diffusers AutoencoderTiny): the VAE's interfaces at ~1/40 of its
+        # work; optional, from its own files (convert/taesd.py), chosen at generate time (--vae tiny).
+        ComponentSpec("taesd_decoder", "tiny VAE decoder (TAESD): latent -> image in [-1, 1]", "image",
+                      splittable=False, optional=True),
+        ComponentSpec("taesd_encoder", "tiny VAE image encoder (TAESD): image in [-1, 1] -> latent", "latent",
+                      splittable=False, optional=True),
     )
 }
+# What "all" converts: every component but the optional ones.
+CORE_COMPONENTS = tuple(n for n, spec in COMPONENTS.items() if not spec.optional)
+# Which full-VAE component each tiny-autoencoder component stands in for.
+TINY_VAE = {"decoder": "taesd_decoder", "image_encoder": "taesd_encoder"}
 
 # What the UNet predicts: the noise (SD 1.x, SD 2.x 512-base, keras-cv) or v (SD 2.x 768-v).
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -195,7 +208,7 @@ FAMILIES: dict[str, ModelFamily] = {
 def parse_components(text: str | None) -> list[str]:
     """'decoder,text_encoder' -> ['text_encoder', 'decoder'] in registry order."""
     if not text or text == "all":
-        return list(COMPONENTS)
+        return list(CORE_COMPONENTS)
     names = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [n for n in names if n not in COMPONENTS]
     if unknown:

@@ -132,6 +132,8 @@ MAKERS: dict[str, dict[str, Callable[[TensorSpec, _Draw], np.ndarray]]] = {
                   "guidance_embedding": _guidance_embedding},
     "decoder": {"latent": _decoded_latent},
     "image_encoder": {"image": _encoder_image},
+    "taesd_decoder": {"latent": _decoded_latent},
+    "taesd_encoder": {"image": _encoder_image},
 }
 
 
