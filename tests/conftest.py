@@ -28,9 +28,9 @@ from sd2tflite.core.registry import CORE_COMPONENTS, FAMILIES  # noqa: E402
 from sd2tflite.core.precisions import RECIPES  # noqa: E402
 
 IMG = 128
-# The shared sets: every precision except the integer-only and 16x8 modes, which cannot convert
-# every component (tests/test_int8.py covers them on the decoder).
-SET_PRECISIONS = [q for q in RECIPES if q not in ("int8-strict", "int16x8")]
+# The shared sets: every precision except the integer-only mode (tests/test_int8.py covers it on
+# the decoder).
+SET_PRECISIONS = [q for q in RECIPES if q != "int8-strict"]
 
 
 def tiny_options(out_dir: Path, quant: str = "fp32", **overrides):

@@ -20,11 +20,11 @@ def _layer_and_input(layer, shape, seed, offset=3.0):
     import keras
 
     rng = np.random.default_rng(seed)
-    x = (rng.normal(size=shape) * 2.0 + offset).astype(np.float32)
-    layer.build(shape)
+    x = keras.ops.convert_to_tensor((rng.normal(size=shape) * 2.0 + offset).astype(np.float32))
+    layer(x)  # builds the layer and its sublayers
     for weight in layer.weights:
         weight.assign(rng.normal(size=weight.shape).astype(np.float32))
-    return layer, keras.ops.convert_to_tensor(x)
+    return layer, x
 
 
 @pytest.mark.parametrize("channels, groups, size", [(64, 32, 8), (96, 32, 5), (32, 32, 4), (640, 32, 3)])
@@ -167,3 +167,22 @@ def test_every_op_on_the_npu_in_one_partition(quant, tiny_sets, tmp_path):
         run = run_plugin("partition", set_dir / artifact.path, tmp_path / "p.tflite", target)
         assert run.partition is not None, run.failure
         assert run.partition.whole, f"{artifact.path}: {run.partition.describe()}"
+
+
+def test_fp16_lookup_tables_are_float32(tiny_sets):
+    """fp16 files keep the tables GATHER reads in float32 (the GPU refuses a float16 table behind a
+    DEQUANTIZE), and GATHER is the only reader they lost a DEQUANTIZE for."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    path = tiny_sets["fp16"] / load_manifest(tiny_sets["fp16"]).parts_of("text_encoder")[0].path
+    model = schema.Model.GetRootAsModel(path.read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    codes = [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
+             for i in range(model.OperatorCodesLength())]
+    gathers = [graph.Operators(i) for i in range(graph.OperatorsLength())
+               if codes[graph.Operators(i).OpcodeIndex()] == schema.BuiltinOperator.GATHER]
+    assert len(gathers) == 2  # token and position embeddings
+    for op in gathers:
+        table = graph.Tensors(op.Inputs(0))
+        assert table.Type() == schema.TensorType.FLOAT32
+        assert model.Buffers(table.Buffer()).DataLength() == 4 * int(np.prod(table.ShapeAsNumpy()))

@@ -147,7 +147,6 @@ def test_keep_float_by_op_type(tmp_path):
     (["--quant", "int8", "--keep-float", "NO_SUCH_THING", "--components", "decoder", "--calibration", "synthetic"],
      2, "neither a TFLite operator"),
     (["--quant", "int8", "--calibration-prompts", "/nonexistent/prompts.txt"], 2, "one prompt per line"),
-    (["--quant", "int16x8", "--components", "text_encoder", "--calibration", "synthetic"], 1, "--quant int8"),
 ])
 def test_int8_option_errors(tmp_path, args, code, fragment):
     from .test_cli import TINY
@@ -167,15 +166,19 @@ def test_integer_only_mode_names_the_float_operators(tmp_path):
     assert not (tmp_path / "o").exists()  # the rejected file was never written
 
 
-def test_a_file_litert_cannot_run_is_refused_not_written(tmp_path):
-    from .test_cli import TINY
+def test_a_file_litert_cannot_run_is_refused_not_written(tmp_path, monkeypatch):
+    from sd2tflite.convert import attention, export
+    from sd2tflite.convert.orchestrate import convert
+    from sd2tflite.core.errors import ConversionError
 
-    result = run([*TINY, "-o", str(tmp_path / "o"), "--quant", "int16x8", "--components", "diffusion",
-                  "--calibration", "synthetic"])
-    # The converter emits an int16 SQUARED_DIFFERENCE (GroupNormalization's variance) that LiteRT has no
-    # kernel for: the conversion succeeds, the file would not run.
-    assert_one_line_error(result, 1, "diffusion.tflite", "SquaredDifference", "--quant int8")
-    assert not (tmp_path / "o").exists()
+    # Keras' own GroupNormalization (no device graph): at int16 TensorFlow emits a SQUARED_DIFFERENCE
+    # LiteRT has no kernel for. The conversion succeeds, the file would not run. (No export cache:
+    # this graph must not be stored under the device graph's key.)
+    monkeypatch.setattr(export, "device_graph", attention.export_attention)
+    with pytest.raises(ConversionError, match="decoder.tflite converts in int16x8, but LiteRT cannot run it.*"
+                                              "SquaredDifference.*--quant int8"):
+        convert(tiny_request(tmp_path / "o", quant="int16x8", components="decoder"))
+    assert not list((tmp_path / "o").glob("*.tflite"))
 
 
 def test_16x8_mode_converts_and_matches(tmp_path, keras_models, tiny_dims):

@@ -34,8 +34,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-# The device graph's revision: another value is another exported graph.
-REVISION = 3
+# The device graph's revision (these formulations, and fp16's float32 lookup tables in tflite.py):
+# another value is another file.
+REVISION = 4
 
 
 def group_matrix(channels: int, groups: int):

@@ -60,6 +60,8 @@ def convert_stage(artifact: PlannedArtifact, quant: str, out_dir: str, keep_floa
         raise
     except Exception as exc:
         raise ConversionError(f"converting {artifact.file_name} failed: {_conversion_hint(exc, quant)}") from exc
+    if "float16" in recipe.supported_types:
+        data = float32_gather_tables(data)
     if len(data) >= HARD_FLATBUFFER_LIMIT or b"buffer_location" in data:
         raise ConversionError(
             f"{artifact.file_name} came out at {len(data):,} bytes, too large for a plain "
@@ -90,6 +92,64 @@ def written_file_stats(data: bytes, start: float, op_stats: dict | None = None) 
         "seconds": round(time.monotonic() - start, 2),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
+
+
+def float32_gather_tables(data: bytes) -> bytes:
+    """An fp16 file with its lookup tables (CLIP's token and position embeddings) in float32.
+
+    The converter stores every float weight as float16 behind a DEQUANTIZE. LiteRT's GPU accelerator
+    folds such a DEQUANTIZE into the operator that reads it and then refuses a GATHER whose table
+    is float16 and whose rows are float32 ("Input / output dtype mismatch"): the text encoder's
+    graph was cut in two and two thirds of it ran on the GPU. A GATHER copies rows and does no
+    arithmetic, so its table goes back to float32 (the float16 values, widened exactly) and the
+    DEQUANTIZE goes. Costs the tables' extra bytes (full-size v1: 49,408 x 768 x 2 bytes = 76 MB).
+    Files without such a GATHER come back unchanged.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    if not _has_gather(data):
+        return data
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    code_of = [flatbuffer_utils.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
+    changed = False
+    for graph in model.subgraphs:
+        producer = {out: op for op in graph.operators for out in op.outputs}
+        readers: dict[int, int] = {}
+        for op in graph.operators:
+            for i in op.inputs:
+                readers[i] = readers.get(i, 0) + 1
+        dropped = []
+        for op in graph.operators:
+            if code_of[op.opcodeIndex] != schema.BuiltinOperator.GATHER:
+                continue
+            dequantize = producer.get(op.inputs[0])
+            if dequantize is None or code_of[dequantize.opcodeIndex] != schema.BuiltinOperator.DEQUANTIZE:
+                continue
+            source = graph.tensors[dequantize.inputs[0]]
+            table = model.buffers[source.buffer].data
+            if source.type != schema.TensorType.FLOAT16 or table is None or readers.get(op.inputs[0]) != 1:
+                continue
+            widened = np.frombuffer(np.asarray(table, np.uint8).tobytes(), np.float16).astype(np.float32)
+            buffer = schema.BufferT()
+            buffer.data = np.frombuffer(widened.tobytes(), np.uint8)
+            model.buffers.append(buffer)
+            graph.tensors[op.inputs[0]].buffer = len(model.buffers) - 1
+            if readers.get(dequantize.inputs[0]) == 1:
+                model.buffers[source.buffer].data = None  # nothing else reads the float16 copy
+            dropped.append(dequantize)
+            changed = True
+        graph.operators = [op for op in graph.operators if not any(op is d for d in dropped)]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else data
+
+
+def _has_gather(data: bytes) -> bool:
+    """Whether the file has any GATHER operator (read in place, no copy of the weights)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(data, 0)
+    return any(max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
+               == schema.BuiltinOperator.GATHER for i in range(model.OperatorCodesLength()))
 
 
 def saved_model_converter(saved_model_dir: str):
