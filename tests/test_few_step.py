@@ -300,3 +300,87 @@ def test_taesd_needs_its_files(tmp_path):
     result = run(["convert", "--model", "tiny", "--components", "taesd_decoder", "-o", str(tmp_path / "set")])
     assert_one_line_error(result, 2, "keras-cv does not release")
     assert not (tmp_path / "set").exists()
+
+
+# ---------------------------------------------------------------- end to end against diffusers
+
+
+class _Tokens:
+    """The e2e goldens start from prompt embeddings (diffusers' prompt_embeds): no tokenizer needed."""
+
+    def tokens_for(self, prompt: str, length: int) -> list[int]:
+        return [0] * length
+
+
+class _WithContext(dict):
+    """The converted set's components, with a text encoder that gives the golden's prompt embeddings."""
+
+    def __init__(self, components, context):
+        super().__init__({name: components[name] for name in ("diffusion", "decoder")})
+        self["text_encoder"] = lambda **inputs: {"context": context}
+
+
+def _e2e(set_dir: Path, name: str, monkeypatch, **settings):
+    import dataclasses
+
+    import sd2tflite.runtime.pipeline as pipeline_module
+    from sd2tflite.core.manifest import load_manifest
+    from sd2tflite.core.metrics import parity
+    from sd2tflite.runtime.litert import LiteRTComponents
+    from sd2tflite.runtime.pipeline import GenerateSettings, Pipeline
+    from sd2tflite.runtime.schedule import Schedule
+
+    g = golden(name)
+    manifest = load_manifest(set_dir)
+    if "e2e_step_noise" in g:  # the noise LCMScheduler drew between steps, in order
+        draws = iter(g["e2e_step_noise"])
+        monkeypatch.setattr(pipeline_module, "seeded_noise", lambda _noise: lambda shape: next(draws))
+    # the fixtures' text encoders know 256 tokens; the prompt embeddings come from the golden
+    dims = dataclasses.replace(manifest.model_dims, vocab_size=49408)
+    pipeline = Pipeline(_WithContext(LiteRTComponents(set_dir, manifest), g["e2e_context"]), dims, _Tokens(),
+                        manifest.prediction_type, Schedule.from_json(manifest.scheduler), "round")
+    out = pipeline.generate(GenerateSettings("", noise=g["e2e_latent"][0], **settings))
+    latent_db = parity(g["e2e_final_latent"], out.latents).psnr_db  # over the latent's range
+    image = g["e2e_image"].astype(np.float32)
+    image_db = parity(image * 255.0, out.images.astype(np.float32), peak=255.0).psnr_db
+    print(f"{name} end to end vs diffusers: final latent {latent_db:.1f} dB, image {image_db:.1f} dB (uint8)")
+    return latent_db, image_db
+
+
+@pytest.fixture(scope="module")
+def turbo_set(tmp_path_factory, turbo):
+    out = tmp_path_factory.mktemp("turbo") / "set"
+    result = run(["convert", "--weights", str(turbo), "--quant", "fp32", "--components", "diffusion,decoder",
+                  "--img-height", str(H), "--img-width", str(W), "-q", "-o", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return out
+
+
+def test_lcm_four_steps_give_diffusers_image(lcm_unet_set, monkeypatch):
+    """LatentConsistencyModelPipeline, 4 steps at guidance 8 (through the UNet's guidance embedding)."""
+    e2e = fixture("lcm")["e2e"]
+    latent_db, image_db = _e2e(lcm_unet_set, "lcm", monkeypatch, sampler="lcm", steps=e2e["steps"],
+                               guidance=e2e["guidance"])
+    assert latent_db >= 40 and image_db >= 40
+
+
+def test_turbo_one_step_at_guidance_zero_gives_diffusers_image(turbo_set, monkeypatch):
+    """StableDiffusionPipeline with SD-Turbo's scheduler (Euler, trailing), 1 step, guidance 0."""
+    latent_db, image_db = _e2e(turbo_set, "turbo", monkeypatch, sampler="euler", spacing="trailing", steps=1,
+                               guidance=0.0)
+    assert latent_db >= 40 and image_db >= 40
+
+
+def test_turbo_records_its_family_recommendation(turbo):
+    """SD-Turbo's card (1 step at guidance 0) with its scheduler config (Euler, trailing) in the manifest's
+    scheduler record; the convert options still win."""
+    from sd2tflite.convert.checkpoint_source import SchedulerOptions, identity_of, model_conventions
+
+    identity = identity_of(open_checkpoint(turbo), str(turbo))
+    scheduler = model_conventions(identity, "v2")["scheduler"]
+    assert (scheduler["sampler"], scheduler["timestep_spacing"], scheduler["steps"], scheduler["guidance"]) == \
+        ("euler", "trailing", 1, 0.0)
+    scheduler = model_conventions(identity, "v2", SchedulerOptions(steps=2, guidance=1.0))["scheduler"]
+    assert (scheduler["steps"], scheduler["guidance"]) == (2, 1.0)
+    lcm = model_conventions(identity_of(open_checkpoint(LCM), str(LCM)), "v1")["scheduler"]
+    assert lcm["sampler"] == "lcm" and lcm["steps"] is None  # the runtime's few-step defaults apply

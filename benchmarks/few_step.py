@@ -1,0 +1,137 @@
+"""Seconds per image and peak RSS of few-step runs against today's default, each with the full VAE
+decoder and with the tiny one (TAESD), from one converted set per precision that holds text_encoder,
+diffusion, decoder and taesd_decoder:
+
+    sd2tflite convert --model v1 --weights random:0 --quant dynamic --img-height 512 --img-width 512 \\
+        --components text_encoder,diffusion,decoder,taesd_decoder -o bench-out/sd-v1-dynamic-512-taesd
+    python -m benchmarks.few_step bench-out/sd-v1-dynamic-512-taesd --tag v1-512
+
+Cases: 25-step CFG ddim (two UNet calls a step: today's default), 4-step lcm at guidance 1 (no
+unconditional call: what an LCM-LoRA run does; an LCM UNet's guidance embedding adds one 256x320
+matrix, 0.01 % of the UNet), 1-step euler trailing at guidance 0 (SD-Turbo's recommendation; the v1
+graph stands in for SD 2.1's, which has the same widths). Random weights: the images are noise, the
+work is the real one. Each case runs in a fresh process (sd2tflite's pipeline on LiteRT, each
+component released after its stage, as `generate` runs) after one untimed warm-up image in the same
+process; seconds per stage come from timing every component call. Peak RSS is the child's kernel-
+tracked peak (VmHWM) over warm-up and timed image; anonymous and file-backed peaks are sampled.
+Writes benchmarks/records/few-step-TAG.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.records import RECORDS, ROOT, invocation, write_record
+from sd2tflite.bench.measure import PeakTreeRSS, machine
+from sd2tflite.core.manifest import load_manifest
+
+VOCAB = ROOT / "tests" / "data" / "bpe_simple_vocab_16e6.txt.gz"
+CASES = {  # name -> GenerateSettings fields
+    "ddim-25-cfg7.5": {"sampler": "ddim", "steps": 25, "guidance": 7.5},
+    "lcm-4-no-cfg": {"sampler": "lcm", "steps": 4, "guidance": 1.0},
+    "euler-trailing-1-g0": {"sampler": "euler", "steps": 1, "guidance": 0.0, "spacing": "trailing"},
+}
+
+CHILD = """
+import json, sys, time
+from collections.abc import Mapping
+from pathlib import Path
+from sd2tflite.core.manifest import load_manifest
+from sd2tflite.runtime.litert import LiteRTComponents
+from sd2tflite.runtime.pipeline import GenerateSettings, Pipeline
+from sd2tflite.runtime.tiny_vae import choose_vae
+from sd2tflite.runtime.tokenizer import load_tokenizer
+
+directory, vae, settings, vocab = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+manifest = load_manifest(directory)
+seconds = {}
+
+class Timed(Mapping):
+    def __init__(self, inner):
+        self.inner = inner
+    def __getitem__(self, name):
+        fn = self.inner[name]
+        def timed(**inputs):
+            start = time.perf_counter()
+            out = fn(**inputs)
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+            return out
+        return timed
+    def __iter__(self):
+        return iter(self.inner)
+    def __len__(self):
+        return len(self.inner)
+    def release(self, name):
+        self.inner.release(name)
+
+components = Timed(choose_vae(LiteRTComponents(directory, manifest), vae))
+tokenizer = load_tokenizer(manifest.family, Path(vocab) if vocab else None)
+pipeline = Pipeline(components, manifest.model_dims, tokenizer, manifest.prediction_type)
+run = GenerateSettings("a photograph of an astronaut riding a horse", seed=0, **settings)
+pipeline.generate(run)  # warm-up: loads, XNNPACK packing, first-call allocations
+seconds.clear()
+start = time.perf_counter()
+pipeline.generate(run)
+total = time.perf_counter() - start
+status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+print(json.dumps({"seconds": total, "stages": seconds, "vm_hwm_bytes": int(status["VmHWM"].split()[0]) * 1024}))
+"""
+
+
+def run(directory: Path, case: str, vae: str) -> dict:
+    vocab = str(VOCAB) if VOCAB.is_file() else ""
+    cmd = [sys.executable, "-c", CHILD, str(directory), vae, json.dumps(CASES[case]), vocab]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with PeakTreeRSS(proc.pid, interval=0.05) as rss:
+        out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"{case} ({vae} VAE) on {directory} failed:\n{err[-3000:]}")
+    child = json.loads(out.strip().splitlines()[-1])
+    manifest = load_manifest(directory)
+    return {"set": directory.name, "quant": manifest.quant, "case": case, "settings": CASES[case], "vae": vae,
+            "seconds": child["seconds"], "stages": child["stages"], "peak_rss_bytes": child["vm_hwm_bytes"],
+            "peak_anon_bytes": rss.peak_anon, "peak_file_bytes": rss.peak_file}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| precision | case | VAE decoder | s / image | × default | UNet s | decoder s | text s | peak RSS GB |"
+             " anon GB | file GB |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    base = {r["quant"]: r["seconds"] for r in rows if r["case"].startswith("ddim") and r["vae"] == "full"}
+    for r in rows:
+        st = r["stages"]
+        dec = st.get("decoder", 0.0)
+        ratio = base.get(r["quant"], 0) / r["seconds"] if base.get(r["quant"]) else float("nan")
+        lines.append(f"| {r['quant']} | {r['case']} | {'TAESD' if r['vae'] == 'tiny' else 'full VAE'} | "
+                     f"{r['seconds']:.2f} | 1/{ratio:.1f} | {st.get('diffusion', 0.0):.2f} | {dec:.2f} | "
+                     f"{st.get('text_encoder', 0.0):.2f} | {r['peak_rss_bytes'] / 1e9:.2f} | "
+                     f"{r['peak_anon_bytes'] / 1e9:.2f} | {r['peak_file_bytes'] / 1e9:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dirs", nargs="+", type=Path, help="converted sets with text_encoder, diffusion, decoder, "
+                        "taesd_decoder")
+    parser.add_argument("--tag", required=True, help="result file suffix, e.g. v1-512")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names (default: all)")
+    args = parser.parse_args()
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    rows = []
+    for directory in args.dirs:
+        for case in cases:
+            for vae in ("full", "tiny"):
+                rows.append(run(directory, case, vae))
+                print(markdown(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    out = RECORDS / f"few-step-{args.tag}"
+    write_record(Path(f"{out}.json"), {"machine": machine(), "command": invocation(), "runs": rows})
+    Path(f"{out}.md").write_text(markdown(rows) + "\n")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
