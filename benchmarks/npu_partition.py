@@ -47,7 +47,8 @@ def files_of(items: list[Path]) -> list[tuple[str, Path]]:
 def measure(label: str, path: Path, target, compile_too: bool, level: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="sd2tflite-npu-bench-") as tmp:
         run = run_plugin("partition", path, Path(tmp) / "partitioned.tflite", target)
-        row = {"file": label, "bytes": path.stat().st_size, "target": target.spec, "partition_seconds": round(run.seconds, 2)}
+        row = {"file": label, "bytes": path.stat().st_size, "target": target.spec,
+               "partition_seconds": round(run.seconds, 2)}
         if run.partition is None:
             row.update(partition_failed=run.failure or f"exit code {run.returncode}")
         else:
@@ -68,8 +69,8 @@ def describe(row: dict) -> str:
         lines.append(f"    {item['op']} ×{item['count']}: {item['reason']}")
     if "compile" in row:
         c = row["compile"]
-        lines.append(f"    compile {c['optimization_level']}: " + ("passed" if c["passed"] else f"FAILED: {c['failure']}")
-                     + f" ({c['seconds']} s)")
+        verdict = "passed" if c["passed"] else f"FAILED: {c['failure']}"
+        lines.append(f"    compile {c['optimization_level']}: {verdict} ({c['seconds']} s)")
     return "\n".join(lines)
 
 

@@ -17,8 +17,7 @@ import pytest
 
 from sd2tflite.core.manifest import load_manifest
 from sd2tflite.device import plugin
-from sd2tflite.device.compile import CompileRequest, compiled_path, signature_names, signature_problems
-from sd2tflite.device.compile import run as compile_set
+from sd2tflite.device.compile import CompileRequest, compile_set, compiled_path, signature_names, signature_problems
 from sd2tflite.device.plugin import DeviceSdkError, check_sdk, failure_reason, parse_partition
 from sd2tflite.device.targets import Target, parse_targets
 
@@ -214,7 +213,8 @@ def test_verify_accelerator_report_npu_matches_the_compiler(qnn, tiny_sets):
     manifest = load_manifest(set_dir)
     report = measure(set_dir, manifest, ("npu",))
     (title, placements), = report.results.items()
-    assert title.startswith("NPU: qualcomm:SM8650") and [p.path for p in placements] == [a.path for a in manifest.artifacts]
+    assert title.startswith("NPU: qualcomm:SM8650")
+    assert [p.path for p in placements] == [a.path for a in manifest.artifacts]
     for placement, artifact in zip(placements, manifest.artifacts):
         assert placement.measured and placement.total == op_count(set_dir / artifact.path)
         assert placement.placed + sum(n for _, n, _ in placement.rejected) == placement.total
@@ -231,3 +231,37 @@ def test_gpu_column_not_measured_without_litertjs(tiny_sets, monkeypatch, tmp_pa
     (title, placements), = report.results.items()
     assert title.startswith("GPU:") and all(not p.measured and p.reason for p in placements)
     assert report.lines()[0].endswith(f"not measured: {placements[0].reason}")
+
+
+def test_compile_waits_for_no_conversion(qnn, fp32_set):
+    """A set a conversion is writing is refused in one line, and its lock file is left to its holder."""
+    from sd2tflite.convert.outdir import LOCK_NAME, output_lock
+
+    before = (fp32_set / "manifest.json").read_bytes()
+    with output_lock(fp32_set):
+        assert_one_line_error(run(["compile", str(fp32_set), "--target", "qualcomm:SM8650"]), 1,
+                              "being written by another sd2tflite process", str(os.getpid()))
+        assert (fp32_set / LOCK_NAME).exists()
+    assert not (fp32_set / "npu").exists() and (fp32_set / "manifest.json").read_bytes() == before
+
+
+def test_model_card_shows_measured_placement_and_compiled_files(qnn, tiny_sets, tmp_path):
+    from sd2tflite.publish.card import model_card
+    from sd2tflite.verify.accelerators import measure
+
+    set_dir = Path(shutil.copytree(tiny_sets["int8"], tmp_path / "set"))
+    assert compile_set(CompileRequest(set_dir, (SM8650,), "O2", components=("text_encoder",))).passed
+    manifest = load_manifest(set_dir)
+    report = {"checks": [], "passed": True, "accelerators": measure(set_dir, manifest, ("npu",)).to_json()}
+    card = model_card(set_dir, manifest, report, "someone/tiny-int8")
+    section = card.split("## Accelerators", 1)[1].split("\n## ", 1)[0]
+    npu = measure(set_dir, manifest, ("npu",)).results
+    (placements,) = npu.values()
+    for placement in placements:  # one row per file, the measured counts
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{placement.path}` |"))
+        assert f"{placement.placed:,}/{placement.total:,}, {placement.partitions} partition" in row
+    record = manifest.compiled[0]
+    assert f"| `{record['path']}` | qualcomm:SM8650 (O2) | `text_encoder.tflite` | {record['bytes']:,} |" in section
+    assert "compatible" not in section
+    unmeasured = model_card(set_dir, manifest, None, "someone/tiny-int8").split("## Accelerators", 1)[1]
+    assert "not measured: verify did not measure it" in unmeasured.split("\n## ", 1)[0]

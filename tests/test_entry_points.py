@@ -17,6 +17,7 @@ ENTRY_POINTS = [  # module, function, request, result
     ("sd2tflite.verify.run", "verify", "VerifyRequest", "VerifyReport"),
     ("sd2tflite.bench.cases", "bench", "BenchRequest", "BenchReport"),
     ("sd2tflite.publish.push", "push", "PushRequest", "PushResult"),
+    ("sd2tflite.device.compile", "compile_set", "CompileRequest", "CompileResult"),
 ]
 
 

@@ -300,8 +300,7 @@ def compile_(model_dir, targets, opt_level, components, json_path, force, verbos
     """
     from pathlib import Path
 
-    from ..device.compile import CompileRequest
-    from ..device.compile import run as run_compile
+    from ..device.compile import CompileRequest, compile_set
     from ..device.targets import parse_targets
 
     parsed = tuple(t for text in targets for t in parse_targets(text))
@@ -309,7 +308,7 @@ def compile_(model_dir, targets, opt_level, components, json_path, force, verbos
                              components=None if components == "all" else tuple(c.strip() for c in components.split(",")),
                              force=force, json_path=Path(json_path) if json_path else None)
     with TqdmProgress(quiet) as progress:
-        result = run_compile(request, progress)
+        result = compile_set(request, progress)
     click.echo("\n".join(result.lines()))
     if json_path:
         click.echo(f"report: {json_path}")

@@ -87,8 +87,8 @@ class Manifest:
     tokenizer: dict = field(default_factory=dict)
     # How decoded pixels become 8-bit: "truncate" (keras-cv's astype) or "round" (diffusers' pipelines).
     pixels: str = "truncate"
-    # `sd2tflite compile`: one record per (target, file) compiled for an NPU (device/compile.py's
-    # CompiledFile.to_json: target, source, path, sha256, bytes, optimization level, partition).
+    # `sd2tflite compile`: one record per (target, file) compiled for an NPU (device/compile.py: target,
+    # source, path, sha256, bytes, optimization level, partition, signature; docs/manifest.md).
     compiled: list[dict] = field(default_factory=list)
 
     @property

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..core.errors import ManifestError, OutputDirError, OutputError, UsageError
 from ..core.fsutil import is_temp_name, sha256_file, temp_path, write_json_atomic
-from ..core.manifest import COMPILED_FOLDER, Artifact, Manifest, load_manifest, path_in_set, save_manifest
+from ..core.manifest import COMPILED_FOLDER, Artifact, load_manifest, path_in_set, save_manifest
 from ..core.progress import NO_PROGRESS, Progress
 from ..core.registry import TensorSpec
 from .plugin import DEFAULT_OPTIMIZATION_LEVEL, OPTIMIZATION_LEVELS, Partition, check_sdk, run_plugin
@@ -122,12 +122,13 @@ def _set_lock(directory: Path):
         raise OutputError(f"cannot write into {directory} ({exc.strerror}): compile a copy of the set you can "
                           "write to") from exc
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            raise OutputDirError(f"{directory} is being written by another sd2tflite process ({holder}): wait for "
-                                 "it to finish") from None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)  # the lock file is the holder's: left in place
+        raise OutputDirError(f"{directory} is being written by another sd2tflite process ({holder}): wait for "
+                             "it to finish") from None
+    try:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         yield
@@ -160,8 +161,9 @@ def signature_problems(path: Path, artifact: Artifact) -> list[str]:
         for i in range(count):
             entry = get(i)
             tensor = graph.Tensors(entry.TensorIndex())
-            found[entry.Name().decode()] = TensorSpec(entry.Name().decode(), tuple(int(d) for d in tensor.ShapeAsNumpy()),
-                                                      names.get(tensor.Type(), str(tensor.Type())))
+            name = entry.Name().decode()
+            found[name] = TensorSpec(name, tuple(int(d) for d in tensor.ShapeAsNumpy()),
+                                     names.get(tensor.Type(), str(tensor.Type())))
         return found
 
     problems = []
@@ -210,7 +212,7 @@ def _reusable(record: dict | None, directory: Path, artifact: Artifact, level: s
     return path.is_file() and path.stat().st_size == record["bytes"] and sha256_file(path) == record["sha256"]
 
 
-def run(request: CompileRequest, progress: Progress | None = None) -> CompileResult:
+def compile_set(request: CompileRequest, progress: Progress | None = None) -> CompileResult:
     """Compiles every file of the set for every target (see the module docstring). Raises UsageError,
     ManifestError, DeviceSdkError before anything is written. Files that fail are in the result
     (`failed`, `failure_message()`), the others compiled and recorded in the manifest."""

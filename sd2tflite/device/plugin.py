@@ -85,15 +85,18 @@ class Partition:
         """Every op on the NPU, in one partition: nothing falls back to the CPU."""
         return self.total_ops > 0 and self.npu_ops == self.total_ops and self.partitions == 1
 
-    def grouped(self) -> list[tuple[str, int, str]]:
-        """(op, count, reason) with reasons that differ only in shapes or node names merged (the first
-        one shown), most frequent first."""
+    def groups(self) -> list[list[RejectedOp]]:
+        """The rejected ops grouped by op and reason, reasons that differ only in shapes or node names
+        together; largest group first."""
         groups: dict[tuple[str, str], list[RejectedOp]] = {}
         for r in self.rejected:
             key = re.sub(r"\[[^\]]*\]|'[^']*_\d+'", "", r.reason)
             groups.setdefault((r.op, key), []).append(r)
-        merged = [(op, len(found), found[0].reason) for (op, _), found in groups.items()]
-        return sorted(merged, key=lambda item: (-item[1], item[0]))
+        return sorted(groups.values(), key=lambda found: (-len(found), found[0].op))
+
+    def grouped(self) -> list[tuple[str, int, str]]:
+        """(op, count, reason) per group (the first op's reason shown), most frequent first."""
+        return [(found[0].op, len(found), found[0].reason) for found in self.groups()]
 
     def describe(self) -> str:
         text = f"{self.npu_ops:,}/{self.total_ops:,} ops on the NPU, {self.partitions} partition" \
@@ -105,7 +108,8 @@ class Partition:
     def to_json(self, with_rejected: bool = True) -> dict:
         data = {"npu_ops": self.npu_ops, "total_ops": self.total_ops, "partitions": self.partitions}
         if with_rejected:
-            data["rejected"] = [{"op": op, "count": n, "reason": reason} for op, n, reason in self.grouped()]
+            data["rejected"] = [{"op": found[0].op, "count": len(found), "reason": found[0].reason,
+                                 "op_indices": [r.index for r in found]} for found in self.groups()]
         return data
 
 
@@ -180,7 +184,7 @@ def qnn_libs() -> tuple[Path, str]:
             return folder, source
         if source.startswith("$"):
             raise DeviceSdkError(f"{QNN_LIBS_ENV}={folder} has no {missing[0]}: point it at a QAIRT "
-                                 "lib/x86_64-linux-clang folder, or unset it and " + _INSTALL["qualcomm"].split(", or")[0])
+                                 'lib/x86_64-linux-clang folder, or unset it and pip install "sd2tflite[npu]"')
     raise DeviceSdkError(f"the Qualcomm NPU compiler (QNN libraries) is not installed: {_INSTALL['qualcomm']}")
 
 

@@ -122,7 +122,8 @@ def _accelerator_section(manifest: Manifest, report: dict | None) -> list[str]:
                f"{'' if found.get('partitions') == 1 else 's'}"
         rejected = found.get("rejected") if isinstance(found.get("rejected"), list) else []
         if rejected:
-            text += "; rejected: " + "; ".join(f"{r.get('op')} ×{r.get('count')}" for r in rejected if isinstance(r, dict))
+            text += "; rejected: " + "; ".join(f"{r.get('op')} ×{r.get('count')}"
+                                               for r in rejected if isinstance(r, dict))
         return _cell(text)
 
     for path in paths:

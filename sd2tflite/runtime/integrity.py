@@ -198,7 +198,7 @@ def check_integrity(directory: Path, manifest: Manifest | None = None, load_in_l
         checks.append(_file_check(path, artifact, load_in_litert, reuse_hashes))
     for record in manifest.compiled:  # `sd2tflite compile`'s NPU files: size and sha256 (they run on the device only)
         listed.add(str(safe_relative_path(record["path"])))
-        checks.append(_compiled_check(directory, record))
+        checks.append(_compiled_check(directory, record, reuse_hashes))
     extra = sorted(
         str(p.relative_to(directory)) for p in directory.rglob("*.tflite")
         if str(p.relative_to(directory).as_posix()) not in listed
@@ -208,13 +208,14 @@ def check_integrity(directory: Path, manifest: Manifest | None = None, load_in_l
     return manifest, checks
 
 
-def _compiled_check(directory: Path, record: dict) -> Check:
+def _compiled_check(directory: Path, record: dict, reuse_hashes: bool) -> Check:
     name = f"{record['path']} ({record['target']})"
     try:
         path = path_in_set(directory, record["path"])
     except ManifestError as exc:
         return Check("integrity", name, False, str(exc))
-    if not path.is_file() or os.path.getsize(path) != record["bytes"] or file_sha256(path, False) != record["sha256"]:
+    if not path.is_file() or os.path.getsize(path) != record["bytes"] \
+            or file_sha256(path, reuse_hashes) != record["sha256"]:
         return Check("integrity", name, False, "missing or differs from the manifest's record: run sd2tflite "
                      "compile again")
     return Check("integrity", name, True, f"{record['bytes']:,} bytes, sha256 ok (NPU file: runs on the device only)")

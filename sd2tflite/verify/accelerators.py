@@ -133,7 +133,8 @@ def npu_placements(directory: Path, manifest: Manifest, target_text: str = DEFAU
     return title, [found[a.path] for a in manifest.artifacts]
 
 
-def gpu_placements(directory: Path, manifest: Manifest, skip: dict[str, str] | None = None) -> tuple[str, list[Placement]]:
+def gpu_placements(directory: Path, manifest: Manifest,
+                   skip: dict[str, str] | None = None) -> tuple[str, list[Placement]]:
     """(title, one Placement per file) from LiteRT.js's GPU accelerator in headless Chromium."""
     readable, unread = _files(directory, manifest, skip or {})
     try:
