@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--litertjs", default=None, help="folder holding node_modules/@litertjs")
     parser.add_argument("--chromium", default=None, help="Chromium executable")
     parser.add_argument("--record", default=None, help="also write benchmarks/records/device-placement-NAME.json")
+    parser.add_argument("--note", default=None, help="a note stored in the record (e.g. which code made the sets)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
     rows = []
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"file": label, "component": artifact.component, "quant": manifest.quant,
                          "family": manifest.family, "bytes": path.stat().st_size, "gpu": gpu[label], "npu": npu[label]})
     if args.record:
-        write_record(RECORDS / f"device-placement-{args.record}.json", {"files": rows})
+        write_record(RECORDS / f"device-placement-{args.record}.json",
+                     {**({"note": args.note} if args.note else {}), "files": rows})
     if args.json:
         print(json.dumps(rows, indent=1))
     else:

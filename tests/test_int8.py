@@ -171,13 +171,13 @@ def test_a_file_litert_cannot_run_is_refused_not_written(tmp_path, monkeypatch):
     from sd2tflite.convert.orchestrate import convert
     from sd2tflite.core.errors import ConversionError
 
-    # Keras' own GroupNormalization (no device graph): at int16 TensorFlow emits a SQUARED_DIFFERENCE
-    # LiteRT has no kernel for. The conversion succeeds, the file would not run. (No export cache:
-    # this graph must not be stored under the device graph's key.)
+    # The UNet in Keras' own formulations (no device graph): at int16 TensorFlow emits a
+    # SQUARED_DIFFERENCE LiteRT has no kernel for. The conversion succeeds, the file would not run.
+    # (No export cache: this graph must not be stored under the device graph's key.)
     monkeypatch.setattr(export, "device_graph", attention.export_attention)
-    with pytest.raises(ConversionError, match="decoder.tflite converts in int16x8, but LiteRT cannot run it.*"
+    with pytest.raises(ConversionError, match="diffusion.tflite converts in int16x8, but LiteRT cannot run it.*"
                                               "SquaredDifference.*--quant int8"):
-        convert(tiny_request(tmp_path / "o", quant="int16x8", components="decoder"))
+        convert(tiny_request(tmp_path / "o", quant="int16x8", components="diffusion"))
     assert not list((tmp_path / "o").glob("*.tflite"))
 
 
