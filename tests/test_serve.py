@@ -5,13 +5,21 @@ SD2TFLITE_REQUIRE_BROWSER=1, so there a missing browser fails instead of skippin
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
 import os
+import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
+import numpy as np
 import pytest
 
 from sd2tflite.serve.browser import find_litertjs
 from sd2tflite.serve.placement import count_ops, measure_gpu_placement, parse_gpu_log
+
+from .conftest import assert_one_line_error, run
 
 BROWSER_DIR = Path(__file__).parent / "browser"
 
@@ -89,3 +97,165 @@ def test_gpu_placement_not_measured_without_a_browser(tiny_sets, tmp_path):
     assert not result.measured and "npm install" in result.reason
     with pytest.raises(Exception, match="is not a file"):
         measure_gpu_placement([tmp_path / "missing.tflite"])
+
+
+# ----------------------------------------------------------------- sd2tflite serve in Chromium
+
+PROMPT = "a red circle on a blue background"
+SCREENSHOT = Path(__file__).parents[1] / "docs" / "images" / "serve-tiny.png"
+
+
+@contextlib.contextmanager
+def served(set_dir, litertjs, **options):
+    from sd2tflite.serve.app import ServeRequest, make_server
+
+    server = make_server(ServeRequest(set_dir, port=0, litertjs=litertjs, **options))
+    with server:
+        yield server.url
+
+
+def page(url, query: str, webgpu: bool = False, screenshot: Path | None = None, timeout: int = 300) -> dict:
+    """The page after it finished (or stopped), as tests/browser/run_page.mjs reads it."""
+    command = ["node", str(BROWSER_DIR / "run_page.mjs"), f"{url}?{query}", "--timeout", str(timeout)]
+    command += ["--webgpu"] if webgpu else []
+    command += ["--screenshot", str(screenshot)] if screenshot else []
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["status"] != "harness-error", result
+    return result
+
+
+def pixels(result) -> np.ndarray:
+    raw = np.frombuffer(base64.b64decode(result["pixels"]), np.uint8)
+    return raw.reshape(result["height"], result["width"], 4)[..., :3].astype(int)
+
+
+def generated(set_dir, tmp_path, steps: int, seed: int, sampler: str = "ddim") -> np.ndarray:
+    from PIL import Image
+
+    out = tmp_path / f"generate-{sampler}.png"
+    result = run(["generate", str(set_dir), PROMPT, "--steps", str(steps), "--seed", str(seed), "--sampler", sampler,
+                  "-o", str(out), "-q", "--force"])
+    assert result.exit_code == 0, result.output
+    return np.asarray(Image.open(out).convert("RGB")).astype(int)
+
+
+def query(steps=4, seed=3, sampler="ddim", prompt=PROMPT, **extra) -> str:
+    items = {"run": 1, "steps": steps, "seed": seed, "sampler": sampler, "prompt": prompt, **extra}
+    return "&".join(f"{k}={quote(str(v))}" for k, v in items.items())
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler"])
+def test_page_draws_what_generate_draws_fp32_wasm(tiny_sets, tmp_path, sampler):
+    litertjs = browser_or_skip()
+    update = sampler == "ddim" and os.environ.get("SD2TFLITE_UPDATE_SCREENSHOT")
+    shot = SCREENSHOT if update else tmp_path / "page.png"
+    with served(tiny_sets["fp32"], litertjs) as url:
+        result = page(url, query(sampler=sampler, accelerator="wasm"), screenshot=shot)
+    assert result["status"] == "done", result
+    difference = np.abs(pixels(result) - generated(tiny_sets["fp32"], tmp_path, 4, 3, sampler))
+    assert difference.max() <= 1, (difference.max(), (difference > 1).sum())
+    assert difference.mean() < 0.01
+    # progress: every step was shown, the stages were timed
+    shown = [p["stage"] for p in result["progress"]]
+    assert any("denoising: step" in s for s in shown) and shown[-1].startswith(f"done: 4 {sampler} steps")
+    assert result["step"] == result["steps"] == 4
+    assert {"text encoder", "UNet", "decoder"} <= set(result["timings"])
+    assert set(result["accelerators"].values()) == {"wasm"}
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_page_on_webgpu_shows_placement_and_keeps_int8_text_on_wasm(tiny_sets, tmp_path):
+    litertjs = browser_or_skip()
+    with served(tiny_sets["fp32"], litertjs) as url:
+        fp32 = page(url, query(steps=2), webgpu=True)
+    assert fp32["status"] == "done", fp32
+    assert set(fp32["accelerators"].values()) == {"webgpu"}
+    # SwiftShader's WebGPU computes in float32 here: the same picture as generate
+    assert np.abs(pixels(fp32) - generated(tiny_sets["fp32"], tmp_path, 2, 3)).max() <= 1
+    for row in fp32["placement"]:
+        assert row["accelerator"] == "webgpu" and 0 < row["gpuOps"] <= row["totalOps"], row
+    with served(tiny_sets["int8"], litertjs) as url:
+        int8 = page(url, query(steps=2), webgpu=True)
+    assert int8["status"] == "done", int8
+    assert int8["accelerators"]["text_encoder"] == "wasm" and int8["accelerators"]["diffusion"] == "webgpu"
+
+
+def test_int8_page_on_wasm_runs_but_differs_from_generate(tiny_sets, tmp_path):
+    """What holds for int8 (docs/browser.md): the page runs the set to the end, but LiteRT.js's wasm
+    int8 kernels do not compute what Python's LiteRT computes: the picture differs (measured: up to
+    255 levels). The day they agree, this test says so and the docs must change."""
+    litertjs = browser_or_skip()
+    with served(tiny_sets["int8"], litertjs) as url:
+        result = page(url, query(accelerator="wasm"))
+    assert result["status"] == "done", result
+    difference = np.abs(pixels(result) - generated(tiny_sets["int8"], tmp_path, 4, 3))
+    assert difference.max() > 1, "the int8 page now matches generate: update docs/browser.md and this test"
+
+
+def test_page_surfaces_errors(fp32_set, tmp_path):
+    litertjs = browser_or_skip()
+    long_prompt = " ".join(["red circle"] * 60)
+    with served(fp32_set, litertjs) as url:
+        result = page(url, query(prompt=long_prompt, accelerator="wasm"))
+        assert result["status"] == "error" and result["errorShown"], result
+        assert "tokens, the text encoder takes 77" in result["errorText"]
+        with open(fp32_set / "decoder.tflite", "r+b") as f:  # modified after the server started
+            f.seek(-1, 2)
+            last = f.read(1)
+            f.seek(-1, 2)
+            f.write(bytes([last[0] ^ 1]))
+        result = page(url, query(accelerator="wasm"))
+    assert result["status"] == "error" and result["errorShown"], result
+    assert "decoder.tflite: sha256 differs" in result["errorText"]
+
+
+def test_page_refuses_a_set_too_large_for_the_wasm_heap(tiny_sets, monkeypatch):
+    from sd2tflite.serve import app
+
+    litertjs = browser_or_skip()
+    monkeypatch.setattr(app, "WASM_HEAP_BYTES", app.HEAP_RESERVE_BYTES + 1000)
+    with served(tiny_sets["fp32"], litertjs) as url:
+        result = page(url, query(accelerator="wasm"))
+    assert result["status"] == "error" and "GiB wasm heap" in result["errorText"], result
+    assert result["step"] == 0 and not result["width"]  # nothing was generated
+
+
+def test_browser_fit_estimates_the_largest_stage(tiny_sets):
+    from sd2tflite.core.manifest import load_manifest
+    from sd2tflite.serve.app import HEAP_RESERVE_BYTES, browser_fit
+
+    manifest = load_manifest(tiny_sets["fp16"])
+    fit = browser_fit(manifest)
+    unet = sum(a.bytes for a in manifest.parts_of("diffusion"))
+    assert fit["fits"] and fit["stages"]["diffusion"]["file_bytes"] == unet
+    assert fit["stages"]["diffusion"]["heap_bytes"] == int(3 * unet) + HEAP_RESERVE_BYTES  # fp16 widened to fp32
+
+
+def test_serve_refuses_bad_sets_and_ports_in_one_line(fp32_set, tmp_path):
+    litertjs = str(BROWSER_DIR)
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run(["serve", str(tmp_path / "empty"), "--litertjs", litertjs, "--port", "0"]), 1,
+                          "no manifest.json")
+    assert_one_line_error(run(["serve", str(fp32_set), "--litertjs", str(tmp_path), "--port", "0"]), 2,
+                          "LiteRT.js is not installed", "npm install")
+    with open(fp32_set / "text_encoder.tflite", "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    assert_one_line_error(run(["serve", str(fp32_set), "--litertjs", litertjs, "--port", "0"]), 1,
+                          "text_encoder.tflite", "sha256")
+
+
+def test_serve_port_in_use_is_one_line(tiny_sets):
+    import socket
+
+    litertjs = browser_or_skip()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(["serve", str(tiny_sets["fp32"]), "--litertjs", str(litertjs), "--port", str(port)])
+    assert_one_line_error(result, 2, f"port {port}", "in use")

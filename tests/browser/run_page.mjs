@@ -58,6 +58,7 @@ try {
       pixels = btoa(text);
     }
     return {status: s.status, error: s.error, step: s.step, steps: s.steps, timings: s.timings, placement: s.placement,
+            context: s.context || null,
             accelerators: s.accelerators, width: canvas.width, height: canvas.height, pixels,
             errorShown: !document.getElementById('error').hidden, errorText: document.getElementById('error').textContent};
   });

@@ -178,7 +178,9 @@ async function setup() {
   for (const [name, parts] of Object.entries(config.components)) {
     if (name === 'image_encoder') continue; // text-to-image only
     // LiteRT.js computes some components wrongly on WebGPU (the int8 text encoder): wasm for those.
-    const accelerator = preferred === 'webgpu' && config.webgpu_wrong[name] ? 'wasm' : preferred;
+    // ?webgpu_all=1 overrides that (to measure it: docs/browser.md).
+    const avoid = config.webgpu_wrong[name] && params.get('webgpu_all') !== '1';
+    const accelerator = preferred === 'webgpu' && avoid ? 'wasm' : preferred;
     components[name] = new Component(name, parts, accelerator);
     state.accelerators[name] = accelerator;
   }
@@ -229,6 +231,7 @@ async function generate() {
     const uncond = run.guided ? (await text.run({tokens: batchTokens(run.unconditional_tokens), positions})).context : null;
     return {cond, uncond};
   });
+  state.context = Array.from(context.cond.subarray(0, 4096)); // for the browser test: the text encoder's output
   if (config.browser.stages.text_encoder.file_bytes > (256 << 20)) text.release();
 
   const unet = components.diffusion;

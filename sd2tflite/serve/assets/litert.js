@@ -43,7 +43,14 @@ export function parsePlacement(lines) {
   const subgraphs = {};
   const rejected = [];
   let inRejected = false;
+  let summary = null;
   for (const line of text) {
+    const s = OPS_SUMMARY.exec(line);
+    if (s) {
+      summary = {gpuOps: +s[1], totalOps: +s[1] + +s[2]};
+      inRejected = false;
+      continue;
+    }
     let m = PARTITIONED.exec(line);
     if (m) {
       subgraphs[m[1]] = {gpuOps: +m[2], totalOps: +m[3], partitions: +m[4]};
@@ -62,17 +69,17 @@ export function parsePlacement(lines) {
       continue;
     }
     if (inRejected) {
-      if (OPS_SUMMARY.test(line)) { inRejected = false; continue; }
       const r = REJECTED_LINE.exec(line);
       if (r) rejected.push(`${r[1]}: ${r[2].trim()}`);
       else if (line.trim()) inRejected = false;
     }
   }
-  const main = subgraphs['0'];
+  // The GPU accelerator's summary ("N operations will run on the GPU, and the remaining M ...");
+  // a partition line where a LiteRT.js version logs one instead.
+  const main = summary || subgraphs['0'];
   return {
     gpuOps: main ? main.gpuOps : null,
     totalOps: main ? main.totalOps : null,
-    partitions: main ? main.partitions : null,
     subgraphs,
     rejected,
   };
