@@ -87,8 +87,8 @@ class ServeApp:
         self.model_dir = resolve_model_dir(str(request.model_dir))
         self.manifest = ensure_intact(self.model_dir, load_in_litert=False, reuse_hashes=True)
         self.dims = self.manifest.model_dims
-        self.tokenizer = load_tokenizer(self.manifest.family, request.vocab, getattr(self.manifest, "tokenizer", None))
-        self.pipeline = Pipeline.for_manifest({}, self.manifest, self.tokenizer)
+        self.tokenizer = _tokenizer(self.manifest, request.vocab)
+        self.pipeline = _pipeline(self.manifest, self.tokenizer)
         self.noise = self._load_noise(request.noise_file) if request.noise_file else None
         self.litertjs = find_litertjs(request.litertjs)
         self.fit = browser_fit(self.manifest)
@@ -130,7 +130,7 @@ class ServeApp:
                 "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in a.inputs],
                 "outputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in a.outputs],
             } for a in m.parts_of(component)]
-        defaults = self.pipeline.resolve(GenerateSettings(""))
+        defaults = _resolve(self.pipeline, GenerateSettings(""))
         return Reply.json({
             "set": str(self.model_dir), "family": m.family, "quant": m.quant, "recipe": RECIPES[m.quant].description,
             "dims": {"img_height": self.dims.img_height, "img_width": self.dims.img_width,
@@ -160,14 +160,14 @@ class ServeApp:
                 negative_prompt=asked.get("negative_prompt") or None, sampler=asked.get("sampler") or None)
             if self.noise is not None:
                 settings = replace(settings, noise=self.noise, seed=None)
-            settings = self.pipeline.resolve(settings)
+            settings = _resolve(self.pipeline, settings)
             p = self.pipeline
-            embedded = p.guidance_embedding_dim > 0
+            embedded = _guidance_embedding_dim(p) > 0
             guided = settings.guidance > 1.0 and not embedded
             length = self.dims.max_text_length
             tokens = p.tokenizer.tokens_for(settings.prompt, length)
             unconditional = p.tokenizer.tokens_for(settings.negative_prompt or "", length) if guided else None
-            sampler = p.make_sampler(settings)
+            sampler = _make_sampler(p, settings)
             noise = p.starting_noise(settings)
         except SD2TFLiteError as exc:
             return Reply.error(str(exc))
@@ -177,11 +177,11 @@ class ServeApp:
         with self._lock:
             sid = str(next(self._ids))
             self.sessions = {sid: session}  # one run at a time: a new run replaces the last
-        w_emb = guidance_scale_embedding(settings.guidance, self.dims.batch_size, p.guidance_embedding_dim) \
+        w_emb = guidance_scale_embedding(settings.guidance, self.dims.batch_size, _guidance_embedding_dim(p)) \
             if embedded else None
         return Reply.json({"session": sid, "tokens": tokens, "unconditional_tokens": unconditional,
                            "guided": guided, "guidance": settings.guidance, "sampler": settings.sampler,
-                           "steps": session["steps"], "seed": settings.seed, "notes": p.sampler_notes(settings),
+                           "steps": session["steps"], "seed": settings.seed, "notes": p.sampler_notes(settings) if hasattr(p, "sampler_notes") else [],
                            "guidance_embedding": _b64(w_emb) if w_emb is not None else None,
                            **self._next_input(session)})
 
@@ -210,6 +210,43 @@ class ServeApp:
         session["latent"] = np.asarray(latent, dtype=np.float32)
         session["index"] = index + 1
         return Reply.json(self._next_input(session))
+
+
+# The runtime's pipeline as it reads a manifest (its scheduler record, tokenizer record, pixel rule),
+# and a plainer one from before those records: serve uses what the installed runtime has.
+def _tokenizer(manifest: Manifest, vocab):
+    import inspect
+
+    if len(inspect.signature(load_tokenizer).parameters) > 2:
+        return load_tokenizer(manifest.family, vocab, getattr(manifest, "tokenizer", None))
+    return load_tokenizer(manifest.family, vocab)
+
+
+def _pipeline(manifest: Manifest, tokenizer) -> Pipeline:
+    if hasattr(Pipeline, "for_manifest"):
+        return Pipeline.for_manifest({}, manifest, tokenizer)
+    return Pipeline({}, manifest.model_dims, tokenizer, manifest.prediction_type)
+
+
+def _resolve(pipeline: Pipeline, settings: GenerateSettings) -> GenerateSettings:
+    if hasattr(pipeline, "resolve"):
+        return pipeline.resolve(settings)
+    from ..runtime.samplers import DEFAULT_SAMPLER
+
+    return replace(settings, sampler=settings.sampler or DEFAULT_SAMPLER, steps=int(settings.steps or 25),
+                   guidance=float(settings.guidance if settings.guidance is not None else 7.5))
+
+
+def _make_sampler(pipeline: Pipeline, settings: GenerateSettings):
+    if hasattr(pipeline, "make_sampler"):
+        return pipeline.make_sampler(settings)
+    from ..runtime.samplers import make_sampler
+
+    return make_sampler(settings.sampler, settings.steps, pipeline.prediction_type, settings.karras)
+
+
+def _guidance_embedding_dim(pipeline: Pipeline) -> int:
+    return int(getattr(pipeline, "guidance_embedding_dim", 0) or 0)
 
 
 def _int(value, name: str) -> int | None:
