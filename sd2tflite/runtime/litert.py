@@ -8,7 +8,7 @@ from __future__ import annotations
 import atexit
 import gc
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +26,16 @@ def invoke_failure(exc: Exception) -> str:
 
 
 def signature_runner(path: Path, signature_key: str, num_threads: int | None = None,
-                     weight_cache: Path | None = None):
+                     weight_cache: Path | None = None, note: Callable[[str], None] | None = None):
     """A file's signature runner, ready to call: named arrays in, a dict of named arrays out.
-    With `weight_cache` (a folder), XNNPACK's packed weights live in a file there (see
+    With `weight_cache` (a folder), XNNPACK's packed weights live in a checked file there (see
     weight_cache.py) and LiteRT's CompiledModel runs the file; the outputs are the same bits.
+    When the folder cannot take the file, `note` hears why and the Interpreter runs it.
     Under -q, LiteRT's "Created TensorFlow Lite XNNPACK delegate" line (printed natively while
     the delegate is applied) is muted."""
     threads = num_threads or os.cpu_count() or 1
     if weight_cache is not None:
-        runner = _cached_runner(Path(path), signature_key, threads, Path(weight_cache))
+        runner = _cached_runner(Path(path), signature_key, threads, Path(weight_cache), note or (lambda text: None))
         if runner is not None:
             return runner
     from ai_edge_litert.interpreter import Interpreter
@@ -48,22 +49,21 @@ def signature_runner(path: Path, signature_key: str, num_threads: int | None = N
 _environment = None  # one LiteRT environment per process, shared by every CompiledModel
 
 
-def _cached_runner(path: Path, signature_key: str, threads: int, folder: Path):
-    """A CompiledRunner whose XNNPACK weights are in the cache file for `path` (built on first use
-    under a temp name, renamed when complete), or None when the folder cannot take the file."""
+def _cached_runner(path: Path, signature_key: str, threads: int, folder: Path, note: Callable[[str], None]):
+    """A CompiledRunner whose XNNPACK weights are in the checked cache file for `path` (built
+    first in a child process when missing or damaged), or None when the folder cannot take it."""
     from .integrity import file_sha256
 
-    target = xnn_cache.cache_file(file_sha256(path, reuse=True), folder)
-    if xnn_cache.is_complete(target):
-        return CompiledRunner(path, signature_key, threads, target)
-    tmp = xnn_cache.build_path(target, path.stat().st_size)
-    if tmp is None:
+    target = xnn_cache.prepare(path, file_sha256(path, reuse=True), folder, threads, note)
+    if target is None:
         return None
     try:
-        runner = CompiledRunner(path, signature_key, threads, tmp)
-    finally:
-        xnn_cache.publish(tmp, target)  # the loaded model keeps its mapping across the rename
-    return runner
+        return CompiledRunner(path, signature_key, threads, target)
+    except (RuntimeError, ValueError) as exc:
+        note(f"weight cache file {target} does not load ({invoke_failure(exc)[:120]}): removed, running "
+             f"{path.name} without it")
+        xnn_cache.remove(target)
+        return None
 
 
 def _drop_environment() -> None:
@@ -122,7 +122,7 @@ class LiteRTComponent:
     """One component as a callable: its parts chained by the manifest's wiring."""
 
     def __init__(self, directory: Path, parts: list[Artifact], num_threads: int | None = None,
-                 weight_cache: Path | None = None):
+                 weight_cache: Path | None = None, note: Callable[[str], None] | None = None):
         if not parts:
             raise ManifestError("the manifest lists no files for this component: convert it first")
         self.parts = parts
@@ -131,7 +131,7 @@ class LiteRTComponent:
             path = path_in_set(directory, part.path)
             if not path.is_file():
                 raise ManifestError(f"{path} is missing: convert again or copy the whole set")
-            self.runners.append(signature_runner(path, part.signature_key, num_threads, weight_cache))
+            self.runners.append(signature_runner(path, part.signature_key, num_threads, weight_cache, note))
 
     @property
     def input_specs(self):
@@ -153,9 +153,10 @@ class LiteRTComponent:
 
 
 def load_component(directory: Path, component: str, manifest: Manifest | None = None,
-                   num_threads: int | None = None, weight_cache: Path | None = None) -> LiteRTComponent:
+                   num_threads: int | None = None, weight_cache: Path | None = None,
+                   note: Callable[[str], None] | None = None) -> LiteRTComponent:
     manifest = manifest or load_manifest(Path(directory))
-    return LiteRTComponent(Path(directory), manifest.parts_of(component), num_threads, weight_cache)
+    return LiteRTComponent(Path(directory), manifest.parts_of(component), num_threads, weight_cache, note)
 
 
 class LiteRTComponents(Mapping):
@@ -163,12 +164,14 @@ class LiteRTComponents(Mapping):
     the image encoder) and, with `release_unused` (the default), unloaded when the pipeline says
     it is done with it: a run holds one stage's files, packed weights and activation arena at a
     time instead of all of them (the peak is the largest stage, not the sum). `weight_cache`: a
-    folder for XNNPACK's packed weights as files (see signature_runner)."""
+    folder for XNNPACK's packed weights as files (see signature_runner); `note` hears when a file
+    runs without it."""
 
     def __init__(self, directory: Path, manifest: Manifest, num_threads: int | None = None,
-                 release_unused: bool = True, weight_cache: Path | None = None):
+                 release_unused: bool = True, weight_cache: Path | None = None,
+                 note: Callable[[str], None] | None = None):
         self.directory, self.manifest, self.num_threads = Path(directory), manifest, num_threads
-        self.release_unused, self.weight_cache = release_unused, weight_cache
+        self.release_unused, self.weight_cache, self.note = release_unused, weight_cache, note
         self._loaded: dict[str, LiteRTComponent] = {}
 
     @property
@@ -190,7 +193,7 @@ class LiteRTComponents(Mapping):
                     f"sd2tflite convert --components {component}"
                 )
             self._loaded[component] = load_component(self.directory, component, self.manifest, self.num_threads,
-                                                     self.weight_cache)
+                                                     self.weight_cache, self.note)
         return self._loaded[component]
 
     def __iter__(self) -> Iterator[str]:
