@@ -345,7 +345,9 @@ def test_karras_changes_the_schedule_and_ddim_refuses_it():
     assert karras.sigmas[4] < plain.sigmas[4] * 0.7  # Karras spends more steps at low noise
     assert karras.timesteps[1] != round(karras.timesteps[1])  # fractional timesteps
     with pytest.raises(UsageError, match="--karras does not apply to --sampler ddim"):
-        GenerateSettings("x", karras=True)
+        _pipeline()[0].resolve(GenerateSettings("x", karras=True))  # the set's default sampler: ddim
+    with pytest.raises(UsageError, match="--karras does not apply to --sampler pndm"):
+        GenerateSettings("x", sampler="pndm", karras=True)
     with pytest.raises(UsageError, match="--sampler 'heun' is unknown: use one of ddim, euler, euler-a, dpm\\+\\+2m"):
         GenerateSettings("x", sampler="heun")
     assert list(SAMPLERS) == ["ddim", "euler", "euler-a", "dpm++2m", "pndm", "lcm", "tcd", "ddim-kerascv"]
@@ -356,12 +358,13 @@ def test_cli_sampler_defaults_are_the_library_defaults():
     from sd2tflite.runtime.samplers import DEFAULT_SAMPLER
 
     parsed = generate.make_context("generate", ["set", "prompt"]).params
-    assert (parsed["sampler"], parsed["karras"]) == (DEFAULT_SAMPLER, False) == (GenerateSettings("x").sampler,
-                                                                                  GenerateSettings("x").karras)
+    assert (parsed["sampler"], parsed["karras"]) == (None, False) == (GenerateSettings("x").sampler,
+                                                                       GenerateSettings("x").karras)
+    assert _pipeline()[0].resolve(GenerateSettings("x")).sampler == DEFAULT_SAMPLER  # keras-cv sets
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["--karras"], ["--karras does not apply to --sampler ddim", "--sampler euler, euler-a, dpm++2m"]),
+    (["--sampler", "tcd", "--karras"], ["--karras does not apply to --sampler tcd", "--sampler euler, euler-a, dpm++2m"]),
     (["--sampler", "ddim", "--karras"], ["--karras does not apply"]),
     (["--sampler", "heun"], ["--sampler 'heun' is unknown", "ddim, euler, euler-a, dpm++2m, pndm, lcm, tcd"]),
 ])
@@ -369,3 +372,108 @@ def test_cli_sampler_errors_are_one_line_and_come_before_the_set_is_read(tmp_pat
     result = run(["generate", str(tmp_path / "no-such-set"), "a red circle", "-o", str(tmp_path / "o.png"), *args])
     assert_one_line_error(result, 2, *fragments)
     assert not (tmp_path / "o.png").exists()
+
+
+# ---------------------------------------------------------------- the model's own scheduler, guidance, pixels
+
+
+def _diffusers_pipeline(**schedule) -> tuple[Pipeline, FakeComponents]:
+    from sd2tflite.runtime.schedule import Schedule
+
+    components = FakeComponents()
+    fields = {"convention": "diffusers", "steps_offset": 1, "set_alpha_to_one": False, **schedule}
+    return Pipeline(components, DIMS, ClipTokenizer.generated(), "epsilon", Schedule(**fields), "round"), components
+
+
+def test_generate_defaults_to_the_models_own_scheduler_and_its_recommendations():
+    pipeline, components = _diffusers_pipeline(sampler="pndm", scheduler_class="PNDMScheduler")
+    resolved = pipeline.resolve(GenerateSettings("x"))
+    assert (resolved.sampler, resolved.steps, resolved.guidance) == ("pndm", 25, 7.5)
+    pipeline.generate(GenerateSettings("x", steps=4))
+    assert len(components.fed) == 2 * 5  # PLMS: steps + 1 calls, both guidance branches
+    fed_t = [float(np.arccos(np.clip(e[0, 0], -1, 1))) for _, e in components.fed[::2]]  # cos(t * 1) at freq 0
+    assert len(fed_t) == 5
+    # SD-Turbo as converted with its recommendation: euler trailing, 1 step, guidance 0: one UNet call
+    turbo, calls = _diffusers_pipeline(sampler="euler", timestep_spacing="trailing", steps=1, guidance=0.0)
+    result = turbo.generate(GenerateSettings("x"))
+    assert len(calls.fed) == 1 and result.settings.steps == 1 and result.settings.guidance == 0.0
+    np.testing.assert_array_equal(calls.fed[0][1], timestep_embedding(999.0, DIMS.batch_size, DIMS.timestep_dim))
+    # --sampler / --steps / --guidance still override
+    over = turbo.resolve(GenerateSettings("x", sampler="ddim", steps=3, guidance=5.0))
+    assert (over.sampler, over.steps, over.guidance) == ("ddim", 3, 5.0)
+
+
+@pytest.mark.parametrize("guidance, calls_per_step", [(7.5, 2), (1.0, 1), (0.0, 1), (1.01, 2)])
+def test_guidance_at_most_one_skips_the_unconditional_call(guidance, calls_per_step):
+    pipeline, components = _pipeline()
+    seen = []
+    pipeline.encode_text = lambda prompt: (seen.append(prompt), FakeComponents.text(
+        np.zeros((DIMS.batch_size, DIMS.max_text_length), np.int32), None)["context"] + len(prompt))[1]
+    result = pipeline.generate(GenerateSettings("a red circle", steps=3, guidance=guidance, sampler="euler"))
+    assert len(components.fed) == 3 * calls_per_step
+    assert seen == (["a red circle", ""] if calls_per_step == 2 else ["a red circle"])
+    if calls_per_step == 1:  # the conditional prediction alone, not uncond + g * (cond - uncond)
+        reference, _ = _pipeline()
+        reference.encode_text = pipeline.encode_text
+        cond_only = reference.generate(GenerateSettings("a red circle", steps=3, guidance=1.0, sampler="euler"))
+        np.testing.assert_array_equal(result.latents, cond_only.latents)
+
+
+def test_an_lcm_unet_takes_guidance_through_its_embedding_once_per_step():
+    from sd2tflite.runtime.schedule import guidance_scale_embedding
+
+    pipeline, components = _diffusers_pipeline(sampler="lcm", scheduler_class="LCMScheduler")
+    fed = []
+
+    def unet(latent, timestep_embedding, context, guidance_embedding):
+        fed.append(guidance_embedding)
+        return components.unet(latent, timestep_embedding, context)
+
+    components["diffusion"] = unet
+    pipeline.guidance_embedding_dim = 8
+    result = pipeline.generate(GenerateSettings("x"))
+    assert (result.settings.sampler, result.settings.steps, result.settings.guidance) == ("lcm", 4, 8.5)
+    assert len(fed) == 4  # no classifier-free guidance: one call per step
+    np.testing.assert_array_equal(fed[0], guidance_scale_embedding(8.5, DIMS.batch_size, 8))
+    assert pipeline.sampler_notes(result.settings) == []
+
+
+def test_lcm_on_a_model_not_distilled_for_it_runs_and_says_what_its_config_recommends():
+    pipeline, _ = _diffusers_pipeline(sampler="pndm")
+    notes = pipeline.sampler_notes(pipeline.resolve(GenerateSettings("x", sampler="lcm")))
+    assert len(notes) == 1 and "recommends pndm" in notes[0]
+    assert pipeline.generate(GenerateSettings("x", sampler="lcm", steps=2)).latents.shape == DIMS.latent_shape
+
+
+def test_steps_times_strength_below_one_is_refused_before_any_model_runs():
+    pipeline, components = _diffusers_pipeline(sampler="pndm")
+    with pytest.raises(UsageError, match=r"--steps 4 x --strength 0.2 leaves no step to run: raise --steps to at "
+                                         r"least 5 or --strength to at least 0.25"):
+        pipeline.generate(GenerateSettings("x", steps=4, image=IMAGE, strength=0.2))
+    assert components.fed == []
+    # diffusers keeps int(steps x strength) steps: 10 x 0.55 -> 5 (PLMS: from index 5 of its 11 timesteps)
+    pipeline.generate(GenerateSettings("x", steps=10, image=IMAGE, strength=0.55))
+    assert len(components.fed) == 2 * 6
+
+
+def test_pixels_are_rounded_as_diffusers_rounds_them_on_imported_sets_and_truncated_on_keras_cv_sets():
+    from sd2tflite.runtime.pipeline import to_pixels
+
+    decoded = np.array([-1.0, -0.999, 0.0, 0.5, 0.999, 1.0, 1.5], np.float32)
+    np.testing.assert_array_equal(to_pixels(decoded, "truncate"), [0, 0, 127, 191, 254, 255, 255])
+    np.testing.assert_array_equal(to_pixels(decoded, "round"), [0, 0, 128, 191, 255, 255, 255])
+    with pytest.raises(UsageError, match="pixel rule 'floor' is unknown"):
+        Pipeline(FakeComponents(), DIMS, ClipTokenizer.generated(), pixels="floor")
+
+
+def test_the_tokenizer_pads_as_the_manifest_says():
+    from sd2tflite.runtime.tokenizer import END_TOKEN, load_tokenizer, pad_id_of
+
+    plain = load_tokenizer("tiny")
+    sd2 = load_tokenizer("tiny", record={"pad_token": "!", "pad_id": 0})
+    ids = plain.encode("a red circle")
+    assert plain.tokens_for("a red circle", 12) == ids + [END_TOKEN] * (12 - len(ids))
+    assert sd2.tokens_for("a red circle", 12) == ids + [0] * (12 - len(ids))  # open_clip's padding
+    assert pad_id_of("!") == 0 and pad_id_of("<|endoftext|>") == END_TOKEN
+    with pytest.raises(UsageError, match="pad token '<pad>' is not one CLIP's vocabulary pads with"):
+        pad_id_of("<pad>")

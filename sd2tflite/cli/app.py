@@ -85,6 +85,19 @@ def main() -> None:
 @click.option("--export-cache", default=None, type=click.Path(file_okay=False),
               help="Keep the exported SavedModels in this folder and reuse them when the same model is "
                    "converted to another precision (skips the export; ~4 bytes of disk per parameter).")
+@click.option("--default-sampler", default=None,
+              help="The set's generate default sampler (default: the checkpoint's scheduler config, e.g. pndm "
+                   "for SD 1.5; keras-cv's ddim for keras-cv weights).")
+@click.option("--default-steps", default=None, type=int,
+              help="The set's generate default steps, e.g. 1 for SD-Turbo (default 25; 4 for lcm / tcd).")
+@click.option("--default-guidance", default=None, type=float,
+              help="The set's generate default guidance, e.g. 0 for SD-Turbo (default 7.5).")
+@click.option("--default-spacing", default=None, type=click.Choice(["leading", "trailing", "linspace"]),
+              help="The set's timestep spacing (default: the scheduler config's, else the sampler's own).")
+@click.option("--default-eta", default=None, type=float, help="The set's tcd gamma (default 0.3).")
+@click.option("--pad-token", default=None, type=click.Choice(["eos", "!"]),
+              help="What prompts are padded with (default: the checkpoint's tokenizer config; SD 1.x eos, "
+                   "SD 2.x '!'; keras-cv weights eos).")
 @verbosity
 @handle_errors
 def convert(dry_run, verbose, quiet, max_part_bytes, weights, loras, **options):
@@ -115,9 +128,13 @@ def convert(dry_run, verbose, quiet, max_part_bytes, weights, loras, **options):
 @click.argument("prompt")
 @click.option("-o", "--output", default="out.png", show_default=True, type=click.Path(dir_okay=False),
               help="PNG to write (a batch writes out.png, out-1.png, ...).")
-@click.option("--steps", default=25, show_default=True, type=int)
-@click.option("--guidance", default=7.5, show_default=True, type=float, help="Classifier-free guidance scale.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the starting noise.")
+@click.option("--steps", default=None, type=int,
+              help="Denoising steps (default: the set's recommendation, else 25; 4 for lcm / tcd).")
+@click.option("--guidance", default=None, type=float,
+              help="Classifier-free guidance scale; <= 1 runs the conditional UNet call alone (default: the "
+                   "set's recommendation, else 7.5).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seed of the starting noise (and of the noise stochastic samplers add between steps).")
 @click.option("--negative-prompt", default=None, help="What to steer away from (default: the empty prompt).")
 @click.option("--noise", "noise_file", default=None, type=click.Path(dir_okay=False),
               help="Starting latent noise (.npy) instead of the seed: reproduce another implementation's run.")
@@ -129,10 +146,14 @@ def convert(dry_run, verbose, quiet, max_part_bytes, weights, loras, **options):
               help="With --image: how much of the schedule to run (0-1; default 1.0).")
 @click.option("--resize/--no-resize", default=True, show_default=True,
               help="Resize an --image of another size to the set's size (else refuse).")
-@click.option("--sampler", default="ddim", show_default=True,
-              help="ddim (keras-cv's, bit for bit), euler, euler-a (ancestral) or dpm++2m (DPM-Solver++ 2M): "
-                   "diffusers' Euler, EulerAncestral and DPMSolverMultistep schedulers.")
+@click.option("--sampler", default=None,
+              help="ddim, pndm, euler, euler-a, dpm++2m, lcm, tcd (diffusers' schedulers) or ddim-kerascv "
+                   "(keras-cv's, bit for bit; what ddim is on keras-cv sets). Default: the model's own "
+                   "scheduler as the manifest records it (keras-cv sets: ddim).")
 @click.option("--karras", is_flag=True, help="Karras sigmas (euler, euler-a, dpm++2m).")
+@click.option("--spacing", default=None, type=click.Choice(["leading", "trailing", "linspace"]),
+              help="Timestep spacing (default: the model's scheduler config, else the sampler's own).")
+@click.option("--eta", default=None, type=float, help="tcd's gamma (default 0.3); ddim's eta (default 0).")
 @click.option("--save-latents", default=None, type=click.Path(dir_okay=False),
               help="Also write the final latents (.npy).")
 @vocab_option()
@@ -142,8 +163,8 @@ def convert(dry_run, verbose, quiet, max_part_bytes, weights, loras, **options):
 @verbosity
 @handle_errors
 def generate(model_dir, prompt, output, steps, guidance, seed, negative_prompt, noise_file, image_file,
-             mask_file, strength, resize, sampler, karras, save_latents, vocab, threads, weight_cache, force,
-             verbose, quiet):
+             mask_file, strength, resize, sampler, karras, spacing, eta, save_latents, vocab, threads, weight_cache,
+             force, verbose, quiet):
     """Text-to-image, image-to-image and inpainting from a converted set, on LiteRT only."""
     from pathlib import Path
 
@@ -158,7 +179,8 @@ def generate(model_dir, prompt, output, steps, guidance, seed, negative_prompt, 
 
     opt = lambda p: Path(p) if p else None  # noqa: E731
     settings = GenerateSettings(prompt, steps=steps, guidance=guidance, seed=seed, negative_prompt=negative_prompt,
-                                strength=strength, sampler=sampler, karras=karras)  # checked before any download
+                                strength=strength, sampler=sampler, karras=karras, spacing=spacing,
+                                eta=eta)  # checked before any download
     request = GenerateRequest(
         model_dir=model_dir, output=Path(output), settings=settings,
         noise_file=opt(noise_file), image_file=opt(image_file), mask_file=opt(mask_file),

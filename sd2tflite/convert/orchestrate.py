@@ -189,6 +189,7 @@ def _convert_locked(request: ConvertRequest, plan: ConversionPlan, state: Output
             split=split,
             converter=RECIPES[request.quant].converter_settings(),
             prediction_type=_prediction_type(request, state, result_artifacts),
+            **(request.conventions or {}),  # the model's scheduler, tokenizer padding and pixel rule
         )
         manifest_path = save_manifest(manifest, out_dir)
         # Files of an earlier plan (e.g. more UNet parts), or of components not kept, that this

@@ -51,6 +51,13 @@ class ConvertOptions:
     loras: tuple[str, ...] = ()  # FILE[:SCALE]
     export_cache: str | None = None  # keep / reuse exported SavedModels here (other precisions)
     command: str = ""
+    # The set's generate defaults, over the model's own scheduler / tokenizer configs (the manifest records them):
+    default_sampler: str | None = None
+    default_steps: int | None = None
+    default_guidance: float | None = None
+    default_spacing: str | None = None
+    default_eta: float | None = None
+    pad_token: str | None = None  # "eos" | "!"
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,8 @@ class ConvertRequest:
     keep_float: KeepFloat | None  # int8 modes: operators kept in float (calibration/selective.py)
     export_cache: Path | None = None
     command: str = ""
+    # The manifest's {"scheduler", "tokenizer", "pixels"} (checkpoint_source.model_conventions)
+    conventions: dict | None = None
 
 
 def default_isolation(family: str) -> bool:
@@ -118,7 +127,8 @@ def check_options(o: ConvertOptions) -> None:
 
 def build_request(o: ConvertOptions, resolve_weights: bool = True) -> ConvertRequest:
     """Checks the options, then resolves the weights (downloading if needed; skipped for a plan)."""
-    from .checkpoint_source import CheckpointOptions
+    from .checkpoint_source import (CheckpointOptions, SchedulerOptions, keras_cv_conventions, model_conventions,
+                                    unet_sample_size)
     from .weights import checkpoint_dims, parse_weights, resolve
 
     check_options(o)
@@ -139,6 +149,8 @@ def build_request(o: ConvertOptions, resolve_weights: bool = True) -> ConvertReq
     family = FAMILIES[o.family]
     names = parse_components(o.components)
     source = parse_weights(o.weights, family, CheckpointOptions(o.prediction_type, o.ema, tuple(o.loras)))
+    scheduler_options = SchedulerOptions(o.default_sampler, o.default_steps, o.default_guidance, o.default_spacing,
+                                         o.default_eta, o.pad_token)
     dims = family.dims(o.img_height, o.img_width, o.batch_size)
     if source.kind == "checkpoint":
         if o.family == "tiny":
@@ -146,7 +158,12 @@ def build_request(o: ConvertOptions, resolve_weights: bool = True) -> ConvertReq
         # The checkpoint says the family and the widths (headers only, no hashing yet).
         identity = resolve(source, family, names, hash_files=False)[names[0]].identity
         family = FAMILIES[identity["family"]]
+        size = unet_sample_size(identity) if o.img_height is None and o.img_width is None else None
+        dims = family.dims(size or o.img_height, size or o.img_width, o.batch_size)  # the UNet config's size
         dims = replace(dims, **checkpoint_dims(identity))
+        conventions = model_conventions(identity, family.name, scheduler_options)
+    else:
+        conventions = keras_cv_conventions(scheduler_options)
     target = Path(o.out_dir or f"models/sd-{family.name}-{o.quant}")
     if resolve_weights:
         from .outdir import check_output_dir
@@ -167,5 +184,5 @@ def build_request(o: ConvertOptions, resolve_weights: bool = True) -> ConvertReq
         join_unet=o.join_unet, force=o.force, isolate=default_isolation(o.family) if o.isolate is None else o.isolate,
         calibration_samples=o.calibration_samples, calibration_seed=o.seed, recording=recording,
         keep_float=keep, export_cache=Path(o.export_cache).expanduser() if o.export_cache else None,
-        command=o.command,
+        command=o.command, conventions=conventions,
     )

@@ -22,6 +22,7 @@ from .images import load_image, load_mask, output_paths, save_png
 from .integrity import ensure_intact
 from .litert import LiteRTComponents
 from .pipeline import GenerateSettings, Pipeline
+from .schedule import Schedule
 from .tokenizer import load_tokenizer
 from .weight_cache import default_cache_dir
 
@@ -67,6 +68,22 @@ def _load_noise(path: Path) -> np.ndarray:
         raise UsageError(f"--noise {path} is not a .npy array ({exc}): save one with numpy.save") from exc
 
 
+def _noise_layout(noise: np.ndarray, shape: tuple[int, ...], path: Path) -> tuple[np.ndarray, str | None]:
+    """--noise in our NHWC layout, or diffusers' NCHW where that is unambiguous (transposed, with a
+    note); anything else is refused before any model is loaded."""
+    nhwc = (tuple(shape), tuple(shape[1:]))
+    if noise.shape in nhwc:
+        return noise, None
+    if noise.ndim in (3, 4):
+        moved = np.moveaxis(noise, -3, -1)  # (..., C, H, W) -> (..., H, W, C)
+        if moved.shape in nhwc:
+            return np.ascontiguousarray(moved), f"--noise {path} is NCHW {list(noise.shape)} (diffusers' layout): " \
+                                                f"transposed to NHWC {list(moved.shape)}"
+    b, h, w, c = shape
+    raise UsageError(f"--noise {path} has shape {list(noise.shape)}, this set needs NHWC {list(shape)} (or "
+                     f"{list(shape[1:])}; diffusers' NCHW {[b, c, h, w]} is transposed): save a matching array")
+
+
 def generate(request: GenerateRequest, progress: Progress | None = None) -> GenerateResult:
     """Writes the images (and --save-latents) of one pipeline run; progress: one stage of
     denoising steps, begun when the first step is done (the pipeline knows the count)."""
@@ -78,7 +95,9 @@ def generate(request: GenerateRequest, progress: Progress | None = None) -> Gene
     paths = _check_outputs(request, dims.batch_size)  # before any work: nothing is overwritten
     settings, notes = request.settings, []
     if request.noise_file is not None:
-        settings = replace(settings, noise=_load_noise(request.noise_file), seed=None)
+        noise, note = _noise_layout(_load_noise(request.noise_file), dims.latent_shape, request.noise_file)
+        notes += [note] if note else []
+        settings = replace(settings, noise=noise, seed=None)
     if request.mask_file is not None and request.image_file is None:
         raise UsageError("--mask needs --image: pass the image to inpaint")
     if request.image_file is not None:
@@ -91,7 +110,7 @@ def generate(request: GenerateRequest, progress: Progress | None = None) -> Gene
     elif settings.strength is not None:
         raise UsageError("--strength needs --image: it says how far to move away from that image")
 
-    tokenizer = load_tokenizer(manifest.family, request.vocab)
+    tokenizer = load_tokenizer(manifest.family, request.vocab, manifest.tokenizer)
     cache = default_cache_dir() if request.weight_cache else None
     said: set[str] = set()  # a weight-cache note (a folder that takes no files) is said once per run
 
@@ -102,7 +121,10 @@ def generate(request: GenerateRequest, progress: Progress | None = None) -> Gene
 
     components = LiteRTComponents(model_dir, manifest, request.threads, weight_cache=cache, note=cache_note)
     pipeline = Pipeline(components, dims,
-                        tokenizer, manifest.prediction_type)
+                        tokenizer, manifest.prediction_type, Schedule.from_json(manifest.scheduler), manifest.pixels)
+    resolved = pipeline.resolve(settings)
+    pipeline.make_sampler(resolved)  # steps x strength, the spacing: refused before any model is loaded
+    notes += pipeline.sampler_notes(resolved)
 
     def on_step(done: int, total: int) -> None:
         if done == 1:
@@ -110,6 +132,7 @@ def generate(request: GenerateRequest, progress: Progress | None = None) -> Gene
         progress.advance()
 
     result = pipeline.generate(settings, on_step=on_step)
+    settings = result.settings or settings  # what ran: the set's defaults filled in
 
     text = {
         "prompt": settings.prompt,
@@ -136,6 +159,8 @@ def _recorded_settings(request: GenerateRequest, settings: GenerateSettings, man
         "strength": settings.strength,
         "sampler": settings.sampler,
         "karras": settings.karras,
+        "spacing": settings.spacing,
+        "eta": settings.eta,
         "image": str(request.image_file) if request.image_file else None,
         "mask": str(request.mask_file) if request.mask_file else None,
         "model": {"family": manifest.family, "quant": manifest.quant, "dims": manifest.dims,

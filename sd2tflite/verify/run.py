@@ -72,6 +72,19 @@ def verify(request: VerifyRequest, progress: Progress | None = None) -> VerifyRe
     return report
 
 
+IMPORTED_SCOPE = ("imported checkpoint: this proves the files compute what the Keras import of it computes, not "
+                  "that the picture is diffusers'; that is held by the fidelity tests (docs/fidelity.md)")
+
+
+def _scoped(check: Check, manifest) -> Check:
+    """The end-to-end check says what it proves for a set imported from a PyTorch checkpoint."""
+    from dataclasses import replace
+
+    if not any(w.get("kind") == "checkpoint" for w in manifest.weights.values()):
+        return check
+    return replace(check, detail=f"{check.detail}; {IMPORTED_SCOPE}", figures={**check.figures, "scope": IMPORTED_SCOPE})
+
+
 def _verify(directory: Path, request: VerifyRequest, progress: Progress) -> VerifyReport:
     weights, steps = request.weights, request.steps
     report = VerifyReport(str(directory), None, settings={
@@ -105,7 +118,7 @@ def _verify(directory: Path, request: VerifyRequest, progress: Progress) -> Veri
 
     progress.stage("building the Keras reference models")
     keras = reference_models(manifest, weights)
-    tokenizer = load_tokenizer(manifest.family, request.vocab)
+    tokenizer = load_tokenizer(manifest.family, request.vocab, manifest.tokenizer)  # the set's padding
     litert = LiteRTComponents(directory, manifest, request.threads)
     samples = parity_inputs(dims, tokenizer, keras)
     for component in manifest.components:
@@ -139,7 +152,8 @@ def _verify(directory: Path, request: VerifyRequest, progress: Progress) -> Veri
             progress.stage(f"end to end: keras-cv vs LiteRT, {steps} steps")
             pipeline = Pipeline(litert, dims, tokenizer, manifest.prediction_type)
             try:
-                report.checks.append(end_to_end_check(manifest.family, keras, pipeline, dims, manifest.quant, steps))
+                report.checks.append(_scoped(end_to_end_check(manifest.family, keras, pipeline, dims, manifest.quant,
+                                                              steps), manifest))
             except NumericsError as exc:
                 report.checks.append(Check("end-to-end", "pipeline", False, str(exc)))
             except RuntimeError as exc:
