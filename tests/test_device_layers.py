@@ -47,13 +47,12 @@ def test_group_norm_4d_matches_keras(channels, groups, size):
     assert np.abs(actual - expected).max() < 1e-4
 
 
-def test_group_matrix_averages_each_group():
-    from sd2tflite.convert.device_layers import group_matrix
+def test_group_mean_averages_each_group():
+    from sd2tflite.convert.device_layers import group_mean
 
-    m = group_matrix(8, 2)
-    means = np.arange(8, dtype=np.float32) @ m
-    np.testing.assert_allclose(means, [1.5] * 4 + [5.5] * 4)
-    np.testing.assert_array_equal(group_matrix(4, 4), np.eye(4))
+    values = np.arange(8, dtype=np.float32).reshape(1, 1, 1, 8)
+    np.testing.assert_allclose(np.asarray(group_mean(values, 2)).ravel(), [1.5] * 4 + [5.5] * 4)
+    np.testing.assert_array_equal(np.asarray(group_mean(values, 8)), values)
 
 
 def test_layer_norm_matches_keras():

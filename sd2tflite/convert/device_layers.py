@@ -8,9 +8,9 @@ traced instead while exporting:
   GPU accelerator takes no tensor of rank 5 ("isn't BHWC-convertible", "Tensor dimensions must be
   less than 5") and the Qualcomm compiler refuses the NEG it emits; at int16 TensorFlow emits a
   SQUARED_DIFFERENCE LiteRT has no kernel for. Here: per-channel means over H and W, averaged over
-  each group's channels by a constant (C, C) block matrix as a 1x1 convolution, a two-pass variance
-  (the centred values squared by a MUL), epsilon as that convolution's bias, gamma and beta on the
-  (1, 1, 1, C) factor and per channel. Same maths; the two-pass variance is the textbook one.
+  each group's channels as (1, 1, groups, n) and copied back by concatenation, a two-pass variance
+  (the centred values squared by a MUL), gamma on the (1, 1, 1, C) factor, beta per channel. Same
+  maths; the two-pass variance is the textbook one.
 - LayerNormalization: the same two-pass moments over the last axis (no NEG, no SQUARED_DIFFERENCE).
 - UpSampling2D repeats through 5-D RESHAPE / TILE; here each pixel is copied along the channels
   and reshaped into the width, each row likewise into the height: the same pixels, in 4-D.
@@ -36,32 +36,34 @@ from collections.abc import Iterator
 
 # The device graph's revision (these formulations, and fp16's float32 lookup tables in tflite.py):
 # another value is another file.
-REVISION = 4
+REVISION = 5
 
 
-def group_matrix(channels: int, groups: int):
-    """(channels, channels): entry (i, j) is 1/n when channels i and j share one of `groups` groups
-    of n = channels / groups, else 0. Multiplying per-channel means by it gives each channel its
-    group's mean."""
-    import numpy as np
+def group_mean(values, groups: int):
+    """(batch, 1, 1, C) per-channel values -> each channel's group mean, in 4-D: the channels as
+    (groups, n), a MEAN over n, and the n copies concatenated back. No weight: dynamic-range
+    quantization would turn a constant averaging matrix into an int8 kernel with int8-quantized
+    statistics (the tiny UNet fell from 56 to 32 dB)."""
+    import tensorflow as tf
 
+    channels = values.shape[-1]
     n = channels // groups
-    return np.kron(np.eye(groups, dtype=np.float32), np.full((n, n), 1.0 / n, np.float32))
+    if n == 1:
+        return values
+    means = tf.reduce_mean(tf.reshape(values, (-1, 1, groups, n)), axis=3, keepdims=True)
+    return tf.reshape(tf.concat([means] * n, axis=3), (-1, 1, 1, channels))
 
 
 def group_norm_4d(layer, inputs):
     """keras.layers.GroupNormalization.call on a (batch, H, W, C) tensor, in 4-D only."""
     import tensorflow as tf
 
-    channels = inputs.shape[-1]
     x = tf.cast(inputs, tf.float32)
-    matrix = tf.constant(group_matrix(channels, layer.groups)[None, None])  # (1, 1, C, C) 1x1 kernel
     # Per-channel mean over H, W, then the group's mean for every channel.
-    mean = tf.nn.conv2d(tf.reduce_mean(x, axis=(1, 2), keepdims=True), matrix, 1, "VALID")
+    mean = group_mean(tf.reduce_mean(x, axis=(1, 2), keepdims=True), layer.groups)
     centred = x - mean
-    variance = tf.nn.conv2d(tf.reduce_mean(centred * centred, axis=(1, 2), keepdims=True), matrix, 1, "VALID")
-    # epsilon as the convolution's bias: no ADD of a constant tensor
-    inv = tf.math.rsqrt(tf.nn.bias_add(variance, tf.fill([channels], tf.constant(layer.epsilon, tf.float32))))
+    variance = group_mean(tf.reduce_mean(centred * centred, axis=(1, 2), keepdims=True), layer.groups)
+    inv = tf.math.rsqrt(variance + layer.epsilon)
     if layer.scale:  # gamma scales the (1, 1, 1, C) factor, not the whole tensor
         inv = inv * tf.cast(layer.gamma, tf.float32)
     y = centred * inv
