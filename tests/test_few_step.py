@@ -384,3 +384,26 @@ def test_turbo_records_its_family_recommendation(turbo):
     assert (scheduler["steps"], scheduler["guidance"]) == (2, 1.0)
     lcm = model_conventions(identity_of(open_checkpoint(LCM), str(LCM)), "v1")["scheduler"]
     assert lcm["sampler"] == "lcm" and lcm["steps"] is None  # the runtime's few-step defaults apply
+
+
+def test_vae_tiny_serves_the_decoder_from_the_taesd_files():
+    from sd2tflite.runtime.tiny_vae import choose_vae
+
+    class Set(dict):
+        released: list = []
+
+        def release(self, name):
+            self.released.append(name)
+
+    calls = Set(decoder=lambda **x: "full", taesd_decoder=lambda **x: "tiny", image_encoder=lambda **x: "full enc")
+    tiny = choose_vae(calls, "tiny")
+    assert tiny["decoder"]() == "tiny" and tiny["image_encoder"]() == "full enc"  # no taesd_encoder: the full one
+    tiny.release("decoder")
+    assert calls.released == ["taesd_decoder"]
+    assert choose_vae(calls, "full")["decoder"]() == "full"
+
+
+def test_vae_tiny_on_a_set_without_taesd_is_one_line(turbo_set, tmp_path):
+    result = run(["generate", str(turbo_set), "a cat", "--vae", "tiny", "-o", str(tmp_path / "x.png"), "-q"])
+    assert_one_line_error(result, 2, "no taesd_decoder", "--components taesd_decoder")
+    assert not (tmp_path / "x.png").exists()
