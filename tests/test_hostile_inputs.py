@@ -174,3 +174,283 @@ def test_a_foreign_cache_file_is_silent_under_quiet(tiny_sets, tmp_path):
     again = _generate_process(set_dir, tmp_path / "b.png", cache, "-q")
     assert again.returncode == 0 and again.stderr == "", again.stderr
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+# ---------------------------------------------------------------- non-finite weights, LoRA factors and merges
+
+
+@pytest.fixture(scope="module")
+def v1_diffusers(tmp_path_factory):
+    from .test_checkpoint import DATA, derive
+
+    root = tmp_path_factory.mktemp("v1") / "v1-diffusers"
+    shutil.copytree(DATA / "v1" / "diffusers", root)
+    derive(DATA / "v1" / "diffusers.plan.json.gz", root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def keras_build():
+    """One Keras model per (component, architecture), loaded again for each case."""
+    from sd2tflite.convert.checkpoint.builders import build
+
+    models = {}
+
+    def load(ckpt, component):
+        if component not in models:
+            models[component] = build(ckpt.architecture, component, 64, 64)
+        return ckpt.load(component, *models[component])
+
+    return load
+
+
+def _save(path: Path, tensors: dict) -> Path:
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path))
+    return path
+
+
+NON_FINITE = [np.nan, np.inf, -np.inf]
+WHERE = {"first": lambda x: (0,) * x.ndim, "last": lambda x: tuple(d - 1 for d in x.shape),
+         "middle": lambda x: tuple(d // 2 for d in x.shape)}
+
+
+@pytest.mark.parametrize("value", NON_FINITE, ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("where", list(WHERE))
+def test_a_checkpoint_with_non_finite_weights_is_refused_naming_the_tensor(value, where, v1_diffusers,
+                                                                          keras_build, tmp_path):
+    from safetensors.numpy import load_file
+
+    from sd2tflite.convert.checkpoint import open_checkpoint
+    from sd2tflite.core.errors import WeightsError
+
+    vae = load_file(str(v1_diffusers / "vae" / "diffusion_pytorch_model.safetensors"))
+    names = sorted(k for k in vae if k.startswith("decoder.") and vae[k].dtype.kind == "f")
+    name = names[len(vae[names[0]]) % len(names)]  # some decoder tensor, not always the first
+    vae[name] = vae[name].astype(np.float32)  # a copy; fp16 holds NaN/Inf as well
+    vae[name][WHERE[where](vae[name])] = value
+    ckpt = open_checkpoint(v1_diffusers, overrides={"vae": _save(tmp_path / "vae.safetensors", vae)})
+    with pytest.raises(WeightsError) as e:
+        keras_build(ckpt, "decoder")
+    message = str(e.value)
+    assert "\n" not in message and name in message and "vae.safetensors" in message and "NaN/Inf" in message
+
+
+_TO_Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+
+
+def _lora(tmp_path: Path, up=1.0, down=1.0, alpha=None, rank=4, name="l.safetensors") -> Path:
+    tensors = {f"{_TO_Q}.lora_down.weight": np.full((rank, 32), down, np.float32),
+               f"{_TO_Q}.lora_up.weight": np.full((32, rank), up, np.float32)}
+    if alpha is not None:
+        tensors[f"{_TO_Q}.alpha"] = np.array(alpha, np.float32)
+    return _save(tmp_path / name, tensors)
+
+
+@pytest.mark.parametrize("lora, scale, words", [
+    (dict(alpha=np.nan), 1.0, "alpha nan"),
+    (dict(alpha=np.inf), 1.0, "alpha inf"),
+    (dict(alpha=3e38), 1e3, "not a finite float32"),
+    (dict(alpha=4.0), 1e39, "not a finite float32"),
+    (dict(rank=0), 1.0, "rank 0"),
+])
+def test_lora_factors_that_are_not_finite_are_refused_at_open(lora, scale, words, v1_diffusers, tmp_path):
+    from sd2tflite.convert.checkpoint import open_checkpoint
+    from sd2tflite.core.errors import WeightsError
+
+    path = _lora(tmp_path, **lora)
+    with pytest.raises(WeightsError) as e:
+        open_checkpoint(v1_diffusers, loras=[(path, scale)])
+    assert "\n" not in str(e.value) and str(path) in str(e.value) and words in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("lora, scale, words", [
+    (dict(up=np.nan), 1.0, "lora_up.weight in l.safetensors (LoRA factor) holds"),
+    (dict(down=-np.inf), 1.0, "lora_down.weight in l.safetensors (LoRA factor) holds"),
+    (dict(up=1e20, down=1e20), 1.0, "after merging"),  # each factor finite, the product is not
+    (dict(), 1e38, "after merging"),  # the factor is a float32, the merged weight is not
+])
+def test_lora_merges_that_are_not_finite_are_refused_naming_the_tensor(lora, scale, words, v1_diffusers,
+                                                                      keras_build, tmp_path):
+    from sd2tflite.convert.checkpoint import open_checkpoint
+    from sd2tflite.core.errors import WeightsError
+
+    ckpt = open_checkpoint(v1_diffusers, loras=[(_lora(tmp_path, **lora), scale)])
+    with pytest.raises(WeightsError) as e:
+        keras_build(ckpt, "diffusion")
+    message = str(e.value)
+    assert "\n" not in message and words in message and "attn1.to_q" in message, message
+
+
+# ---------------------------------------------------------------- safetensors headers that lie
+
+
+def _raw_safetensors(path: Path, header, data: bytes = b"") -> Path:
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+    return path
+
+
+def _entry(dtype="F32", shape=(2,), offsets=(0, 8)):
+    return {"dtype": dtype, "shape": list(shape), "data_offsets": list(offsets)}
+
+
+HEADERS = {
+    "a JSON list": ([1, 2, 3], b"", "JSON list"),
+    "a JSON string": ("text", b"", "JSON str"),
+    "a JSON number": (7, b"", "JSON int"),
+    "not UTF-8": (b'{"a": "\xff"}', b"", "not JSON"),
+    "nested 100,000 deep": (b"[" * 100_000 + b"]" * 100_000, b"", "not JSON"),
+    "metadata a list": ({"__metadata__": [1], "w": _entry()}, bytes(8), "__metadata__"),
+    "shape product past int64": ({"w": _entry(shape=(2**40, 2**40))}, bytes(8), "more than the file"),
+    "shape product of huge dims": ({"w": _entry(shape=(10**30,))}, bytes(8), "more than the file"),
+    "negative dimension": ({"w": _entry(shape=(-2,), offsets=(0, 0))}, b"", "non-negative"),
+    "float dimension": ({"w": _entry(shape=(2.5,))}, bytes(8), "non-negative"),
+    "F8_E4M3": ({"w": _entry("F8_E4M3", (8,))}, bytes(8), "8-bit float"),
+    "F8_E5M2": ({"w": _entry("F8_E5M2", (8,))}, bytes(8), "8-bit float"),
+    "unknown dtype": ({"w": _entry("C64")}, bytes(8), "dtype C64"),
+    "offsets overlap": ({"a": _entry(offsets=(0, 8)), "b": _entry(offsets=(4, 12))}, bytes(12), "overlaps"),
+    "offsets leave a gap": ({"a": _entry(offsets=(0, 8)), "b": _entry(offsets=(16, 24))}, bytes(24), "gap"),
+    "offsets past the end": ({"w": _entry(offsets=(0, 8))}, bytes(4), "truncated"),
+    "bytes after the data": ({"w": _entry()}, bytes(64), "corrupt"),
+    "offsets not integers": ({"w": _entry(offsets=("0", "8"))}, bytes(8), "corrupt header"),
+}
+
+
+@pytest.mark.parametrize("case", list(HEADERS))
+def test_a_safetensors_header_that_lies_is_one_line_naming_the_file(case, tmp_path):
+    from sd2tflite.convert.checkpoint.reader import SafetensorsFile
+    from sd2tflite.core.errors import WeightsError
+
+    header, data, words = HEADERS[case]
+    path = _raw_safetensors(tmp_path / "m.safetensors", header, data)
+    with pytest.raises(WeightsError) as e:
+        f = SafetensorsFile(path)
+        [f.get(k) for k in f.keys()]  # nothing that passes the header check may fail in the library
+    assert "\n" not in str(e.value) and str(path) in str(e.value) and words in str(e.value), str(e.value)
+
+
+def test_the_cli_names_a_lying_header_in_one_line(tmp_path):
+    path = _raw_safetensors(tmp_path / "m.safetensors", [1, 2])
+    result = run(["convert", "--weights", str(path), "-o", str(tmp_path / "out"), "--quant", "fp32"])
+    assert_one_line_error(result, 1, "m.safetensors", "JSON list")
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- diffusers folders: configs and indexes
+
+
+def _unet_folder(tmp_path: Path, index=None, config=None) -> Path:
+    folder = tmp_path / "unet"
+    folder.mkdir()
+    if index is not None:
+        (folder / "diffusion_pytorch_model.safetensors.index.json").write_bytes(
+            index if isinstance(index, bytes) else json.dumps(index).encode())
+    if config is not None:
+        (folder / "config.json").write_bytes(config if isinstance(config, bytes) else json.dumps(config).encode())
+    return folder
+
+
+OUTSIDE = ["../outside.safetensors", "../../../outside/x.safetensors", "/etc/passwd", "sub/../../x.safetensors",
+           "..", "", "a\\..\\..\\x.safetensors"]
+
+
+@pytest.mark.parametrize("shard", OUTSIDE)
+def test_an_index_naming_a_shard_outside_its_folder_is_refused_before_opening(shard, tmp_path):
+    from sd2tflite.convert.checkpoint.layouts import component_files
+    from sd2tflite.core.errors import WeightsError
+
+    outside = tmp_path / "outside.safetensors"
+    _raw_safetensors(outside, {"w": _entry()}, bytes(8))
+    folder = _unet_folder(tmp_path, index={"weight_map": {"w": shard}})
+    with pytest.raises(WeightsError) as e:
+        component_files(folder, "unet")
+    assert "\n" not in str(e.value) and "not a file name inside" in str(e.value), str(e.value)
+
+
+def test_a_shard_that_is_a_link_out_of_the_folder_is_refused(tmp_path):
+    from sd2tflite.convert.checkpoint.layouts import component_files
+    from sd2tflite.core.errors import WeightsError
+
+    outside = _raw_safetensors(tmp_path / "outside.safetensors", {"w": _entry()}, bytes(8))
+    folder = _unet_folder(tmp_path, index={"weight_map": {"w": "shard.safetensors"}})
+    (folder / "shard.safetensors").symlink_to(outside)
+    with pytest.raises(WeightsError, match="not a file name inside"):
+        component_files(folder, "unet")
+
+
+@pytest.mark.parametrize("index, words", [
+    ({"weight_map": ["a.safetensors"]}, "weight_map is not an object"),
+    ({"weight_map": {"w": 3}}, "weight_map is not an object"),
+    ({"no_weight_map": {}}, "weight_map is not an object"),
+    ([{"weight_map": {}}], "JSON list"),
+    (b"\xff\xfe{}", "not UTF-8"),
+    (b"[" * 100_000, "not valid JSON"),
+])
+def test_an_index_that_is_not_one_is_one_line(index, words, tmp_path):
+    from sd2tflite.convert.checkpoint.layouts import component_files
+    from sd2tflite.core.errors import WeightsError
+
+    folder = _unet_folder(tmp_path, index=index)
+    with pytest.raises(WeightsError) as e:
+        component_files(folder, "unet")
+    assert "\n" not in str(e.value) and words in str(e.value) and "index.json" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("config, words", [
+    ([1, 2], "JSON list"), ("a string", "JSON str"), (b"\xff\xfe\x00{", "not UTF-8"),
+    (b"{" * 100_000, "not valid JSON"), (b'{"a": 1', "not valid JSON"),
+])
+def test_a_config_that_is_not_an_object_is_one_line(config, words, tmp_path):
+    from sd2tflite.convert.checkpoint.layouts import _read_json
+    from sd2tflite.core.errors import WeightsError
+
+    folder = _unet_folder(tmp_path, config=config)
+    with pytest.raises(WeightsError) as e:
+        _read_json(folder / "config.json")
+    assert "\n" not in str(e.value) and words in str(e.value) and "config.json" in str(e.value), str(e.value)
+
+
+# ---------------------------------------------------------------- hf:// revisions and offline mode
+
+
+@pytest.mark.parametrize("revision", ["../../..", "../../../../tmp/x", "main/../../x", "/etc", ".hidden",
+                                      "a//b", "x.lock", "main/", "a@{1}", "..", "refs/../../x"])
+def test_a_revision_that_is_a_path_is_refused_before_any_download(revision):
+    from sd2tflite.core.errors import UsageError
+    from sd2tflite.runtime.hub import parse_hf_uri
+
+    with pytest.raises(UsageError, match="is not a branch, tag or commit"):
+        parse_hf_uri(f"hf://owner/repo@{revision}")
+
+
+@pytest.mark.parametrize("revision", ["main", "v1.0", "refs/pr/3", "3f2a9c1", "a" * 40, "feature/x_y-z"])
+def test_real_revisions_pass(revision):
+    from sd2tflite.runtime.hub import parse_hf_uri
+
+    assert parse_hf_uri(f"hf://owner/repo@{revision}") == ("owner/repo", revision)
+
+
+def test_a_snapshot_outside_the_hub_cache_is_refused(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from sd2tflite.core.errors import HubError
+    from sd2tflite.runtime import hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: str(tmp_path / "elsewhere"))
+    with pytest.raises(HubError, match="outside the Hugging Face cache"):
+        hub.resolve_model_dir("hf://owner/repo@main")
+
+
+def test_offline_and_uncached_says_so_in_one_whole_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    proc = subprocess.run([sys.executable, "-m", "sd2tflite.cli", "generate", "hf://nobody/never-cached",
+                           "x", "-o", str(tmp_path / "o.png"), "-q"], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert "offline mode is on" in lines[0] and "try again later" not in lines[0]
+    assert lines[0].endswith("or pass a local folder")  # whole, not cut mid-sentence

@@ -41,12 +41,15 @@ def handle_errors(fn):
     def wrapper(*args, **kwargs):
         import traceback
 
+        from ..core.signals import terminate_as_interrupt
+
         verbose = kwargs.get("verbose", False)
         try:
-            return fn(*args, **kwargs)
-        except KeyboardInterrupt:
+            with terminate_as_interrupt():  # SIGTERM (timeout, systemd, Docker, CI) cleans up like Ctrl-C
+                return fn(*args, **kwargs)
+        except KeyboardInterrupt as exc:
             click.echo("interrupted: no partial files were left behind", err=True)
-            sys.exit(130)
+            sys.exit(getattr(exc, "exit_code", 130))
         except Exception as exc:  # noqa: BLE001 - last line of defence for users
             secrets = _secrets(kwargs)
             if verbose:

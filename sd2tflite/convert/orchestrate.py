@@ -139,13 +139,16 @@ def _convert_locked(request: ConvertRequest, plan: ConversionPlan, state: Output
                 continue
             ready = exported[artifact.build_key]
             progress.status(f"converting {artifact.file_name} ({request.quant})")
-            stats = _run(request.isolate, convert_stage, ready, request.quant, str(out_dir), request.keep_float)
+            # The file is written in the work folder, listed in the progress record, and only then
+            # renamed into place: an interrupt at any moment leaves either no file or a listed one,
+            # so the plain re-run resumes (a listed file that is missing or differs is rebuilt).
+            stats = _run(request.isolate, convert_stage, ready, request.quant, str(work_dir), request.keep_float)
             if Path(ready.saved_model_dir).parent == work_dir:  # not one in the export cache
                 shutil.rmtree(ready.saved_model_dir, ignore_errors=True)
             result_artifacts.append(built_artifact(ready, stats))
             built.append(artifact.file_name)
-            # Lets an interrupted run resume: these files are complete and hashed.
             write_json_atomic(out_dir / PROGRESS_NAME, [a.to_json() for a in result_artifacts])  # type: ignore[arg-type]
+            os.replace(work_dir / artifact.file_name, out_dir / artifact.file_name)
             progress.advance()
         split = plan.split_record()
         joined_leftovers: list[str] = []

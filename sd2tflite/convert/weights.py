@@ -303,6 +303,13 @@ def load_into(model, weights: ResolvedWeights) -> None:
             f"{weights.path} does not fit the {weights.component} of this model ({detail}): "
             "pass weights saved from the same model family"
         ) from exc
+    import numpy as np
+
+    for variable in model.weights:  # NaN/Inf weights make every output NaN: refused here, named
+        value = np.asarray(variable.numpy())
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise WeightsError(f"{weights.path}: weight {variable.path} holds NaN/Inf values; the file is damaged: "
+                               "re-download it or pass other weights")
 
 
 def save_legacy_h5(model, path: Path) -> None:

@@ -48,12 +48,33 @@ def endpoint() -> str:
 # Download: hf://OWNER/REPO[@REVISION]
 
 
+# A revision is a branch, tag or commit (git's ref-name rules, plus refs/pr/N): never a path that
+# could leave the Hub cache once huggingface_hub joins it to a folder name.
+REVISION_RE = re.compile(r"^(?!.*(?:\.\.|//|@\{|\.lock(?:/|$)|/\.))[A-Za-z0-9_][A-Za-z0-9._/+-]{0,199}(?<![/.])$")
+
+
 def parse_hf_uri(text: str) -> tuple[str, str | None]:
     rest = text[len(HF_SCHEME):]
     repo_id, _, revision = rest.partition("@")
     if not REPO_ID_RE.match(repo_id) or ("@" in rest and not revision):
         raise UsageError(f"{text!r} is not hf://OWNER/REPO[@REVISION]: e.g. hf://someone/sd-v1-tflite-dynamic@main")
+    if revision and not REVISION_RE.match(revision):
+        raise UsageError(f"{text!r}: revision {revision!r} is not a branch, tag or commit name (no '..', leading "
+                         "'/' or '.', or '//'): e.g. @main or @3f2a9c1")
     return repo_id, revision or None
+
+
+def _inside_hub_cache(path: Path, text: str) -> Path:
+    """The snapshot folder, checked to resolve inside the Hugging Face cache before anything in it
+    is opened."""
+    from huggingface_hub import constants
+
+    root = Path(constants.HF_HUB_CACHE).resolve()
+    resolved = Path(path).resolve()
+    if not resolved.is_relative_to(root):
+        raise HubError(f"{text} resolves to {resolved}, outside the Hugging Face cache {root}: refusing to use it; "
+                       "check the revision after '@'")
+    return Path(path)
 
 
 def resolve_model_dir(text: str, token: str | None = None) -> Path:
@@ -74,7 +95,7 @@ def resolve_model_dir(text: str, token: str | None = None) -> Path:
                                   endpoint=endpoint()),
         token, f"{text} on {endpoint()}", lambda _m: None, download=True,
     )
-    path = Path(path)
+    path = _inside_hub_cache(Path(path), text)
     try:
         ensure_intact(path, reuse_hashes=True)  # generate/bench check it again, from the hash cache
     except ManifestError as exc:
@@ -152,8 +173,15 @@ def _hub_error(exc: BaseException, token: str | None, where: str, attempts: int,
     """One line naming the problem and the fix; never the token."""
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
     status = next((s for s in map(_status, _causes(exc)) if s is not None), None)
     root = list(_causes(exc))[-1]
+    offline = download and (os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+                            or any(isinstance(c, OfflineModeIsEnabled) for c in _causes(exc)))
+    if offline and not attempts and (status is None or isinstance(exc, LocalEntryNotFoundError)):
+        return HubError(f"{where} is not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE): "
+                        "run once with the network to download it, or pass a local folder")
     again = "re-run the same command (files the Hub already has are not uploaded again)" if not download \
         else "try again later (or use a local folder)"
     if attempts and status:

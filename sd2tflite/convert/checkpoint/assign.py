@@ -39,8 +39,20 @@ def assign(model, rows: list[Row], group: Group, prefixes: tuple[str, ...], lora
                                f"{list(ref.shape)}")
     deltas = deltas_for(loras, group.name)
     for r in rows:
-        x = group.tensors[r.source].read()
+        ref = group.tensors[r.source]
+        x = ref.read()
+        refuse_non_finite(x, f"{ref.label}: tensor {r.source}", "the checkpoint is damaged: re-download it or use "
+                          "another one")
         if r.source in deltas:
             x = apply(x, deltas[r.source])
+            refuse_non_finite(x, f"{r.source} after merging {', '.join(str(m.path) for m in loras)}",
+                              "a LoRA scale or alpha too large for float32: lower the scale")
         r.target.assign(np.ascontiguousarray(to_keras(x, r.transform)))
         del x
+
+
+def refuse_non_finite(x: np.ndarray, what: str, fix: str) -> None:
+    """A weight with NaN or Inf would make every output NaN: refused at convert time, naming it."""
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        raise WeightsError(f"{what} holds {bad:,} NaN/Inf values of {x.size:,}; {fix}")

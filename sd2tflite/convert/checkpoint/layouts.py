@@ -425,11 +425,18 @@ def component_files(folder: Path, group: str) -> list[Path]:
     for variant in ("", ".fp16"):
         index = folder / f"{stem}{variant}.safetensors.index.json"
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError):
-                raise WeightsError(f"{index}: not a safetensors index (no weight_map); re-download it") from None
+            data = _read_json(index)
+            weight_map = data.get("weight_map") if isinstance(data, dict) else None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise WeightsError(f"{index}: not a safetensors index (its weight_map is not an object of tensor "
+                                   "names to file names); re-download it")
             shards = sorted(set(weight_map.values()))
+            root = folder.resolve()
+            for shard in shards:  # resolved and checked before anything is opened
+                if "/" in shard or "\\" in shard or shard in ("", ".", "..") \
+                        or not (folder / shard).resolve().is_relative_to(root):
+                    raise WeightsError(f"{index}: shard {shard!r} is not a file name inside {folder}; the index "
+                                       "may only name files beside it: re-download it")
             missing = [s for s in shards if not (folder / s).is_file()]
             if missing:
                 raise WeightsError(f"{index}: shard {missing[0]} is missing ({len(missing)} of {len(shards)}); "
@@ -449,12 +456,21 @@ def component_files(folder: Path, group: str) -> list[Path]:
 
 
 def _read_json(path: Path) -> dict | None:
+    """A JSON object from a config / index file, or None when there is no file; anything else (not
+    UTF-8, not JSON, a list, nested beyond the parser's depth, a huge file) is one WeightsError."""
     if not path.is_file():
         return None
+    if path.stat().st_size > 64 << 20:
+        raise WeightsError(f"{path}: {path.stat().st_size:,} bytes is too large for a JSON config; re-download it")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise WeightsError(f"{path}: not UTF-8 text; re-download it") from None
+    except (json.JSONDecodeError, RecursionError):
         raise WeightsError(f"{path}: not valid JSON; re-download it") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path}: holds a JSON {type(data).__name__}, not an object; re-download it")
+    return data
 
 
 def load_group_files(group_name: str, files: list[Path], config: dict | None, layout_hint: str) -> Group:

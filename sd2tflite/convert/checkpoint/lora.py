@@ -155,7 +155,10 @@ def load_lora(path: Path, scale: float, groups: dict[str, Group]) -> Lora:
             raise WeightsError(f"{path}: LoRA module {m.module} has no "
                                f"{'down/A' if m.down is None else 'up/B'} weight; the file is incomplete")
         target = groups[m.group].tensors[f"{m.module}.weight"].shape
-        rank = m.down.shape[0]
+        rank = m.down.shape[0] if m.down.shape else 0
+        if rank == 0 or 0 in m.up.shape:
+            raise WeightsError(f"{path}: LoRA module {m.module} has rank 0 (down {list(m.down.shape)}, up "
+                               f"{list(m.up.shape)}): the file is damaged; re-download it")
         ok = (m.up.shape[0] == target[0] and m.up.shape[1] == rank and len(m.down.shape) == len(target)
               and tuple(m.down.shape[1:]) == tuple(target[1:]))
         if not ok:
@@ -164,6 +167,11 @@ def load_lora(path: Path, scale: float, groups: dict[str, Group]) -> Lora:
                                "use a LoRA made for this model's family")
         if m.alpha is None:
             m.alpha = default_alpha.get(m.group, rank) if default_alpha else float(rank)
+        multiplier = scale * m.alpha / rank
+        if not (np.isfinite(m.alpha) and np.isfinite(multiplier) and abs(multiplier) <= float(np.finfo(np.float32).max)):
+            raise WeightsError(f"{path}: LoRA module {m.module} has alpha {m.alpha} and scale {scale}: the factor "
+                               f"scale * alpha / rank ({multiplier}) is not a finite float32; fix the file's alpha "
+                               "or lower the scale")
     return Lora(path, scale, f, fmt or "diffusers", modules)
 
 
@@ -196,9 +204,14 @@ def deltas_for(loras: list[Lora], group: str) -> dict[str, list[tuple[float, Lor
 
 
 def apply(weight: np.ndarray, entries: list[tuple[float, LoraModule]]) -> np.ndarray:
+    from .assign import refuse_non_finite
+
     for mult, m in entries:
         up = m.up.read()
         down = m.down.read()
+        for factor, name in ((up, m.up), (down, m.down)):
+            refuse_non_finite(factor, f"{name.label} (LoRA factor for {m.module})", "the LoRA file is damaged: "
+                              "re-download it")
         rank = down.shape[0]
         delta = up.reshape(up.shape[0], rank) @ down.reshape(rank, -1)
         weight = weight + np.float32(mult) * delta.reshape(weight.shape)

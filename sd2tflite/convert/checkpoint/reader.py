@@ -9,6 +9,7 @@ and widened to float32 (bf16 is the upper half of a float32).
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from functools import cached_property
@@ -71,30 +72,53 @@ class SafetensorsFile:
                 raise WeightsError(f"{self.path}: not a safetensors file (header length {n}); "
                                    "pass a .safetensors file")
             try:
-                header = json.loads(f.read(n))
-            except (UnicodeDecodeError, json.JSONDecodeError):
+                header = json.loads(f.read(n).decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                 raise WeightsError(f"{self.path}: not a safetensors file (its header is not JSON); "
                                    "pass a .safetensors file") from None
+        if not isinstance(header, dict):
+            raise WeightsError(f"{self.path}: not a safetensors file (its header is a JSON {type(header).__name__}, "
+                               "not an object); pass a .safetensors file")
         metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict):
+            raise WeightsError(f"{self.path}: corrupt header (__metadata__ is not an object); re-download it")
         base = 8 + n
         infos = {}
-        data_end = 0
         for name, h in header.items():
             try:
-                dtype, shape, (s, e) = h["dtype"], tuple(int(d) for d in h["shape"]), h["data_offsets"]
+                dtype, shape, (s, e) = h["dtype"], tuple(h["shape"]), h["data_offsets"]
             except (KeyError, TypeError, ValueError):
                 raise WeightsError(f"{self.path}: corrupt header entry for {name!r}; re-download it") from None
+            if not all(type(d) is int and d >= 0 for d in shape) or not all(type(o) is int for o in (s, e)):
+                raise WeightsError(f"{self.path}: corrupt header: tensor {name} has shape {list(shape)} and offsets "
+                                   f"{[s, e]} (not non-negative integers); re-download it")
             if dtype not in _DTYPE_BYTES:
                 raise WeightsError(f"{self.path}: tensor {name} has dtype {dtype}, which is not supported; "
                                    "save the checkpoint as fp32, fp16 or bf16")
-            if e - s != int(np.prod(shape, dtype=np.int64)) * _DTYPE_BYTES[dtype]:
+            if dtype.startswith("F8"):
+                raise WeightsError(f"{self.path}: tensor {name} is {dtype} (8-bit float), which is not supported; "
+                                   "use the fp32, fp16 or bf16 release of the checkpoint")
+            count = math.prod(shape)  # Python integers: a product past int64 is a number, not an overflow
+            if count * _DTYPE_BYTES[dtype] > size:
+                raise WeightsError(f"{self.path}: corrupt header: tensor {name} has shape {list(shape)} "
+                                   f"({count:,} values), more than the file's {size:,} bytes hold; re-download it")
+            if e - s != count * _DTYPE_BYTES[dtype]:
                 raise WeightsError(f"{self.path}: corrupt header: tensor {name} has {e - s} bytes for shape "
                                    f"{list(shape)} {dtype}; re-download it")
             infos[name] = TensorInfo(dtype, shape, base + s, base + e)
-            data_end = max(data_end, base + e)
-        if data_end > size:
-            raise WeightsError(f"{self.path}: truncated (the header promises {data_end} bytes, the file has "
+        end = base  # the tensors' data must tile the rest of the file, in order (safetensors' own rule)
+        for name, info in sorted(infos.items(), key=lambda item: (item[1].start, item[1].end)):
+            if info.start != end:
+                what = "overlaps the tensor before it" if info.start < end else "leaves a gap before it"
+                raise WeightsError(f"{self.path}: corrupt header: tensor {name}'s data offsets "
+                                   f"[{info.start - base}, {info.end - base}] {what}; re-download it")
+            end = info.end
+        if end > size:
+            raise WeightsError(f"{self.path}: truncated (the header promises {end} bytes, the file has "
                                f"{size}); re-download it")
+        if end < size:
+            raise WeightsError(f"{self.path}: corrupt (the header describes {end} bytes, the file has {size}); "
+                               "re-download it")
         return infos, metadata
 
     def keys(self) -> list[str]:
@@ -111,11 +135,15 @@ class SafetensorsFile:
                 self._memmap = np.memmap(self.path, dtype=np.uint8, mode="r")
             raw = np.frombuffer(self._memmap[info.start:info.end], dtype="<u2")
             return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
-        if self._handle is None:
-            from safetensors import safe_open
+        try:
+            if self._handle is None:
+                from safetensors import safe_open
 
-            self._handle = safe_open(str(self.path), framework="numpy")
-        array = self._handle.get_tensor(name)
+                self._handle = safe_open(str(self.path), framework="numpy")
+            array = self._handle.get_tensor(name)
+        except Exception as exc:  # noqa: BLE001 - the library's SafetensorError / OSError: one line
+            raise WeightsError(f"{self.path}: cannot read tensor {name} ({' '.join(str(exc).split())[:120]}); "
+                               "re-download it") from exc
         if info.dtype in _FLOAT_DTYPES:
             return np.asarray(array, dtype=np.float32)
         return array
