@@ -454,3 +454,105 @@ def test_offline_and_uncached_says_so_in_one_whole_line(tmp_path, monkeypatch):
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
     assert "offline mode is on" in lines[0] and "try again later" not in lines[0]
     assert lines[0].endswith("or pass a local folder")  # whole, not cut mid-sentence
+
+
+# ---------------------------------------------------------------- configs the architecture is read from
+
+
+@pytest.mark.parametrize("heads", [0, -1, [-1, 8, 8, 8], [8, 8, 0, 8], "8", 8.5, True, [], {"a": 1}])
+def test_a_unet_config_with_impossible_heads_is_one_line(heads):
+    from sd2tflite.convert.checkpoint.architecture import _config_heads
+    from sd2tflite.core.errors import WeightsError
+
+    with pytest.raises(WeightsError) as e:
+        _config_heads({"attention_head_dim": heads}, 4)
+    assert "\n" not in str(e.value) and "attention_head_dim" in str(e.value) and "config.json" in str(e.value)
+
+
+@pytest.mark.parametrize("heads", [0, -8, "12", 10**9, 1.5])
+def test_a_text_config_with_impossible_heads_is_one_line(heads):
+    from sd2tflite.convert.checkpoint.architecture import _text_heads
+    from sd2tflite.core.errors import WeightsError
+
+    with pytest.raises(WeightsError, match="num_attention_heads"):
+        _text_heads({"num_attention_heads": heads}, 768)
+
+
+# ---------------------------------------------------------------- manifests beyond any set
+
+
+MANIFESTS = {
+    "nested 100,000 deep": (b"[" * 100_000 + b"]" * 100_000, "nested deeper"),
+    "nested objects": (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "nested deeper"),
+    "a JSON list": (b"[]", "JSON list"),
+    "a number": (b"12", "JSON int"),
+    "not UTF-8": (b'{"\xff": 1}', "not valid JSON"),
+    "too large": (b" " * (17 << 20) + b"{}", "more than a manifest"),
+}
+
+
+@pytest.mark.parametrize("case", list(MANIFESTS))
+def test_a_manifest_that_is_not_one_is_one_line_in_every_command(case, tmp_path):
+    data, words = MANIFESTS[case]
+    set_dir = tmp_path / "set"
+    set_dir.mkdir()
+    (set_dir / "manifest.json").write_bytes(data)
+    assert_one_line_error(run(["generate", str(set_dir), "x", "-o", str(tmp_path / "o.png"), "-q"]), 1, words)
+    assert_one_line_error(run(["bench", str(set_dir), "-q"]), 1, words)
+    assert_one_line_error(run(["push-hub", str(set_dir), "--repo-id", "someone/x", "--dry-run"]), 1, words)
+    assert not (tmp_path / "o.png").exists()
+
+
+# ---------------------------------------------------------------- limits before allocating
+
+
+@pytest.mark.parametrize("flag, value", [("--steps", 1099511627776), ("--steps", 1001), ("--repeats", 10**12),
+                                         ("--warmup", 2**63), ("--image-repeats", 10**7)])
+def test_bench_counts_past_their_limit_are_refused_before_work(flag, value, fp32_set):
+    assert_one_line_error(run(["bench", str(fp32_set), flag, str(value), "-q"]), 2, flag, "at most")
+
+
+@pytest.mark.parametrize("steps", [1099511627776, 10**6, 1001])
+def test_generate_steps_past_the_schedule_are_refused_before_work(steps, fp32_set, tmp_path):
+    result = run(["generate", str(fp32_set), "x", "--steps", str(steps), "-o", str(tmp_path / "o.png"), "-q"])
+    assert result.exit_code == 2 and "--steps" in result.stderr, result.stderr
+    assert not (tmp_path / "o.png").exists()
+
+
+# ---------------------------------------------------------------- names the OS refuses
+
+
+@pytest.mark.parametrize("where", ["output", "set", "noise", "nested output"])
+def test_a_name_over_the_os_limit_is_one_line(where, fp32_set, tmp_path):
+    long = "n" * 300
+    args = {"output": [str(fp32_set), "-o", str(tmp_path / f"{long}.png")],
+            "set": [str(tmp_path / long), "-o", str(tmp_path / "o.png")],
+            "noise": [str(fp32_set), "-o", str(tmp_path / "o.png"), "--noise", str(tmp_path / f"{long}.npy")],
+            "nested output": [str(fp32_set), "-o", str(tmp_path / long / "o.png")]}[where]
+    result = run(["generate", args[0], "x", "--steps", "1", *args[1:], "-q"])
+    line = assert_one_line_error(result, result.exit_code, "too long")
+    assert result.exit_code in (1, 2) and "unexpected" not in line
+
+
+# ---------------------------------------------------------------- SIGTERM is Ctrl-C
+
+
+def test_sigterm_during_generate_cleans_up_like_ctrl_c(tiny_sets, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "o.png"
+    env = {**os.environ, "SD2TFLITE_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "sd2tflite.cli", "generate", str(tiny_sets["fp32"]), "x",
+                             "--steps", "1000", "-o", str(out)], stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (tmp_path / "cache" / "xnnpack").is_dir():
+        time.sleep(0.1)
+    time.sleep(3)  # into the denoising loop
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert not out.exists()
+    left = [p for p in tmp_path.rglob("*") if is_temp_name(p.name)]
+    assert not left, left

@@ -68,10 +68,16 @@ def _check_request(request: BenchRequest) -> None:
         NewFile("--json", request.json_path, json_with_keys("format_version", "cases"), "a bench report"),
         NewFile("--plot", request.plot_path, png_with_text(PLOT_MARKER), "a bench plot"),
     ], request.force)
-    for flag, value, minimum in (("--repeats", request.repeats, 1), ("--steps", request.steps, 1),
-                                 ("--warmup", request.warmup, 0), ("--image-repeats", request.image_repeats, 1)):
+    # Limits before anything is allocated (a step count sizes the schedule's arrays): at most the
+    # schedule's 1000 training timesteps, and repeat counts a run can finish.
+    for flag, value, minimum, maximum in (("--repeats", request.repeats, 1, 10_000),
+                                          ("--steps", request.steps, 1, 1000),
+                                          ("--warmup", request.warmup, 0, 10_000),
+                                          ("--image-repeats", request.image_repeats, 1, 10_000)):
         if value < minimum:
             raise UsageError(f"{flag} {value} must be at least {minimum}")
+        if value > maximum:
+            raise UsageError(f"{flag} {value} is more than {maximum:,}: pass at most {maximum:,}")
     bad = [t for t in request.threads if t < 1]
     if bad:
         raise UsageError(f"--threads {bad[0]} must be at least 1 (default: all {os.cpu_count()} cores)")

@@ -33,6 +33,18 @@ def _scrubbed(text: str, secrets: list[str]) -> str:
     return text
 
 
+def _os_error(exc: OSError) -> str:
+    """One line naming the file and what to do, for an OSError no check turned into a message."""
+    import errno
+
+    fixes = {errno.ENAMETOOLONG: "use shorter names (at most 255 bytes per folder or file name)",
+             errno.ENOSPC: "free space or choose another folder", errno.EDQUOT: "free space or choose another folder",
+             errno.EACCES: "check its permissions or choose another path",
+             errno.EROFS: "choose a writable folder", errno.ENOENT: "check the path"}
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror.lower()}: {fixes.get(exc.errno, 'check the path and try again')}"
+
+
 def handle_errors(fn):
     """Library errors become one line on stderr and their exit code; -v adds the traceback. Both
     are scrubbed of the Hub token (a server may echo it back in an error)."""
@@ -57,6 +69,9 @@ def handle_errors(fn):
             if isinstance(exc, SD2TFLiteError):
                 click.echo(_scrubbed(f"error: {exc}", secrets), err=True)
                 sys.exit(exc.exit_code)
+            if isinstance(exc, OSError) and exc.strerror:  # a path the checks above did not foresee
+                click.echo(_scrubbed(f"error: {_os_error(exc)}", secrets), err=True)
+                sys.exit(1)
             first = str(exc).splitlines()[0] if str(exc) else ""
             hint = "" if verbose else " (run with -v for the traceback)"
             click.echo(_scrubbed(f"error: unexpected {type(exc).__name__}: {first}{hint}", secrets), err=True)

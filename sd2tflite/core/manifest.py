@@ -256,15 +256,25 @@ def save_manifest(manifest: Manifest, directory: Path) -> Path:
     return path
 
 
+MAX_MANIFEST_BYTES = 16 << 20
+
+
 def load_manifest(directory: Path) -> Manifest:
     path = Path(directory) / MANIFEST_NAME
     if not path.is_file():
         raise ManifestError(f"no {MANIFEST_NAME} in {directory}: point at a folder written by sd2tflite convert")
     path = path_in_set(directory, MANIFEST_NAME)
+    if path.stat().st_size > MAX_MANIFEST_BYTES:  # a limit before reading: sets list a few dozen files
+        raise ManifestError(f"{path} is {path.stat().st_size:,} bytes, more than a manifest's "
+                            f"{MAX_MANIFEST_BYTES:,}: convert again")
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path} is not valid JSON ({exc}): convert again") from exc
+        raise ManifestError(f"{path} is not valid JSON ({' '.join(str(exc).split())[:120]}): convert again") from exc
+    except RecursionError:
+        raise ManifestError(f"{path} is nested deeper than any manifest: convert again") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path} holds a JSON {type(data).__name__}, not a manifest object: convert again")
     try:
         return Manifest.from_json(data)
     except (TypeError, ValueError, KeyError, AttributeError) as exc:  # unknown keys, bad wiring

@@ -7,6 +7,7 @@ when the layout has one, else from the SD conventions: UNet v1 8 heads per level
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass
 
@@ -101,7 +102,7 @@ def infer_text(g: Group) -> TextArch:
     positions, _ = _shape(g, "embeddings.position_embedding.weight")
     layers = _count(g, r"encoder\.layers\.(\d+)\.")
     cfg = g.config or {}
-    heads = int(cfg.get("num_attention_heads") or max(1, width // 64))
+    heads = _text_heads(cfg, width)
     if cfg.get("hidden_act"):
         act = cfg["hidden_act"]
     elif g.text_kind == "openclip":
@@ -122,12 +123,25 @@ def infer_text(g: Group) -> TextArch:
 
 
 def _config_heads(cfg: dict, levels: int) -> tuple[int, ...] | None:
-    heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim")
+    key = "num_attention_heads" if cfg.get("num_attention_heads") is not None else "attention_head_dim"
+    heads = cfg.get(key)
     if heads is None:
         return None
-    if isinstance(heads, int):
-        return (heads,) * levels
-    return tuple(int(h) for h in heads)
+    found = [heads] * levels if not isinstance(heads, (list, tuple)) else list(heads)
+    if not found or not all(type(h) is int and 1 <= h <= 4096 for h in found):
+        raise WeightsError(f"UNet config.json: {key} {json.dumps(heads)[:80]} is not a positive head count (or "
+                           "one per level); fix the config or re-download it")
+    return tuple(found)
+
+
+def _text_heads(cfg: dict, width: int) -> int:
+    heads = cfg.get("num_attention_heads")
+    if heads is None:
+        return max(1, width // 64)
+    if type(heads) is not int or not 1 <= heads <= width:
+        raise WeightsError(f"text encoder config.json: num_attention_heads {json.dumps(heads)[:80]} is not a "
+                           f"head count from 1 to {width}; fix the config or re-download it")
+    return heads
 
 
 def infer_unet(g: Group, family_hint: str) -> UNetArch:
