@@ -477,3 +477,16 @@ def test_the_tokenizer_pads_as_the_manifest_says():
     assert pad_id_of("!") == 0 and pad_id_of("<|endoftext|>") == END_TOKEN
     with pytest.raises(UsageError, match="pad token '<pad>' is not one CLIP's vocabulary pads with"):
         pad_id_of("<pad>")
+
+
+def test_noise_in_diffusers_nchw_layout_is_transposed_and_other_shapes_refused():
+    from sd2tflite.runtime.generate import _noise_layout
+
+    nchw = np.arange(1 * 4 * 6 * 5, dtype=np.float32).reshape(1, 4, 6, 5)
+    noise, note = _noise_layout(nchw, (1, 6, 5, 4), "n.npy")
+    np.testing.assert_array_equal(noise, np.moveaxis(nchw, 1, -1))
+    assert "NCHW [1, 4, 6, 5]" in note and "transposed" in note
+    same, none = _noise_layout(noise, (1, 6, 5, 4), "n.npy")
+    assert none is None and same is noise
+    with pytest.raises(UsageError, match=r"--noise n.npy has shape \[1, 3, 6, 5\], this set needs NHWC \[1, 6, 5, 4\]"):
+        _noise_layout(np.zeros((1, 3, 6, 5), np.float32), (1, 6, 5, 4), "n.npy")
