@@ -105,3 +105,62 @@ def test_each_cause_undone_falls_under_the_bar(converted, tmp_path):
         figures["end-of-text padding"] = psnr(pipeline.generate(settings).images[0], golden["image"])
     print(family, {k: round(v, 1) for k, v in figures.items()})
     assert all(v < BAR_DB for v in figures.values()), figures
+
+
+# ---------------------------------------------------------------- what convert reads (no conversion)
+
+
+def _folder_with(tmp_path: Path, family: str, scheduler: dict | None = None, pad: str | None = None) -> Path:
+    folder = tmp_path / family
+    spec = json.loads((DATA / family / "spec.json").read_text())
+    for rel, config in spec["configs"].items():
+        if rel.startswith(("scheduler/", "tokenizer/")):
+            path = folder / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if rel.startswith("scheduler/") and scheduler is not None:
+                config = {**config, **scheduler}
+            if rel.startswith("tokenizer/") and pad is not None:
+                config = {**config, "pad_token": pad}
+            path.write_text(json.dumps(config))
+    return folder
+
+
+def test_convert_reads_the_scheduler_and_tokenizer_configs_or_takes_the_familys(tmp_path):
+    from sd2tflite.convert.checkpoint_source import SchedulerOptions, keras_cv_conventions, model_conventions
+
+    v2 = model_conventions({"path": str(_folder_with(tmp_path, "v2"))}, "v2")
+    assert (v2["scheduler"]["sampler"], v2["scheduler"]["timestep_spacing"], v2["scheduler"]["steps_offset"]) == \
+        ("ddim", None, 1)
+    assert v2["tokenizer"] == {"pad_token": "!", "pad_id": 0, "source": "tokenizer/special_tokens_map.json"}
+    assert v2["pixels"] == "round"
+    single = model_conventions({"path": str(tmp_path / "model.safetensors")}, "v2")
+    assert single["tokenizer"]["pad_id"] == 0 and single["scheduler"]["scheduler_class"] == "DDIMScheduler"
+    v1 = model_conventions({"path": str(tmp_path / "model.safetensors")}, "v1")
+    assert v1["scheduler"]["sampler"] == "pndm" and v1["tokenizer"]["pad_id"] == 49407
+    turbo = model_conventions({"path": str(_folder_with(tmp_path / "t", "v2", {
+        "_class_name": "EulerDiscreteScheduler", "timestep_spacing": "trailing"}))}, "v2",
+        SchedulerOptions(steps=1, guidance=0.0))
+    assert (turbo["scheduler"]["sampler"], turbo["scheduler"]["timestep_spacing"], turbo["scheduler"]["steps"],
+            turbo["scheduler"]["guidance"]) == ("euler", "trailing", 1, 0.0)
+    kcv = keras_cv_conventions()
+    assert (kcv["scheduler"]["convention"], kcv["tokenizer"]["pad_id"], kcv["pixels"]) == ("keras-cv", 49407, "truncate")
+
+
+@pytest.mark.parametrize("change, fragments", [
+    ({"_class_name": "UniPCMultistepScheduler"}, ["scheduler 'UniPCMultistepScheduler' is not one this sd2tflite runs",
+                                                  "pass --default-sampler NAME"]),
+    ({"rescale_betas_zero_snr": True}, ["rescale_betas_zero_snr = True is not supported"]),
+    ({"beta_schedule": "squaredcos_cap_v2"}, ["beta_schedule 'squaredcos_cap_v2' is not supported"]),
+    ({"_class_name": "PNDMScheduler", "skip_prk_steps": False}, ["PNDMScheduler with skip_prk_steps = False"]),
+    ({"timestep_spacing": "even"}, ["timestep spacing 'even' is unknown"]),
+])
+def test_a_scheduler_config_this_runtime_cannot_reproduce_is_refused_in_one_line(tmp_path, change, fragments):
+    from sd2tflite.convert.checkpoint_source import model_conventions
+    from sd2tflite.core.errors import UsageError
+
+    with pytest.raises(UsageError) as info:
+        model_conventions({"path": str(_folder_with(tmp_path, "v1", change))}, "v1")
+    text = str(info.value)
+    assert "\n" not in text and "scheduler_config.json" in text
+    for fragment in fragments:
+        assert fragment in text, text
