@@ -92,7 +92,7 @@ class ServeApp:
         self.noise = self._load_noise(request.noise_file) if request.noise_file else None
         self.litertjs = find_litertjs(request.litertjs)
         self.fit = browser_fit(self.manifest)
-        self.sessions: dict[str, dict] = {}
+        self.runs: dict[str, dict] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self.server = PageServer(self.litertjs, request.host, request.port)
@@ -172,44 +172,45 @@ class ServeApp:
         except SD2TFLiteError as exc:
             return Reply.error(str(exc))
         latent = sampler.initial_latent(noise).astype(np.float32)
-        session = {"sampler": sampler, "latent": latent, "index": 0, "noise_source": seeded_noise(noise),
+        current = {"sampler": sampler, "latent": latent, "index": 0, "noise_source": seeded_noise(noise),
                    "steps": len(sampler.timesteps)}
         with self._lock:
             sid = str(next(self._ids))
-            self.sessions = {sid: session}  # one run at a time: a new run replaces the last
+            self.runs = {sid: current}  # one run at a time: a new run replaces the last
         w_emb = guidance_scale_embedding(settings.guidance, self.dims.batch_size, _guidance_embedding_dim(p)) \
             if embedded else None
-        return Reply.json({"session": sid, "tokens": tokens, "unconditional_tokens": unconditional,
+        return Reply.json({"run_id": sid, "tokens": tokens, "unconditional_tokens": unconditional,
                            "guided": guided, "guidance": settings.guidance, "sampler": settings.sampler,
-                           "steps": session["steps"], "seed": settings.seed, "notes": p.sampler_notes(settings) if hasattr(p, "sampler_notes") else [],
+                           "steps": current["steps"], "seed": settings.seed,
+                           "notes": p.sampler_notes(settings) if hasattr(p, "sampler_notes") else [],
                            "guidance_embedding": _b64(w_emb) if w_emb is not None else None,
-                           **self._next_input(session)})
+                           **self._next_input(current)})
 
-    def _next_input(self, session: dict) -> dict:
-        index = session["index"]
-        if index >= session["steps"]:
-            return {"done": True, "latent": _b64(session["latent"])}
-        sampler = session["sampler"]
-        model_input = sampler.scale_input(session["latent"], index)
+    def _next_input(self, current: dict) -> dict:
+        index = current["index"]
+        if index >= current["steps"]:
+            return {"done": True, "latent": _b64(current["latent"])}
+        sampler = current["sampler"]
+        model_input = sampler.scale_input(current["latent"], index)
         t_emb = timestep_embedding(sampler.timesteps[index], self.dims.batch_size, self.dims.timestep_dim)
         return {"done": False, "index": index, "model_input": _b64(model_input), "timestep_embedding": _b64(t_emb)}
 
     def _step(self, query, body: bytes) -> Reply:
-        session = self.sessions.get(query.get("session", ""))
-        if session is None:
+        current = self.runs.get(query.get("run", ""))
+        if current is None:
             return Reply.error("this run was replaced by a newer one (one run at a time): start again", 409)
         output = np.frombuffer(body, dtype=np.float32)
         shape = self.dims.latent_shape
         if output.size != int(np.prod(shape)):
             return Reply.error(f"the step needs {int(np.prod(shape))} float32 values, got {output.size}")
         if not np.isfinite(output).all():
-            return Reply.error(f"the diffusion output holds NaN/Inf values at step {session['index'] + 1}: the set is "
+            return Reply.error(f"the diffusion output holds NaN/Inf values at step {current['index'] + 1}: the set is "
                                "broken, overflows, or the browser computed it wrongly (try ?accelerator=wasm)")
-        index = session["index"]
-        latent = session["sampler"].step(output.reshape(shape), index, session["latent"], session["noise_source"])
-        session["latent"] = np.asarray(latent, dtype=np.float32)
-        session["index"] = index + 1
-        return Reply.json(self._next_input(session))
+        index = current["index"]
+        latent = current["sampler"].step(output.reshape(shape), index, current["latent"], current["noise_source"])
+        current["latent"] = np.asarray(latent, dtype=np.float32)
+        current["index"] = index + 1
+        return Reply.json(self._next_input(current))
 
 
 # The runtime's pipeline as it reads a manifest (its scheduler record, tokenizer record, pixel rule),

@@ -253,7 +253,7 @@ async function generate() {
       for (let i = 0; i < cond.length; i++) guided[i] = f32(uncond[i] + f32(g * f32(cond[i] - uncond[i])));
       return guided;
     });
-    next = await timed('sampler (server)', () => getJson(`/api/step?session=${run.session}`, {method: 'POST', body: output}));
+    next = await timed('sampler (server)', () => getJson(`/api/step?run=${run.run_id}`, {method: 'POST', body: output}));
     state.step += 1;
     $('progress').value = state.step;
     state.timings['per step (mean)'] = (performance.now() - loopStart) / 1000 / state.step;
