@@ -156,14 +156,22 @@ def test_int8_option_errors(tmp_path, args, code, fragment):
     assert not (tmp_path / "o").exists()
 
 
-def test_integer_only_mode_names_the_float_operators(tmp_path):
-    from .test_cli import TINY
+def test_integer_only_mode_converts_the_device_graph_and_names_float_operators(tmp_path, monkeypatch):
+    from sd2tflite.convert import attention, export
+    from sd2tflite.convert.orchestrate import convert
+    from sd2tflite.core.errors import ConversionError
 
-    result = run([*TINY, "-o", str(tmp_path / "o"), "--quant", "int8-strict", "--components", "decoder",
-                  "--calibration", "synthetic"])
-    # GroupNormalization lowers to NEG and SQUARE, which have no int8 kernel in TF 2.21's converter.
-    assert_one_line_error(result, 1, "decoder.tflite", "NEG", "SQUARE", "--quant int8")
-    assert not (tmp_path / "o").exists()  # the rejected file was never written
+    # The device graph (4-D GroupNorm without NEG / SQUARE) has an int8 kernel for every operator.
+    result = convert(tiny_request(tmp_path / "s", quant="int8-strict", components="decoder"))
+    stats = result.manifest.artifacts[0].op_stats
+    assert stats["quantized_ops"] == stats["ops"] and not stats["float_ops"], stats
+    # Keras' own GroupNormalization lowers to NEG and SQUARE, which stay float even with only the int8
+    # op set: named, nothing written. (No export cache: this graph must not be stored under the
+    # device graph's key.)
+    monkeypatch.setattr(export, "device_graph", attention.export_attention)
+    with pytest.raises(ConversionError, match="(?i)decoder.tflite.*integer-only kernel.*neg.*--quant int8"):
+        convert(tiny_request(tmp_path / "o", quant="int8-strict", components="decoder"))
+    assert not list((tmp_path / "o").glob("*.tflite"))
 
 
 def test_a_file_litert_cannot_run_is_refused_not_written(tmp_path, monkeypatch):
