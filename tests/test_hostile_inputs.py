@@ -266,8 +266,8 @@ def test_lora_factors_that_are_not_finite_are_refused_at_open(lora, scale, words
 
 
 @pytest.mark.parametrize("lora, scale, words", [
-    (dict(up=np.nan), 1.0, "lora_up.weight in l.safetensors (LoRA factor) holds"),
-    (dict(down=-np.inf), 1.0, "lora_down.weight in l.safetensors (LoRA factor) holds"),
+    (dict(up=np.nan), 1.0, "lora_up.weight in l.safetensors (LoRA factor for"),
+    (dict(down=-np.inf), 1.0, "lora_down.weight in l.safetensors (LoRA factor for"),
     (dict(up=1e20, down=1e20), 1.0, "after merging"),  # each factor finite, the product is not
     (dict(), 1e38, "after merging"),  # the factor is a float32, the merged weight is not
 ])
