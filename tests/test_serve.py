@@ -149,8 +149,7 @@ def query(steps=4, seed=3, sampler="ddim", prompt=PROMPT, **extra) -> str:
 @pytest.mark.parametrize("sampler", ["ddim", "euler"])
 def test_page_draws_what_generate_draws_fp32_wasm(tiny_sets, tmp_path, sampler):
     litertjs = browser_or_skip()
-    update = sampler == "ddim" and os.environ.get("SD2TFLITE_UPDATE_SCREENSHOT")
-    shot = SCREENSHOT if update else tmp_path / "page.png"
+    shot = tmp_path / "page.png"
     with served(tiny_sets["fp32"], litertjs) as url:
         result = page(url, query(sampler=sampler, accelerator="wasm"), screenshot=shot)
     assert result["status"] == "done", result
@@ -168,12 +167,15 @@ def test_page_draws_what_generate_draws_fp32_wasm(tiny_sets, tmp_path, sampler):
 
 def test_page_on_webgpu_shows_placement_and_keeps_int8_text_on_wasm(tiny_sets, tmp_path):
     litertjs = browser_or_skip()
+    # the README's screenshot is this page (SD2TFLITE_UPDATE_SCREENSHOT=1 writes it)
+    shot = SCREENSHOT if os.environ.get("SD2TFLITE_UPDATE_SCREENSHOT") else tmp_path / "page.png"
     with served(tiny_sets["fp32"], litertjs) as url:
-        fp32 = page(url, query(steps=2), webgpu=True)
+        fp32 = page(url, query(steps=4), webgpu=True, screenshot=shot)
     assert fp32["status"] == "done", fp32
     assert set(fp32["accelerators"].values()) == {"webgpu"}
     # SwiftShader's WebGPU computes in float32 here: the same picture as generate
-    assert np.abs(pixels(fp32) - generated(tiny_sets["fp32"], tmp_path, 2, 3)).max() <= 1
+    assert np.abs(pixels(fp32) - generated(tiny_sets["fp32"], tmp_path, 4, 3)).max() <= 1
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for row in fp32["placement"]:
         assert row["accelerator"] == "webgpu" and 0 < row["gpuOps"] <= row["totalOps"], row
     with served(tiny_sets["int8"], litertjs) as url:
