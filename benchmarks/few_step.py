@@ -12,7 +12,7 @@ matrix, 0.01 % of the UNet), 1-step euler trailing at guidance 0 (SD-Turbo's rec
 graph stands in for SD 2.1's, which has the same widths). Random weights: the images are noise, the
 work is the real one. Each case runs in a fresh process (sd2tflite's pipeline on LiteRT, each
 component released after its stage, as `generate` runs) after one untimed warm-up image in the same
-process; seconds per stage come from timing every component call. Peak RSS is the child's kernel-
+process (the same case at 1 step); seconds per stage come from timing every component call. Peak RSS is the child's kernel-
 tracked peak (VmHWM) over warm-up and timed image; anonymous and file-backed peaks are sampled.
 Writes benchmarks/records/few-step-TAG.json and .md.
 """
@@ -30,10 +30,10 @@ from sd2tflite.bench.measure import PeakTreeRSS, machine
 from sd2tflite.core.manifest import load_manifest
 
 VOCAB = ROOT / "tests" / "data" / "bpe_simple_vocab_16e6.txt.gz"
-CASES = {  # name -> GenerateSettings fields
-    "ddim-25-cfg7.5": {"sampler": "ddim", "steps": 25, "guidance": 7.5},
+CASES = {  # name -> GenerateSettings fields (the cheap ones first)
     "lcm-4-no-cfg": {"sampler": "lcm", "steps": 4, "guidance": 1.0},
     "euler-trailing-1-g0": {"sampler": "euler", "steps": 1, "guidance": 0.0, "spacing": "trailing"},
+    "ddim-25-cfg7.5": {"sampler": "ddim", "steps": 25, "guidance": 7.5},
 }
 
 CHILD = """
@@ -72,7 +72,7 @@ components = Timed(choose_vae(LiteRTComponents(directory, manifest), vae))
 tokenizer = load_tokenizer(manifest.family, Path(vocab) if vocab else None)
 pipeline = Pipeline(components, manifest.model_dims, tokenizer, manifest.prediction_type)
 run = GenerateSettings("a photograph of an astronaut riding a horse", seed=0, **settings)
-pipeline.generate(run)  # warm-up: loads, XNNPACK packing, first-call allocations
+pipeline.generate(GenerateSettings(run.prompt, seed=0, **{**settings, "steps": 1}))  # warm-up: loads, packing
 seconds.clear()
 start = time.perf_counter()
 pipeline.generate(run)
@@ -121,15 +121,16 @@ def main() -> None:
     args = parser.parse_args()
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     rows = []
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    out = RECORDS / f"few-step-{args.tag}"
     for directory in args.dirs:
         for case in cases:
             for vae in ("full", "tiny"):
                 rows.append(run(directory, case, vae))
                 print(markdown(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-    RECORDS.mkdir(parents=True, exist_ok=True)
-    out = RECORDS / f"few-step-{args.tag}"
-    write_record(Path(f"{out}.json"), {"machine": machine(), "command": invocation(), "runs": rows})
-    Path(f"{out}.md").write_text(markdown(rows) + "\n")
+                # written after every run: an interrupted benchmark keeps what it measured
+                write_record(Path(f"{out}.json"), {"machine": machine(), "command": invocation(), "runs": rows})
+                Path(f"{out}.md").write_text(markdown(rows) + "\n")
     print(markdown(rows))
 
 
