@@ -156,6 +156,8 @@ def convert(dry_run, verbose, quiet, max_part_bytes, weights, loras, **options):
 @click.option("--eta", default=None, type=float, help="tcd's gamma (default 0.3); ddim's eta (default 0).")
 @click.option("--save-latents", default=None, type=click.Path(dir_okay=False),
               help="Also write the final latents (.npy).")
+@click.option("--vae", default="full", show_default=True, type=click.Choice(["full", "tiny"]),
+              help="tiny: decode (and encode, if converted) with the set's TAESD files (--components taesd_decoder).")
 @vocab_option()
 @threads_option
 @weight_cache_option
@@ -163,8 +165,8 @@ def convert(dry_run, verbose, quiet, max_part_bytes, weights, loras, **options):
 @verbosity
 @handle_errors
 def generate(model_dir, prompt, output, steps, guidance, seed, negative_prompt, noise_file, image_file,
-             mask_file, strength, resize, sampler, karras, spacing, eta, save_latents, vocab, threads, weight_cache,
-             force, verbose, quiet):
+             mask_file, strength, resize, sampler, karras, spacing, eta, save_latents, vae, vocab, threads,
+             weight_cache, force, verbose, quiet):
     """Text-to-image, image-to-image and inpainting from a converted set, on LiteRT only."""
     from pathlib import Path
 
@@ -185,7 +187,7 @@ def generate(model_dir, prompt, output, steps, guidance, seed, negative_prompt, 
         model_dir=model_dir, output=Path(output), settings=settings,
         noise_file=opt(noise_file), image_file=opt(image_file), mask_file=opt(mask_file),
         resize=resize, threads=threads, vocab=opt(vocab), save_latents=opt(save_latents), force=force,
-        weight_cache=weight_cache,
+        weight_cache=weight_cache, vae=vae,
     )
     with TqdmProgress(quiet) as progress:
         result = run_generate(request, progress)

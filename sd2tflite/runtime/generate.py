@@ -21,6 +21,7 @@ from .hub import resolve_model_dir
 from .images import load_image, load_mask, output_paths, save_png
 from .integrity import ensure_intact
 from .litert import LiteRTComponents
+from .tiny_vae import check_vae, choose_vae
 from .pipeline import GenerateSettings, Pipeline
 from .schedule import Schedule
 from .tokenizer import load_tokenizer
@@ -41,6 +42,7 @@ class GenerateRequest:
     save_latents: Path | None = None
     force: bool = False
     weight_cache: bool = True  # XNNPACK's packed weights as files (weight_cache.py): file-backed memory
+    vae: str = "full"  # full | tiny: the set's TAESD files decode (and encode, when converted) instead
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,9 @@ def generate(request: GenerateRequest, progress: Progress | None = None) -> Gene
             said.add(text)
             progress.note(f"note: {text}")
 
-    components = LiteRTComponents(model_dir, manifest, request.threads, weight_cache=cache, note=cache_note)
+    check_vae(request.vae, manifest.components)
+    components = choose_vae(LiteRTComponents(model_dir, manifest, request.threads, weight_cache=cache,
+                                             note=cache_note), request.vae)
     pipeline = Pipeline(components, dims,
                         tokenizer, manifest.prediction_type, Schedule.from_json(manifest.scheduler), manifest.pixels)
     resolved = pipeline.resolve(settings)
