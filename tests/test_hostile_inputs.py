@@ -434,11 +434,12 @@ def test_real_revisions_pass(revision):
 
 def test_a_snapshot_outside_the_hub_cache_is_refused(tmp_path, monkeypatch):
     import huggingface_hub
+    import huggingface_hub.constants as constants
 
     from sd2tflite.core.errors import HubError
     from sd2tflite.runtime import hub
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: str(tmp_path / "elsewhere"))
     with pytest.raises(HubError, match="outside the Hugging Face cache"):
         hub.resolve_model_dir("hf://owner/repo@main")
