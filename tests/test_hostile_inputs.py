@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from sd2tflite.core.fsutil import is_temp_name
-from sd2tflite.core.manifest import load_manifest
 
 from .conftest import assert_one_line_error, run, seeded_inputs
 

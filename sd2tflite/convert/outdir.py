@@ -4,58 +4,24 @@ written into."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import OutputDirError, OutputError, SD2TFLiteError
-from ..core.fsutil import is_temp_name, sha256_file
+from ..core.fsutil import LOCK_NAME, folder_lock, is_temp_name, sha256_file
 from ..core.manifest import (MANIFEST_NAME, VERIFY_REPORT_NAME, Artifact, Manifest, load_manifest,
                              safe_relative_path)
 
 PROGRESS_NAME = ".sd2tflite-progress.json"
 WORK_PREFIX = ".sd2tflite-work-"
-LOCK_NAME = ".sd2tflite-lock"
 
 
-@contextlib.contextmanager
-def output_lock(out_dir: Path) -> Iterator[None]:
-    """Holds `out_dir` for one conversion: a second run into it is refused, naming the process that
-    holds it. An flock, so the kernel releases it when the holder dies (kill -9 included): a crashed
-    run leaves no stale lock. The lock file (holding the pid) is removed on the way out."""
-    path = out_dir / LOCK_NAME
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise OutputError(f"cannot write into {out_dir} ({exc.strerror}): choose another --output") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise OutputDirError(f"{out_dir} is being written by another sd2tflite convert (process {holder}): "
-                                 "wait for it to finish, or choose another --output") from None
-        try:  # the holder before us may have removed the file between our open and our lock
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        os.close(fd)  # releases the lock
+def output_lock(out_dir: Path):
+    """Holds `out_dir` for one conversion (core.fsutil.folder_lock)."""
+    return folder_lock(out_dir, "convert", "choose another --output")
 
 
 @dataclass(frozen=True)

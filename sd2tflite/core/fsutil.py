@@ -8,6 +8,7 @@ reader never sees a partial file, and `is_temp_name` recognises leftovers of int
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -15,9 +16,46 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import OutputDirError, OutputError
 
 TMP_MARK = ".tmp-"
+LOCK_NAME = ".sd2tflite-lock"  # one writer per set folder: convert and compile take the same lock
+
+
+@contextlib.contextmanager
+def folder_lock(directory: Path, what: str, fix: str) -> Iterator[None]:
+    """Holds `directory` for one writer (`what`, e.g. "convert"): a second one is refused, naming the
+    process that holds it, with `fix` as the way out. An flock, so the kernel releases it when the
+    holder dies (kill -9 included): a crashed run leaves no stale lock. The lock file (holding the
+    pid) is removed on the way out."""
+    path = Path(directory) / LOCK_NAME
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot write into {directory} ({exc.strerror}): {fix}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)  # the lock file is the holder's: left in place
+            raise OutputDirError(f"{directory} is being written by another sd2tflite {what} (process {holder}): "
+                                 f"wait for it to finish, or {fix}") from None
+        try:  # the holder before us may have removed the file between our open and our lock
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(fd)  # releases the lock
 
 
 def temp_path(target: Path, suffix: str = "") -> Path:

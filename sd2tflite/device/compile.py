@@ -17,23 +17,20 @@ level are unchanged and whose bytes still match its record.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.errors import ManifestError, OutputDirError, OutputError, UsageError
-from ..core.fsutil import is_temp_name, sha256_file, temp_path, write_json_atomic
+from ..core.errors import ManifestError, OutputError, UsageError
+from ..core.fsutil import folder_lock, is_temp_name, sha256_file, temp_path, write_json_atomic
 from ..core.manifest import COMPILED_FOLDER, Artifact, load_manifest, path_in_set, save_manifest
 from ..core.progress import NO_PROGRESS, Progress
 from ..core.registry import TensorSpec
 from .plugin import DEFAULT_OPTIMIZATION_LEVEL, OPTIMIZATION_LEVELS, Partition, check_sdk, run_plugin
 from .targets import Target
 
-LOCK_NAME = ".sd2tflite-lock"  # the same lock file convert holds (convert/outdir.py): one writer per set
 
 
 @dataclass(frozen=True)
@@ -110,32 +107,6 @@ class CompileResult:
                        f"{whole} entirely on the NPU")
             out += [f"  {f.describe()}" for f in mine]
         return out
-
-
-@contextlib.contextmanager
-def _set_lock(directory: Path):
-    """convert's output lock (an flock on the same file): a compile never runs beside a conversion."""
-    path = directory / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise OutputError(f"cannot write into {directory} ({exc.strerror}): compile a copy of the set you can "
-                          "write to") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-        os.close(fd)  # the lock file is the holder's: left in place
-        raise OutputDirError(f"{directory} is being written by another sd2tflite process ({holder}): wait for "
-                             "it to finish") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        os.close(fd)
 
 
 def compiled_path(target: Target, artifact: Artifact) -> str:
@@ -231,7 +202,7 @@ def compile_set(request: CompileRequest, progress: Progress | None = None) -> Co
     for target in request.targets:  # every SDK is checked before the first file is compiled
         result.sdk[target.spec] = check_sdk(target)
 
-    with _set_lock(directory):
+    with folder_lock(directory, "process", "compile a copy of the set you can write to"):
         manifest = load_manifest(directory)  # as it is now, under the lock
         records = {(r["target"], r["source"]): r for r in manifest.compiled}
         progress.stage("compiling for the NPU", total=len(artifacts) * len(request.targets), unit="file")

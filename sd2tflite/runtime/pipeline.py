@@ -22,7 +22,7 @@ import numpy as np
 
 from ..core.registry import PREDICTION_TYPES, ModelDims
 from ..core.errors import NumericsError, UsageError
-from .samplers import DEFAULT_SAMPLER, check_sampler, check_spacing, make_sampler, resolve_sampler, seeded_noise
+from .samplers import DEFAULT_SAMPLER, check_sampler, check_spacing, make_sampler, seeded_noise
 from .samples import starting_noise
 from .schedule import Schedule, guidance_scale_embedding, timestep_embedding
 from .tokenizer import END_TOKEN, ClipTokenizer

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..core.errors import UsageError
 from ..core.registry import PREDICTION_TYPES
-from .schedule import (NUM_TRAIN_TIMESTEPS, SPACINGS, Schedule, alphas, karras_sigmas, spaced_timesteps,
+from .schedule import (SPACINGS, Schedule, alphas, karras_sigmas, spaced_timesteps,
                        timesteps)
 
 NoiseSource = Callable[[tuple[int, ...]], np.ndarray]  # shape -> standard normal float32 noise

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import ManifestError, SD2TFLiteError, UsageError
+from ..core.errors import SD2TFLiteError, UsageError
 from ..core.manifest import Manifest, path_in_set
 from ..core.precisions import RECIPES
 from ..runtime.hub import resolve_model_dir
@@ -87,8 +87,8 @@ class ServeApp:
         self.model_dir = resolve_model_dir(str(request.model_dir))
         self.manifest = ensure_intact(self.model_dir, load_in_litert=False, reuse_hashes=True)
         self.dims = self.manifest.model_dims
-        self.tokenizer = _tokenizer(self.manifest, request.vocab)
-        self.pipeline = _pipeline(self.manifest, self.tokenizer)
+        self.tokenizer = load_tokenizer(self.manifest.family, request.vocab, self.manifest.tokenizer)
+        self.pipeline = Pipeline.for_manifest({}, self.manifest, self.tokenizer)
         self.noise = self._load_noise(request.noise_file) if request.noise_file else None
         self.litertjs = find_litertjs(request.litertjs)
         self.fit = browser_fit(self.manifest)
@@ -130,13 +130,13 @@ class ServeApp:
                 "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in a.inputs],
                 "outputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in a.outputs],
             } for a in m.parts_of(component)]
-        defaults = _resolve(self.pipeline, GenerateSettings(""))
+        defaults = self.pipeline.resolve(GenerateSettings(""))
         return Reply.json({
             "set": str(self.model_dir), "family": m.family, "quant": m.quant, "recipe": RECIPES[m.quant].description,
             "dims": {"img_height": self.dims.img_height, "img_width": self.dims.img_width,
                      "batch_size": self.dims.batch_size, "max_text_length": self.dims.max_text_length,
                      "latent_shape": list(self.dims.latent_shape)},
-            "pixels": getattr(m, "pixels", "truncate"), "components": components,
+            "pixels": m.pixels, "components": components,
             "samplers": list(SAMPLERS), "defaults": {"sampler": defaults.sampler, "steps": defaults.steps,
                                                      "guidance": defaults.guidance},
             "noise": "the --noise file" if self.noise is not None else "seeded (as generate --seed)",
@@ -160,14 +160,14 @@ class ServeApp:
                 negative_prompt=asked.get("negative_prompt") or None, sampler=asked.get("sampler") or None)
             if self.noise is not None:
                 settings = replace(settings, noise=self.noise, seed=None)
-            settings = _resolve(self.pipeline, settings)
+            settings = self.pipeline.resolve(settings)
             p = self.pipeline
-            embedded = _guidance_embedding_dim(p) > 0
+            embedded = p.guidance_embedding_dim > 0
             guided = settings.guidance > 1.0 and not embedded
             length = self.dims.max_text_length
             tokens = p.tokenizer.tokens_for(settings.prompt, length)
             unconditional = p.tokenizer.tokens_for(settings.negative_prompt or "", length) if guided else None
-            sampler = _make_sampler(p, settings)
+            sampler = p.make_sampler(settings)
             noise = p.starting_noise(settings)
         except SD2TFLiteError as exc:
             return Reply.error(str(exc))
@@ -177,12 +177,12 @@ class ServeApp:
         with self._lock:
             sid = str(next(self._ids))
             self.runs = {sid: current}  # one run at a time: a new run replaces the last
-        w_emb = guidance_scale_embedding(settings.guidance, self.dims.batch_size, _guidance_embedding_dim(p)) \
+        w_emb = guidance_scale_embedding(settings.guidance, self.dims.batch_size, p.guidance_embedding_dim) \
             if embedded else None
         return Reply.json({"run_id": sid, "tokens": tokens, "unconditional_tokens": unconditional,
                            "guided": guided, "guidance": settings.guidance, "sampler": settings.sampler,
                            "steps": current["steps"], "seed": settings.seed,
-                           "notes": p.sampler_notes(settings) if hasattr(p, "sampler_notes") else [],
+                           "notes": p.sampler_notes(settings),
                            "guidance_embedding": _b64(w_emb) if w_emb is not None else None,
                            **self._next_input(current)})
 
@@ -211,43 +211,6 @@ class ServeApp:
         current["latent"] = np.asarray(latent, dtype=np.float32)
         current["index"] = index + 1
         return Reply.json(self._next_input(current))
-
-
-# The runtime's pipeline as it reads a manifest (its scheduler record, tokenizer record, pixel rule),
-# and a plainer one from before those records: serve uses what the installed runtime has.
-def _tokenizer(manifest: Manifest, vocab):
-    import inspect
-
-    if len(inspect.signature(load_tokenizer).parameters) > 2:
-        return load_tokenizer(manifest.family, vocab, getattr(manifest, "tokenizer", None))
-    return load_tokenizer(manifest.family, vocab)
-
-
-def _pipeline(manifest: Manifest, tokenizer) -> Pipeline:
-    if hasattr(Pipeline, "for_manifest"):
-        return Pipeline.for_manifest({}, manifest, tokenizer)
-    return Pipeline({}, manifest.model_dims, tokenizer, manifest.prediction_type)
-
-
-def _resolve(pipeline: Pipeline, settings: GenerateSettings) -> GenerateSettings:
-    if hasattr(pipeline, "resolve"):
-        return pipeline.resolve(settings)
-    from ..runtime.samplers import DEFAULT_SAMPLER
-
-    return replace(settings, sampler=settings.sampler or DEFAULT_SAMPLER, steps=int(settings.steps or 25),
-                   guidance=float(settings.guidance if settings.guidance is not None else 7.5))
-
-
-def _make_sampler(pipeline: Pipeline, settings: GenerateSettings):
-    if hasattr(pipeline, "make_sampler"):
-        return pipeline.make_sampler(settings)
-    from ..runtime.samplers import make_sampler
-
-    return make_sampler(settings.sampler, settings.steps, pipeline.prediction_type, settings.karras)
-
-
-def _guidance_embedding_dim(pipeline: Pipeline) -> int:
-    return int(getattr(pipeline, "guidance_embedding_dim", 0) or 0)
 
 
 def _int(value, name: str) -> int | None:

@@ -12,7 +12,6 @@ Where Chromium or LiteRT.js is missing, each file is "not measured" with the rea
 from __future__ import annotations
 
 import json
-import os
 import queue
 import re
 import time
