@@ -556,3 +556,63 @@ def test_sigterm_during_generate_cleans_up_like_ctrl_c(tiny_sets, tmp_path):
     assert not out.exists()
     left = [p for p in tmp_path.rglob("*") if is_temp_name(p.name)]
     assert not left, left
+
+
+def _children_of(pid: int) -> set[int]:
+    """Processes whose parent is `pid` (convert's spawned export/convert workers)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigterm_during_convert_cleans_up_and_the_plain_rerun_resumes(tmp_path, export_cache):
+    """SIGTERM (only the parent gets it, unlike a terminal's Ctrl-C) once the first file is in
+    place: exit 143, no lock, no work folder, no temp file, no worker left running; the same
+    command then finishes the set, keeping the file already converted."""
+    import signal
+    import time
+
+    from .conftest import IMG
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "sd2tflite.cli", "convert", "--model", "tiny", "--img-height", str(IMG),
+           "--img-width", str(IMG), "--components", "decoder,image_encoder", "--quant", "fp32",
+           "--export-cache", str(export_cache), "-o", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers: set[int] = set()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("*.tflite")):
+        workers |= _children_of(proc.pid)
+        time.sleep(0.05)
+    assert proc.poll() is None, "the conversion ended before a file was written: nothing to interrupt"
+    first = sorted(p.name for p in out.glob("*.tflite"))
+    workers |= _children_of(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    time.sleep(1)
+    assert not [w for w in workers if _alive(w)], "a conversion worker outlived SIGTERM"
+    left = sorted(os.listdir(out))
+    assert ".sd2tflite-lock" not in left and not [n for n in left if n.startswith(".sd2tflite-work-")], left
+    assert not [n for n in left if is_temp_name(n)], left
+    assert "manifest.json" not in left  # the set is not claimed complete
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(os.listdir(out)) == ["decoder.tflite", "image_encoder.tflite", "manifest.json"]
+    assert set(first) <= {"decoder.tflite", "image_encoder.tflite"}
