@@ -253,6 +253,8 @@ def _lora(tmp_path: Path, up=1.0, down=1.0, alpha=None, rank=4, name="l.safetens
     (dict(alpha=3e38), 1e3, "not a finite float32"),
     (dict(alpha=4.0), 1e39, "not a finite float32"),
     (dict(rank=0), 1.0, "rank 0"),
+    (dict(alpha=np.zeros(0)), 1.0, "not one number"),  # an alpha tensor with no value
+    (dict(alpha=[4.0, 8.0]), 1.0, "not one number"),
 ])
 def test_lora_factors_that_are_not_finite_are_refused_at_open(lora, scale, words, v1_diffusers, tmp_path):
     from sd2tflite.convert.checkpoint import open_checkpoint

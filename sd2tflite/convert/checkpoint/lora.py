@@ -134,7 +134,7 @@ def load_lora(path: Path, scale: float, groups: dict[str, Group]) -> Lora:
         if entry is None:
             continue
         if kind == "alpha":
-            entry.alpha = float(np.asarray(f.get(k)).reshape(-1)[0])
+            entry.alpha = _alpha_value(np.asarray(f.get(k)), f"{path}: LoRA tensor {k}")
         elif kind == "lora_down.weight":
             entry.down = ref(f, k)
         else:
@@ -188,8 +188,16 @@ def _metadata_alpha(f: SafetensorsFile) -> dict[str, float]:
     for group, prefix in (("unet", "unet."), ("text_encoder", "text_encoder.")):
         alpha = meta.get(prefix + "lora_alpha")
         if alpha is not None and not meta.get(prefix + "alpha_pattern"):
-            out[group] = float(alpha)
+            out[group] = _alpha_value(np.asarray(alpha), f"the LoRA's metadata {prefix}lora_alpha")
     return out
+
+
+def _alpha_value(value: np.ndarray, where: str) -> float:
+    """A LoRA alpha: one real number (kohya stores a 0-d or 1-element tensor, PEFT a JSON number)."""
+    if value.size != 1 or value.dtype.kind not in "biuf":
+        raise WeightsError(f"{where} is an alpha of shape {list(value.shape)} and type {value.dtype}, not one "
+                           "number: fix or remove it (without it alpha = rank)")
+    return float(value.reshape(-1)[0])
 
 
 def deltas_for(loras: list[Lora], group: str) -> dict[str, list[tuple[float, LoraModule]]]:
