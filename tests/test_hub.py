@@ -557,6 +557,19 @@ def test_connection_refused_gives_up_clearly(model_set, monkeypatch):
     assert_one_line_error(result, 1, "could not reach", "after 3 attempts", "re-run")
 
 
+@pytest.mark.parametrize("command", ["generate", "push-hub"])
+def test_a_host_name_that_does_not_resolve_fails_at_once(command, model_set, tmp_path, monkeypatch):
+    """No DNS answer for the endpoint (no network, a mistyped HF_ENDPOINT): waiting cannot help, so
+    one line at once, no retries."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://hub.sd2tflite-test.invalid")  # .invalid never resolves
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    args = {"generate": ["generate", f"hf://{REPO}", "x", "-o", str(tmp_path / "o.png")],
+            "push-hub": ["push-hub", str(model_set), "--repo-id", REPO, "--token", TOKEN]}[command]
+    result = run([*args, "-q"])
+    line = assert_one_line_error(result, 1, "does not resolve", "HF_ENDPOINT")
+    assert "attempts" not in line and "retrying" not in result.stderr
+
+
 def test_interrupted_upload_is_finished_by_a_rerun(fake_hub, model_set, tmp_path):
     before = snapshot(model_set)
     decoder_oid = hashlib.sha256((model_set / "decoder.tflite").read_bytes()).hexdigest()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,9 +128,14 @@ _TRANSIENT_NAMES = {"TransportError", "ConnectionError", "TimeoutError", "Timeou
 def _is_transient(exc: BaseException) -> bool:
     from huggingface_hub.errors import OfflineModeIsEnabled
 
-    for cause in _causes(exc):
-        if isinstance(cause, OfflineModeIsEnabled):
-            return False
+    causes = list(_causes(exc))
+    if any(isinstance(c, OfflineModeIsEnabled) for c in causes):
+        return False
+    # The host name does not resolve at all (no network, no DNS, a mistyped HF_ENDPOINT): waiting does
+    # not change that, so fail at once instead of retrying for a minute. EAI_AGAIN stays transient.
+    if any(isinstance(c, socket.gaierror) and c.errno == socket.EAI_NONAME for c in causes):
+        return False
+    for cause in causes:
         if any(c.__name__ in _TRANSIENT_NAMES for c in type(cause).__mro__):
             return True
         status = _status(cause)
@@ -194,6 +200,12 @@ def _hub_error(exc: BaseException, token: str | None, where: str, attempts: int,
         if download and isinstance(exc, LocalEntryNotFoundError):
             message = f"cannot reach {where} and it is not in the Hugging Face cache ({what}): check the network, " \
                       f"then try again"
+    elif isinstance(root, socket.gaierror):
+        message = f"cannot reach {where}: its host name does not resolve ({_one_line(root, token)[:80]}): check " \
+                  "the network or HF_ENDPOINT" + (", or pass a local folder" if download else "")
+        if download and isinstance(exc, LocalEntryNotFoundError):
+            message = f"cannot reach {where} and it is not in the Hugging Face cache (the host name does not " \
+                      "resolve): check the network or HF_ENDPOINT, or pass a local folder"
     elif isinstance(exc, RevisionNotFoundError):
         message = f"{where}: no such revision: check the branch, tag or commit after '@' (or --revision)"
     elif status == 401 and not download:
