@@ -8,13 +8,14 @@ from __future__ import annotations
 import atexit
 import gc
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import ManifestError
-from ..core.quiet import QUIET_ENV, native_stderr_muted
+from ..core.quiet import native_stderr_muted
 from ..core.manifest import Artifact, Manifest, load_manifest, path_in_set
 from . import weight_cache as xnn_cache
 
@@ -67,16 +68,17 @@ def _cached_runner(path: Path, signature_key: str, threads: int, folder: Path, n
 
 
 def _drop_environment() -> None:
-    """At exit, the environment's shutdown lines (DestroyAccelerator ...) are muted too. The
-    TensorBuffer wrapper's own environment lives until C++ tears down, after every Python exit
-    handler: under -q, file descriptor 2 stays on /dev/null from here on."""
+    """At exit, the environment's shutdown lines (DestroyAccelerator ...) are muted like its start-up
+    lines. The TensorBuffer wrapper's own environment lives until C++ tears down, after every Python
+    exit handler, so file descriptor 2 stays on /dev/null from here on (the run's own output is
+    done: this handler runs after the command returned)."""
     global _environment
     with native_stderr_muted(always=True):
         _environment = None
         gc.collect()
-    if os.environ.get(QUIET_ENV):
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
+    sys.stderr.flush()
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
 
 
 class CompiledRunner:
