@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.records import RECORDS, ROOT, invocation, write_record
-from sd2tflite.bench.measure import PeakTreeRSS, machine
+from benchmarks.child import measure
+from benchmarks.records import RECORDS, invocation, write_record
+from sd2tflite.bench.measure import machine
 from sd2tflite.core.manifest import load_manifest
 
-VOCAB = ROOT / "tests" / "data" / "bpe_simple_vocab_16e6.txt.gz"
 CASES = {  # name -> GenerateSettings fields (the cheap ones first)
     "lcm-4-no-cfg": {"sampler": "lcm", "steps": 4, "guidance": 1.0},
     "euler-trailing-1-g0": {"sampler": "euler", "steps": 1, "guidance": 0.0, "spacing": "trailing"},
@@ -37,17 +36,10 @@ CASES = {  # name -> GenerateSettings fields (the cheap ones first)
 }
 
 CHILD = """
-import json, sys, time
 from collections.abc import Mapping
-from pathlib import Path
-from sd2tflite.core.manifest import load_manifest
-from sd2tflite.runtime.litert import LiteRTComponents
-from sd2tflite.runtime.pipeline import GenerateSettings, Pipeline
 from sd2tflite.runtime.tiny_vae import choose_vae
-from sd2tflite.runtime.tokenizer import load_tokenizer
 
-directory, vae, settings, vocab = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
-manifest = load_manifest(directory)
+vae, settings = args[0], json.loads(args[1])
 seconds = {}
 
 class Timed(Mapping):
@@ -68,38 +60,26 @@ class Timed(Mapping):
     def release(self, name):
         self.inner.release(name)
 
-components = Timed(choose_vae(LiteRTComponents(directory, manifest), vae))
-tokenizer = load_tokenizer(manifest.family, Path(vocab) if vocab else None)
-pipeline = Pipeline(components, manifest.model_dims, tokenizer, manifest.prediction_type)
-run = GenerateSettings("a photograph of an astronaut riding a horse", seed=0, **settings)
-pipeline.generate(GenerateSettings(run.prompt, seed=0, **{**settings, "steps": 1}))  # warm-up: loads, packing
+pipeline = pipeline_of(Timed(choose_vae(LiteRTComponents(directory, manifest), vae)))
+pipeline.generate(GenerateSettings(PROMPT, seed=0, **{**settings, "steps": 1}))  # warm-up: loads, packing
 seconds.clear()
 start = time.perf_counter()
-pipeline.generate(run)
-total = time.perf_counter() - start
-status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-print(json.dumps({"seconds": total, "stages": seconds, "vm_hwm_bytes": int(status["VmHWM"].split()[0]) * 1024}))
+pipeline.generate(GenerateSettings(PROMPT, seed=0, **settings))
+result = {"seconds": time.perf_counter() - start, "stages": seconds}
 """
 
 
 def run(directory: Path, case: str, vae: str) -> dict:
-    vocab = str(VOCAB) if VOCAB.is_file() else ""
-    cmd = [sys.executable, "-c", CHILD, str(directory), vae, json.dumps(CASES[case]), vocab]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with PeakTreeRSS(proc.pid, interval=0.05) as rss:
-        out, err = proc.communicate()
-    if proc.returncode != 0:
-        raise SystemExit(f"{case} ({vae} VAE) on {directory} failed:\n{err[-3000:]}")
-    child = json.loads(out.strip().splitlines()[-1])
+    child = measure(directory, CHILD, [vae, json.dumps(CASES[case])], f"{case} ({vae} VAE)")
     manifest = load_manifest(directory)
     return {"set": directory.name, "quant": manifest.quant, "case": case, "settings": CASES[case], "vae": vae,
             "seconds": child["seconds"], "stages": child["stages"], "peak_rss_bytes": child["vm_hwm_bytes"],
-            "peak_anon_bytes": rss.peak_anon, "peak_file_bytes": rss.peak_file}
+            "peak_anon_bytes": child["peak_anon_bytes"], "peak_file_bytes": child["peak_file_bytes"]}
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| precision | case | VAE decoder | s / image | × default | UNet s | decoder s | text s | peak RSS GB |"
-             " anon GB | file GB |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [("| precision | case | VAE decoder | s / image | × default | UNet s | decoder s | text s | peak RSS GB |"
+              " anon GB | file GB |"), "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base = {r["quant"]: r["seconds"] for r in rows if r["case"].startswith("ddim") and r["vae"] == "full"}
     for r in rows:
         st = r["stages"]

@@ -15,55 +15,31 @@ peak (VmHWM). Writes benchmarks/records/generate-memory-TAG.json and .md. Run it
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.records import RECORDS, ROOT, invocation, write_record
-from sd2tflite.bench.measure import PeakTreeRSS, machine
+from benchmarks.child import measure
+from benchmarks.records import RECORDS, invocation, write_record
+from sd2tflite.bench.measure import machine
 from sd2tflite.core.manifest import load_manifest
-
-VOCAB = ROOT / "tests" / "data" / "bpe_simple_vocab_16e6.txt.gz"
 
 CHILD = """
-import json, sys, time
-from pathlib import Path
-from sd2tflite.core.manifest import load_manifest
-from sd2tflite.runtime.litert import LiteRTComponents
-from sd2tflite.runtime.pipeline import GenerateSettings, Pipeline
-from sd2tflite.runtime.tokenizer import load_tokenizer
-
-directory, release, steps, vocab = Path(sys.argv[1]), sys.argv[2] == "release", int(sys.argv[3]), sys.argv[4]
-cache = Path(sys.argv[5]) if sys.argv[5] else None
-manifest = load_manifest(directory)
-components = LiteRTComponents(directory, manifest, release_unused=release, weight_cache=cache)
-tokenizer = load_tokenizer(manifest.family, Path(vocab) if vocab else None)
-pipeline = Pipeline(components, manifest.model_dims, tokenizer, manifest.prediction_type)
+release, steps, cache = args[0] == "release", int(args[1]), Path(args[2]) if args[2] else None
+pipeline = pipeline_of(LiteRTComponents(directory, manifest, release_unused=release, weight_cache=cache))
 start = time.perf_counter()
-pipeline.generate(GenerateSettings("a photograph of an astronaut riding a horse", steps=steps, seed=0))
-seconds = time.perf_counter() - start
-status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-print(json.dumps({"seconds": seconds, "vm_hwm_bytes": int(status["VmHWM"].split()[0]) * 1024}))
+pipeline.generate(GenerateSettings(PROMPT, steps=steps, seed=0))
+result = {"seconds": time.perf_counter() - start}
 """
 
 
 def run(directory: Path, release: bool, steps: int, cache: Path | None = None) -> dict:
-    vocab = str(VOCAB) if VOCAB.is_file() else ""
     cached = cache is not None and any(cache.glob("*.xnnpack"))
-    cmd = [sys.executable, "-c", CHILD, str(directory), "release" if release else "keep", str(steps), vocab,
-           str(cache or "")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with PeakTreeRSS(proc.pid, interval=0.05) as rss:
-        out, err = proc.communicate()
-    if proc.returncode != 0:
-        raise SystemExit(f"generate on {directory} failed:\n{err[-3000:]}")
-    child = json.loads(out.strip().splitlines()[-1])
+    child = measure(directory, CHILD, ["release" if release else "keep", str(steps), str(cache or "")], "generate")
     manifest = load_manifest(directory)
     files = sum(a.bytes for a in manifest.artifacts if a.component != "image_encoder")  # what text-to-image loads
     return {"set": directory.name, "quant": manifest.quant, "release": release, "steps": steps,
-            "file_bytes": files, "peak_rss_bytes": child["vm_hwm_bytes"], "peak_anon_bytes": rss.peak_anon,
-            "peak_file_bytes": rss.peak_file, "seconds": child["seconds"],
+            "file_bytes": files, "peak_rss_bytes": child["vm_hwm_bytes"], "peak_anon_bytes": child["peak_anon_bytes"],
+            "peak_file_bytes": child["peak_file_bytes"], "seconds": child["seconds"],
             "weight_cache": None if cache is None else ("mapped" if cached else "written")}
 
 
