@@ -223,11 +223,17 @@ def test_vae_override_both_layouts(built, derived, tmp_path):
 # ---------------------------------------------------------------- LoRA
 
 
-@pytest.mark.parametrize("fmt", ["peft", "kohya"])
-def test_lora_matches_diffusers_fuse(built, derived, fmt):
+@pytest.mark.parametrize("fmt", ["peft", "kohya", "kohya_te1"])
+def test_lora_matches_diffusers_fuse(built, derived, fmt, tmp_path):
     z = golden("lora")
     scale = float(z["scale"])
     path = LORA / f"lora_{fmt}.safetensors"
+    if fmt == "kohya_te1":  # newer kohya scripts name the one text encoder `lora_te1_` (diffusers reads it so)
+        from safetensors.numpy import load_file, save_file
+
+        save_file({k.replace("lora_te_", "lora_te1_", 1): v
+                   for k, v in load_file(str(LORA / "lora_kohya.safetensors")).items()}, str(path := tmp_path / "te1.safetensors"))
+        fmt = "kohya"
     assert parse_lora_arg(f"{path}:{scale}") == (path, scale)
     ckpt = open_checkpoint(derived.v1_diffusers, loras=[(path, scale)])
     assert ckpt.loras[0].format == ("kohya" if fmt == "kohya" else "diffusers")

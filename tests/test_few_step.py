@@ -107,13 +107,22 @@ def test_lcm_unet_as_a_lone_file_override():
     check_lcm_unet(ckpt.build("diffusion", H, W), golden("lcm"), "unet", "LCM UNet override", exact=False)
 
 
-@pytest.mark.parametrize("fmt", ["kohya", "peft"])
+@pytest.mark.parametrize("fmt", ["kohya", "kohya_ldm", "peft"])
 def test_conv_loras_match_diffusers_fuse(fmt):
-    """kohya names + alpha (LCM-LoRA, Hyper-SD) and PEFT names (TCD-LoRA), incl. 3x3 conv LoRAs."""
+    """kohya names + alpha (LCM-LoRA, Hyper-SD), the same in the original UNet's names (input_blocks_1_1_...;
+    its golden is the kohya one: the fixture script checks that merging it into the original-named UNet and
+    converting with diffusers' single-file converter equals diffusers' fuse_lora of the kohya file) and PEFT
+    names (TCD-LoRA), incl. 3x3 conv LoRAs."""
     g = golden("lora")
     scale = float(g["scale"])
     ckpt = open_checkpoint(LCM, loras=[(LORA / f"lora_{fmt}.safetensors", scale)])
     lora = ckpt.loras[0]
+    if fmt == "kohya_ldm":
+        keys = [k for m in lora.modules.values() for k in m.keys]
+        assert any(k.startswith("lora_unet_output_blocks_1_1_conv.") for k in keys)  # up_blocks.0's upsampler
+        assert {m.module for m in lora.modules.values()} == \
+            {m.module for m in open_checkpoint(LCM, loras=[(LORA / "lora_kohya.safetensors", 1.0)]).loras[0].modules.values()}
+        fmt = "kohya"
     kinds = {len(m.down.shape) and m.down.shape[2:] for m in lora.modules.values()}
     assert (3, 3) in kinds and (1, 1) in kinds and () in kinds  # 3x3 convs, 1x1 convs, linears
     assert any(m.module.endswith("time_emb_proj") for m in lora.modules.values())
@@ -145,6 +154,12 @@ def _lora_file(path: Path, tensors: dict) -> Path:
     return path
 
 
+def _lora_tensors(path: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
 def test_a_lora_for_another_architecture_is_refused(tmp_path, turbo):
     # the SD 1.x-style LoRA (32-d cross-attention, conv projections) on the SD 2.x-style model (64-d,
     # linear projections): the same module names, other shapes
@@ -158,10 +173,15 @@ def test_a_lora_for_another_architecture_is_refused(tmp_path, turbo):
         open_checkpoint(LCM, loras=[(sdxl, 1.0)])
     # SDXL with its two text encoders
     sdxl_te = _lora_file(tmp_path / "sdxl_te.safetensors", {
-        "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": np.zeros((4, 32)),
-        "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": np.zeros((128, 4))})
+        f"lora_te{i}_text_model_encoder_layers_0_mlp_fc1.lora_{d}.weight": np.zeros((4, 32) if d == "down" else (128, 4))
+        for i in (1, 2) for d in ("down", "up")})
     with pytest.raises(WeightsError, match="SDXL LoRA"):
         open_checkpoint(LCM, loras=[(sdxl_te, 1.0)])
+    # `lora_te1_` alone (no second text encoder) is the one text encoder, as diffusers reads it
+    te1 = _lora_file(tmp_path / "te1.safetensors", {
+        k.replace("lora_te2_", "lora_te1_"): v for k, v in _lora_tensors(sdxl_te).items() if "lora_te2_" in k})
+    assert [m.module for m in open_checkpoint(LCM, loras=[(te1, 1.0)]).loras[0].modules.values()] == \
+        ["encoder.layers.0.mlp.fc1"]
 
 
 @pytest.mark.parametrize("name, fragment", [("sd2", "LoRA for another model"), ("sdxl", "SDXL LoRA")])

@@ -228,6 +228,49 @@ def ldm_unet_prefixes(names: list[str]) -> dict[str, str]:
     return m
 
 
+def diffusers_unet_ldm_modules(names) -> dict[str, str]:
+    """diffusers (canonical) UNet module -> the original (CompVis) module name, for every `.weight` in
+    `names`; the block layout (levels, layers per block, which levels attend) is read from the names."""
+    names = set(names)
+    levels = 1 + max((int(m.group(1)) for n in names if (m := re.match(r"down_blocks\.(\d+)\.", n))), default=-1)
+    lpb = len({m.group(1) for n in names if (m := re.match(r"down_blocks\.0\.resnets\.(\d+)\.", n))})
+    if not levels or not lpb:
+        return {}
+    m = {v: k for k, v in (("time_embed.0", "time_embedding.linear_1"), ("time_embed.2", "time_embedding.linear_2"),
+                           ("input_blocks.0.0", "conv_in"), ("out.0", "conv_norm_out"), ("out.2", "conv_out"),
+                           ("middle_block.0", "mid_block.resnets.0"), ("middle_block.1", "mid_block.attentions.0"),
+                           ("middle_block.2", "mid_block.resnets.1"))}
+    for i in range(levels):
+        up_attn = any(n.startswith(f"up_blocks.{i}.attentions.") for n in names)
+        for j in range(lpb):
+            k = 1 + i * (lpb + 1) + j
+            m[f"down_blocks.{i}.resnets.{j}"] = f"input_blocks.{k}.0"
+            m[f"down_blocks.{i}.attentions.{j}"] = f"input_blocks.{k}.1"
+        if i < levels - 1:
+            m[f"down_blocks.{i}.downsamplers.0.conv"] = f"input_blocks.{1 + i * (lpb + 1) + lpb}.0.op"
+            m[f"up_blocks.{i}.upsamplers.0.conv"] = f"output_blocks.{i * (lpb + 1) + lpb}.{2 if up_attn else 1}.conv"
+        for j in range(lpb + 1):
+            m[f"up_blocks.{i}.resnets.{j}"] = f"output_blocks.{i * (lpb + 1) + j}.0"
+            m[f"up_blocks.{i}.attentions.{j}"] = f"output_blocks.{i * (lpb + 1) + j}.1"
+    res_sub = {v: k for k, v in _RES_SUB.items()}
+    out = {}
+    for n in names:
+        if not n.endswith(".weight"):
+            continue
+        module = n[: -len(".weight")]
+        parts = module.split(".")
+        for cut in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:cut])
+            if prefix in m:
+                rest = ".".join(parts[cut:])
+                if ".resnets." in prefix:
+                    rest = res_sub.get(rest)
+                if rest is not None:
+                    out[module] = m[prefix] + ("." + rest if rest else "")
+                break
+    return out
+
+
 def ldm_unet_to_diffusers(names: list[str]) -> dict[str, str]:
     """original UNet tensor name -> diffusers name (names without `model.diffusion_model.`)."""
     prefixes = ldm_unet_prefixes(names)

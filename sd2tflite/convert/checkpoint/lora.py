@@ -1,7 +1,8 @@
 """LoRA files merged into the canonical weights before building (W += scale * alpha/rank * up @ down).
 
-Formats: kohya / A1111 (`lora_unet_*`, `lora_te_*` with `.lora_down.weight`, `.lora_up.weight`,
-`.alpha`), diffusers / PEFT (`unet.*.lora_A.weight` / `lora_B.weight`, `text_encoder.*`), and the
+Formats: kohya / A1111 (`lora_unet_*`, `lora_te_*` or `lora_te1_*` with `.lora_down.weight`,
+`.lora_up.weight`, `.alpha`; UNet modules in diffusers names, `lora_unet_down_blocks_0_attentions_0_proj_in`,
+or in the original (CompVis / LDM) names, `lora_unet_input_blocks_1_1_proj_in`), diffusers / PEFT (`unet.*.lora_A.weight` / `lora_B.weight`, `text_encoder.*`), and the
 older diffusers names (`*.processor.to_q_lora.down.weight`, `*.lora_linear_layer.up.weight`,
 `*.lora.up.weight`). Keys that match no weight of the checkpoint are an error, listed.
 """
@@ -17,7 +18,7 @@ import numpy as np
 
 from sd2tflite.core.errors import UsageError, WeightsError
 
-from .layouts import Group, Ref, _short, ref
+from .layouts import Group, Ref, _short, diffusers_unet_ldm_modules, ref
 from .reader import SafetensorsFile
 
 _KOHYA = re.compile(r"^(lora_unet|lora_te\d?)_(.+?)\.(lora_down\.weight|lora_up\.weight|alpha)$")
@@ -68,6 +69,9 @@ def _weights_index(group: Group, text: bool) -> dict[str, str]:
             index[flat] = module
             if text:
                 index["text_model_" + flat] = module
+    if not text:  # the same modules in the original UNet's names (input_blocks / middle_block / output_blocks)
+        for module, ldm in diffusers_unet_ldm_modules(group.tensors).items():
+            index.setdefault(ldm.replace(".", "_"), module)
     return index
 
 
@@ -81,7 +85,7 @@ def load_lora(path: Path, scale: float, groups: dict[str, Group]) -> Lora:
     path = Path(path)
     f = SafetensorsFile(path)
     keys = f.keys()
-    if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for k in keys):
+    if any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in keys):
         raise WeightsError(f"{path}: an SDXL LoRA (two text encoders); it does not fit an SD 1.x/2.x model: "
                            "use a LoRA made for this model's family")
     indexes = {"unet": _weights_index(groups["unet"], False),
