@@ -95,6 +95,10 @@ def main() -> None:
 @click.option("--default-spacing", default=None, type=click.Choice(["leading", "trailing", "linspace"]),
               help="The set's timestep spacing (default: the scheduler config's, else the sampler's own).")
 @click.option("--default-eta", default=None, type=float, help="The set's tcd gamma (default 0.3).")
+@click.option("--attention-heads", multiple=True, metavar="COMPONENT=N[,N...]|COMPONENT=CONFIG.json",
+              help="Checkpoints without a config.json (single files): the attention head counts, which the weights "
+                   "cannot say (default: SD 1.x UNet 8 per level, SD 2.x head dim 64; text encoder head dim 64); "
+                   "unet=8, unet=5,10,20,20, text_encoder=12, or a diffusers / transformers config.json; repeatable.")
 @click.option("--pad-token", default=None, type=click.Choice(["eos", "!"]),
               help="What prompts are padded with (default: the checkpoint's tokenizer config; SD 1.x eos, "
                    "SD 2.x '!'; keras-cv weights eos).")
@@ -114,13 +118,23 @@ def convert(dry_run, verbose, quiet, max_part_bytes, weights, loras, **options):
         command=shlex.join(["sd2tflite", *sys.argv[1:]])), resolve_weights=not dry_run)
     if dry_run:  # the plan a run would make (convert plans once, the same way), printed
         click.echo(describe_plan(plan_conversion(request)))
+        _heads_notes(request)
         return
     with TqdmProgress(quiet, TqdmProgress.COMPACT) as progress:
         result = run_convert(request, progress)
     for a in result.manifest.artifacts:
         state = "reused" if a.path in result.reused else f"{a.conversion_seconds:7.1f} s"
         click.echo(f"{a.path:28s} {a.bytes / 2**20:10,.1f} MiB  {a.params:>13,} params  {state}")
+    _heads_notes(request)
     click.echo(f"manifest: {result.manifest_path}")
+
+
+def _heads_notes(request) -> None:
+    """A checkpoint whose attention head counts were assumed (no config.json says them): one line."""
+    from ..convert.checkpoint.architecture import heads_note
+
+    for note in dict.fromkeys(filter(None, (heads_note(w.identity or {}) for w in request.weights.values()))):
+        click.echo(f"note: {note}", err=True)
 
 
 @main.command()

@@ -17,15 +17,16 @@ OVERRIDE_NAMES = ("unet", "vae", "text_encoder", "diffusion", "decoder", "image_
 
 @dataclass(frozen=True)
 class CheckpointOptions:
-    """What --prediction-type, --no-ema and --lora say; they apply to a checkpoint only."""
+    """What --prediction-type, --no-ema, --lora and --attention-heads say; they apply to a checkpoint only."""
 
     prediction_type: str | None = None
     use_ema: bool = True
     loras: tuple[str, ...] = ()  # FILE[:SCALE] as typed
+    attention_heads: tuple[str, ...] = ()  # COMPONENT=VALUE as typed
 
     @property
     def given(self) -> bool:
-        return self.prediction_type is not None or not self.use_ema or bool(self.loras)
+        return self.prediction_type is not None or not self.use_ema or bool(self.loras) or bool(self.attention_heads)
 
 
 def is_checkpoint(text: str) -> bool:
@@ -50,7 +51,7 @@ def open_source(text: str, overrides: dict[str, Path], options: CheckpointOption
     loras = [(lora.expanduser().resolve(), scale) for lora, scale in map(parse_lora_arg, options.loras)]
     overrides = {name: Path(p).expanduser().resolve() for name, p in overrides.items()}
     return open_checkpoint(path, overrides=overrides, prediction_type=options.prediction_type,
-                           use_ema=options.use_ema, loras=loras)
+                           use_ema=options.use_ema, loras=loras, attention_heads=options.attention_heads)
 
 
 def identity_of(checkpoint, text: str) -> dict:
@@ -73,7 +74,8 @@ def reopen(identity: dict, check_hashes: bool = False):
                                    "pass the weights again with --weights")
     return open_checkpoint(identity["path"], overrides=identity.get("overrides") or None,
                            prediction_type=identity.get("prediction_type"), use_ema=identity.get("ema") is not False,
-                           loras=[(lora["path"], lora["scale"]) for lora in identity.get("loras", [])])
+                           loras=[(lora["path"], lora["scale"]) for lora in identity.get("loras", [])],
+                           attention_heads=identity.get("attention_heads"))
 
 
 def _repo_weight_files(files: list[str], part: str) -> list[str]:

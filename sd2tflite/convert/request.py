@@ -49,6 +49,7 @@ class ConvertOptions:
     prediction_type: str | None = None  # None: the checkpoint's scheduler config, else the family's
     ema: bool = True  # single files with EMA weights: use them
     loras: tuple[str, ...] = ()  # FILE[:SCALE]
+    attention_heads: tuple[str, ...] = ()  # COMPONENT=N[,N...] | COMPONENT=CONFIG.json
     export_cache: str | None = None  # keep / reuse exported SavedModels here (other precisions)
     command: str = ""
     # The set's generate defaults, over the model's own scheduler / tokenizer configs (the manifest records them):
@@ -148,7 +149,8 @@ def build_request(o: ConvertOptions, resolve_weights: bool = True) -> ConvertReq
                          keep.auto_target_db if keep else None)
     family = FAMILIES[o.family]
     names = parse_components(o.components)
-    source = parse_weights(o.weights, family, CheckpointOptions(o.prediction_type, o.ema, tuple(o.loras)))
+    source = parse_weights(o.weights, family, CheckpointOptions(o.prediction_type, o.ema, tuple(o.loras),
+                                                                       tuple(o.attention_heads)))
     scheduler_options = SchedulerOptions(o.default_sampler, o.default_steps, o.default_guidance, o.default_spacing,
                                          o.default_eta, o.pad_token)
     dims = family.dims(o.img_height, o.img_width, o.batch_size)

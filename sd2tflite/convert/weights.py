@@ -69,8 +69,8 @@ def parse_weights(text: str | None, family: ModelFamily,
             overrides.append((name.strip(), Path(path.strip()).expanduser()))
         return WeightsSource("checkpoint", files=tuple(overrides), checkpoint=bases[0], options=options)
     if options.given:
-        raise UsageError("--lora, --prediction-type and --no-ema apply to PyTorch checkpoints: pass a "
-                         ".safetensors file, a diffusers folder or hf://OWNER/REPO with --weights")
+        raise UsageError("--lora, --prediction-type, --no-ema and --attention-heads apply to PyTorch checkpoints: "
+                         "pass a .safetensors file, a diffusers folder or hf://OWNER/REPO with --weights")
     if text == "hub":
         if family.hub_files is None:
             raise UsageError(

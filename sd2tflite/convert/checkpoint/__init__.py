@@ -20,7 +20,7 @@ from pathlib import Path
 from sd2tflite.core.errors import UsageError, WeightsError
 from sd2tflite.core.registry import PREDICTION_TYPES
 
-from .architecture import SD1, SD2, Architecture, TextArch, UNetArch, VaeArch, infer
+from .architecture import SD1, SD2, Architecture, TextArch, UNetArch, VaeArch, heads_sources, infer, parse_heads
 from .layouts import GROUPS, Group, Source, open_override, open_source
 from .lora import Lora, check_scale, load_lora, parse_lora_arg
 
@@ -43,6 +43,8 @@ class Checkpoint:
     prediction_type_from: str  # "scheduler_config.json" | "argument" | "family default"
     overrides: dict[str, Path] = field(default_factory=dict)
     loras: list[Lora] = field(default_factory=list)
+    heads_override: dict = field(default_factory=dict)  # --attention-heads, parsed
+    heads_from: dict = field(default_factory=dict)  # component -> --attention-heads | config.json | convention
 
     @property
     def family(self) -> str:
@@ -81,6 +83,9 @@ class Checkpoint:
             "prediction_type_from": self.prediction_type_from,
             "ema": self.ema,
             "loras": [lora.identity() for lora in self.loras],
+            "attention_heads_from": self.heads_from,
+            **({"attention_heads": {k: list(v) if isinstance(v, tuple) else v for k, v in self.heads_override.items()}}
+               if self.heads_override else {}),
         }
 
     def table(self, component: str, img_height: int = 512, img_width: int = 512,
@@ -111,13 +116,15 @@ class Checkpoint:
 
 def open_checkpoint(path_or_dir: str | Path, overrides: dict[str, str | Path] | None = None,
                     prediction_type: str | None = None, use_ema: bool = True,
-                    loras: list[tuple[str | Path, float]] | tuple = ()) -> Checkpoint:
+                    loras: list[tuple[str | Path, float]] | tuple = (),
+                    attention_heads: tuple[str, ...] | dict | None = None) -> Checkpoint:
     """Reads headers (not weights), checks the layout and infers the architecture.
 
     overrides: per-component replacement files/folders, keys unet|vae|text_encoder (aliases:
     diffusion; decoder/image_encoder mean the whole VAE). prediction_type: needed for SD 2.x single
     files (512-base is epsilon, 768-v is v_prediction); overrides scheduler_config.json when given.
     use_ema: single files with `model_ema.*` use the EMA UNet unless False. loras: (file, scale).
+    attention_heads: --attention-heads (architecture.parse_heads), over config.json and the conventions.
     """
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise UsageError(f"prediction type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
@@ -132,7 +139,8 @@ def open_checkpoint(path_or_dir: str | Path, overrides: dict[str, str | Path] | 
             raise UsageError(f"two overrides for the {g} ({key}); pass one")
         groups[g] = open_override(g, Path(p))
         resolved[g] = Path(p)
-    arch = infer(groups)
+    heads = parse_heads(attention_heads)
+    arch = infer(groups, heads)
     if prediction_type is not None:
         pred, pred_from = prediction_type, "argument"
     elif source.prediction_type is not None:
@@ -149,5 +157,5 @@ def open_checkpoint(path_or_dir: str | Path, overrides: dict[str, str | Path] | 
     for p, scale in loras:
         check_scale(scale, Path(p))
         loaded.append(load_lora(Path(p), float(scale), groups))
-    return Checkpoint(source, groups, arch, pred, pred_from, resolved, loaded)
+    return Checkpoint(source, groups, arch, pred, pred_from, resolved, loaded, heads, heads_sources(groups, heads))
 

@@ -1,8 +1,10 @@
 """The architecture of an SD 1.x / 2.x checkpoint, inferred from tensor shapes (+ config.json).
 
-Shapes give every width and depth; they cannot give attention heads. Those come from config.json
-when the layout has one, else from the SD conventions: UNet v1 8 heads per level, v2 head dim 64
-(heads = width // 64, at least 1); text encoder head dim 64 (ViT-L/14: 12, ViT-H/14: 16).
+Shapes give every width and depth; they cannot give attention heads. Those come from
+`--attention-heads` when given, else from config.json when the layout has one, else from the SD
+conventions: UNet v1 8 heads per level, v2 head dim 64 (heads = width // 64, at least 1); text
+encoder head dim 64 (ViT-L/14: 12, ViT-H/14: 16). Where a convention was assumed (single files),
+convert says so in one line (`heads_note`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
-from sd2tflite.core.errors import WeightsError
+from pathlib import Path
+
+from sd2tflite.core.errors import UsageError, WeightsError
 
 from .layouts import Group
 
@@ -97,12 +101,96 @@ def _count(g: Group, pattern: str) -> int:
     return len({m.group(1) for n in g.tensors if (m := rx.match(n))})
 
 
-def infer_text(g: Group) -> TextArch:
+HEADS_OPTION = "--attention-heads"
+HEAD_COMPONENTS = {"unet": "unet", "text_encoder": "text_encoder", "text": "text_encoder"}
+
+
+def parse_heads(specs: tuple[str, ...] | list[str] | dict | None) -> dict:
+    """--attention-heads COMPONENT=VALUE (repeatable) -> {"unet": (h, ...), "text_encoder": h}.
+    VALUE: head counts (`unet=8`, one per level `unet=5,10,20,20`, `text_encoder=12`) or a
+    diffusers / transformers config.json whose head fields are read (`unet=unet/config.json`).
+    A dict (the manifest's record of an earlier parse) is taken as it is."""
+    if not specs:
+        return {}
+    if isinstance(specs, dict):
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in specs.items()}
+    found: dict = {}
+    for spec in specs:
+        name, _, value = (part.strip() for part in spec.partition("="))
+        component = HEAD_COMPONENTS.get(name)
+        if component is None or not value:
+            raise UsageError(f"{HEADS_OPTION} {spec!r}: use unet=N[,N...], text_encoder=N or COMPONENT=CONFIG.json")
+        if component in found:
+            raise UsageError(f"{HEADS_OPTION} gives {component} twice: keep one")
+        if value.lower().endswith(".json"):
+            found[component] = _heads_from_config(Path(value).expanduser(), component)
+            continue
+        try:
+            counts = tuple(int(v) for v in value.split(","))
+        except ValueError:
+            counts = ()
+        if not counts or not all(1 <= c <= 4096 for c in counts) or (component == "text_encoder" and len(counts) != 1):
+            raise UsageError(f"{HEADS_OPTION} {spec!r}: {'one head count' if component == 'text_encoder' else 'head counts'}"
+                             f" from 1 to 4096{'' if component == 'text_encoder' else ' (one, or one per level)'}"
+                             ", or a config.json")
+        found[component] = counts[0] if component == "text_encoder" else counts
+    return found
+
+
+def _heads_from_config(path: Path, component: str):
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{HEADS_OPTION} {component}={path}: not a readable JSON config "
+                         f"({e.__class__.__name__}); pass the model's config.json or head counts") from None
+    if not isinstance(cfg, dict):
+        raise UsageError(f"{HEADS_OPTION} {component}={path}: not a config (a JSON object)")
+    try:
+        heads = _config_heads(cfg, 1) if component == "unet" else (
+            _text_heads(cfg, 1 << 16) if cfg.get("num_attention_heads") is not None else None)
+    except WeightsError as e:
+        raise UsageError(f"{HEADS_OPTION} {component}={path}: {str(e).split(': ', 1)[-1]}") from None
+    if heads is None:
+        field_ = "attention_head_dim / num_attention_heads" if component == "unet" else "num_attention_heads"
+        raise UsageError(f"{HEADS_OPTION} {component}={path}: the config has no {field_}; pass head counts instead")
+    return heads  # a tuple for the UNet (one count: every level), an int for the text encoder
+
+
+def heads_sources(groups: dict[str, Group], override: dict) -> dict[str, str]:
+    """Where each component's head counts come from: --attention-heads, config.json or convention."""
+    out = {}
+    for component, key in (("unet", ("num_attention_heads", "attention_head_dim")),
+                           ("text_encoder", ("num_attention_heads",))):
+        cfg = groups[component].config or {}
+        out[component] = (HEADS_OPTION if component in override
+                          else "config.json" if any(cfg.get(k) is not None for k in key) else "convention")
+    return out
+
+
+def heads_note(identity: dict) -> str | None:
+    """One line naming the head counts assumed by convention (no config.json says them) and the override."""
+    sources = identity.get("attention_heads_from") or {}
+    arch = identity.get("architecture") or {}
+    assumed = []
+    if sources.get("unet") == "convention":
+        heads = arch["unet"]["heads"]
+        assumed.append(f"UNet {','.join(map(str, heads))} per level")
+    if sources.get("text_encoder") == "convention":
+        assumed.append(f"text encoder {arch['text']['heads']} (head dim 64)")
+    if not assumed:
+        return None
+    family = "SD 1.x" if identity.get("family") == "v1" else "SD 2.x"
+    return (f"attention heads assumed ({family} convention; the weights cannot say them and no config.json "
+            f"does): {', '.join(assumed)}; if the model differs pass {HEADS_OPTION} unet=N[,N...] / "
+            "text_encoder=N, or COMPONENT=config.json")
+
+
+def infer_text(g: Group, heads_override: int | None = None) -> TextArch:
     vocab, width = _shape(g, "embeddings.token_embedding.weight")
     positions, _ = _shape(g, "embeddings.position_embedding.weight")
     layers = _count(g, r"encoder\.layers\.(\d+)\.")
     cfg = g.config or {}
-    heads = _text_heads(cfg, width)
+    heads = heads_override or _text_heads(cfg, width)
     if cfg.get("hidden_act"):
         act = cfg["hidden_act"]
     elif g.text_kind == "openclip":
@@ -118,7 +206,9 @@ def infer_text(g: Group) -> TextArch:
     if fc1[0] != 4 * width:
         raise WeightsError(f"text encoder MLP width {fc1[0]} is not 4 x {width}, which keras-cv's CLIP layers fix")
     if width % heads:
-        raise WeightsError(f"text encoder width {width} is not divisible by {heads} heads")
+        fix = f"; fix {HEADS_OPTION}" if heads_override else ""
+        raise (UsageError if heads_override else WeightsError)(
+            f"text encoder width {width} is not divisible by {heads} heads{fix}")
     return TextArch(vocab, positions, width, layers, heads, act)
 
 
@@ -144,7 +234,7 @@ def _text_heads(cfg: dict, width: int) -> int:
     return heads
 
 
-def infer_unet(g: Group, family_hint: str) -> UNetArch:
+def infer_unet(g: Group, family_hint: str, heads_override: tuple[int, ...] | None = None) -> UNetArch:
     if any(n.startswith(("add_embedding.", "class_embedding.")) for n in g.tensors):
         raise WeightsError("UNet with added/class embeddings (SDXL or an upscaler); only SD 1.x/2.x UNets "
                            "are supported")
@@ -170,16 +260,21 @@ def infer_unet(g: Group, family_hint: str) -> UNetArch:
     t_embed, t_dim = _shape(g, "time_embedding.linear_1.weight")
     cfg = g.config or {}
     heads = _config_heads(cfg, levels)
+    if heads_override:
+        heads = heads_override * levels if len(heads_override) == 1 else heads_override
     if heads is None:
         if family_hint == "v2" or linear:
             heads = tuple(max(1, w // 64) for w in widths)
         else:
             heads = (8,) * levels
+    error, fix = (UsageError, f"; fix {HEADS_OPTION}") if heads_override else (WeightsError, "")
     if len(heads) != levels:
-        raise WeightsError(f"UNet config lists {len(heads)} head counts for {levels} levels")
+        raise error(f"UNet {'config' if not heads_override else HEADS_OPTION} lists {len(heads)} head counts for "
+                    f"{levels} levels{fix} (one count, or one per level)" if heads_override else
+                    f"UNet config lists {len(heads)} head counts for {levels} levels")
     for w, h, a in zip(widths, heads, attention):
         if a and w % h:
-            raise WeightsError(f"UNet width {w} is not divisible by {h} heads")
+            raise error(f"UNet width {w} is not divisible by {h} heads{fix}")
     cond_dim = 0
     if "time_embedding.cond_proj.weight" in g.tensors:
         rows, cond_dim = _shape(g, "time_embedding.cond_proj.weight")
@@ -206,10 +301,12 @@ def infer_vae(g: Group) -> VaeArch:
     return VaeArch(widths, lpb, latent2 // 2)
 
 
-def infer(groups: dict[str, Group]) -> Architecture:
-    text = infer_text(groups["text_encoder"])
+def infer(groups: dict[str, Group], heads: dict | None = None) -> Architecture:
+    """heads: parse_heads's result (--attention-heads), over config.json and the conventions."""
+    heads = heads or {}
+    text = infer_text(groups["text_encoder"], heads.get("text_encoder"))
     family = "v2" if text.activation == "gelu" else "v1"
-    unet = infer_unet(groups["unet"], family)
+    unet = infer_unet(groups["unet"], family, heads.get("unet"))
     vae = infer_vae(groups["vae"])
     if unet.context_dim != text.width:
         raise WeightsError(f"the UNet's cross-attention takes {unet.context_dim}-d context but the text encoder "
