@@ -265,3 +265,82 @@ def test_model_card_shows_measured_placement_and_compiled_files(qnn, tiny_sets, 
     assert "compatible" not in section
     unmeasured = model_card(set_dir, manifest, None, "someone/tiny-int8").split("## Accelerators", 1)[1]
     assert "not measured: verify did not measure it" in unmeasured.split("\n## ", 1)[0]
+
+
+# -- converting again into a compiled set (no compiler needed: the records are made by hand) -----------
+
+def _fake_compiled(set_dir: Path, components: tuple[str, ...]) -> list[dict]:
+    """Compiled records as `sd2tflite compile` writes them, for `components`' files: the copy under npu/
+    stands for the compiled bytes (only size and sha256 are checked here)."""
+    import dataclasses
+
+    from sd2tflite.core.manifest import save_manifest
+
+    manifest = load_manifest(set_dir)
+    records = []
+    for artifact in (a for a in manifest.artifacts if a.component in components):
+        rel = compiled_path(SM8650, artifact)
+        (set_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(set_dir / artifact.path, set_dir / rel)
+        records.append({"target": SM8650.spec, "source": artifact.path, "source_sha256": artifact.sha256,
+                        "path": rel, "sha256": sha256(set_dir / rel), "bytes": (set_dir / rel).stat().st_size,
+                        "optimization_level": "O2", "partition": {}, "signature": {}})
+    save_manifest(dataclasses.replace(manifest, compiled=records), set_dir)
+    return records
+
+
+def test_converting_again_keeps_compiled_files_of_unchanged_sources_and_drops_the_others(tmp_path, export_cache):
+    """A plain re-run (no --force) into a compiled set keeps every compiled record whose source file is
+    byte for byte the one compiled; a changed source's compiled file is removed, said in one note line,
+    and the set's integrity check passes either way."""
+    from sd2tflite.convert.orchestrate import convert
+    from sd2tflite.runtime.integrity import check_integrity
+
+    from .conftest import tiny_request
+
+    set_dir = tmp_path / "set"
+    request = tiny_request(set_dir, "fp32", components="text_encoder,decoder", export_cache=str(export_cache))
+    convert(request)
+    records = _fake_compiled(set_dir, ("text_encoder", "decoder"))
+    leftover = set_dir / "npu" / "qualcomm-sm8750" / "decoder.tflite"  # unlisted (e.g. an older --force run)
+    leftover.parent.mkdir()
+    leftover.write_bytes(b"stale")
+    result = convert(request)
+    assert not result.built and result.manifest.compiled == records
+    assert result.notes == [(f"removed 1 stale compiled NPU file (npu/qualcomm-sm8750/decoder.tflite): run "
+                             f"sd2tflite compile {set_dir} --target VENDOR:SOC to compile the new files")]
+    assert not leftover.parent.exists()
+    _, checks = check_integrity(set_dir)
+    assert all(c.passed for c in checks), [c for c in checks if not c.passed]
+    assert sum("npu/qualcomm-sm8650/" in c.name for c in checks) == 2
+
+    # The decoder converted from other weights: its compiled file goes, the text encoder's stays.
+    changed = run(["convert", "--model", "tiny", "--img-height", "128", "--img-width", "128", "-o", str(set_dir),
+                   "--components", "decoder", "--weights", "random:3", "--export-cache", str(export_cache)])
+    assert changed.exit_code == 0, (changed.output, changed.exception)
+    notes = [line for line in changed.stderr.splitlines() if line.startswith("note: ")]
+    assert notes == [(f"note: removed 1 stale compiled NPU file (npu/qualcomm-sm8650/decoder.tflite): run "
+                      f"sd2tflite compile {set_dir} --target qualcomm:SM8650 to compile the new files")], changed.stderr
+    manifest = load_manifest(set_dir)
+    assert manifest.compiled == [r for r in records if r["source"] == "text_encoder.tflite"]
+    assert not (set_dir / records[1]["path"]).exists() and (set_dir / records[0]["path"]).is_file()
+    _, checks = check_integrity(set_dir)
+    assert all(c.passed for c in checks), [c for c in checks if not c.passed]
+
+
+def test_atomic_write_discarded_leaves_the_target_and_no_temp_file(tmp_path):
+    """compile's path for a file that failed after the tool wrote it: DiscardWrite drops the temp file."""
+    from sd2tflite.core.errors import OutputError
+    from sd2tflite.core.fsutil import DiscardWrite, atomic_write, is_temp_name
+
+    target = tmp_path / "x.tflite"
+    target.write_bytes(b"old")
+    with atomic_write(target, ".tflite") as tmp:
+        tmp.write_bytes(b"half")
+        raise DiscardWrite
+    with atomic_write(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    with pytest.raises(OutputError, match="cannot write .*x.tflite"), atomic_write(target):
+        raise FileNotFoundError(2, "No such file or directory")
+    assert target.read_bytes() == b"new" and not [p for p in tmp_path.iterdir() if is_temp_name(p.name)]

@@ -125,6 +125,8 @@ def convert(dry_run, verbose, quiet, max_part_bytes, weights, loras, **options):
     for a in result.manifest.artifacts:
         state = "reused" if a.path in result.reused else f"{a.conversion_seconds:7.1f} s"
         click.echo(f"{a.path:28s} {a.bytes / 2**20:10,.1f} MiB  {a.params:>13,} params  {state}")
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     _heads_notes(request)
     click.echo(f"manifest: {result.manifest_path}")
 

@@ -35,8 +35,8 @@ from ..core.progress import NO_PROGRESS, Progress
 from ..core.versions import CONVERTER_LIBRARIES, library_versions
 from .export import export_stage
 from .join import join_stage
-from .outdir import (PROGRESS_NAME, WORK_PREFIX, OutputState, check_output_dir, clean_leftovers, make_output_dir,
-                     output_lock, read_output_state)
+from .outdir import (PROGRESS_NAME, WORK_PREFIX, OutputState, check_output_dir, clean_leftovers, compiled_carry,
+                     make_output_dir, output_lock, read_output_state, remove_compiled)
 from .plan import SIGNATURE_KEY, ConversionPlan, PlannedArtifact, plan_conversion
 from .quiet import quiet_worker
 from .request import ConvertRequest
@@ -49,6 +49,7 @@ class ConvertResult:
     manifest_path: Path
     reused: list[str] = field(default_factory=list)
     built: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # one line each, for the user (e.g. compiled files removed)
 
 
 def built_artifact(artifact: PlannedArtifact, stats: dict) -> Artifact:
@@ -122,7 +123,7 @@ def _convert_locked(request: ConvertRequest, plan: ConversionPlan, state: Output
     work_dir = out_dir / f"{WORK_PREFIX}{os.getpid()}"
     work_dir.mkdir()
     result_artifacts: list[Artifact] = []
-    reused, built = [], []
+    reused, built, notes = [], [], []
     try:
         progress.status("building Keras models and exporting SavedModels")
         exported = _run(request.isolate, export_stage, request, plan, todo, str(work_dir)) if todo else {}
@@ -180,6 +181,8 @@ def _convert_locked(request: ConvertRequest, plan: ConversionPlan, state: Output
                 write_json_atomic(out_dir / PROGRESS_NAME, [a.to_json() for a in result_artifacts + parts])  # type: ignore[arg-type]
             progress.advance()
         result_artifacts = _kept_from_earlier(request, state) + result_artifacts
+        # `sd2tflite compile`'s records stay while their source file is byte for byte the one compiled.
+        compiled, stale_compiled = compiled_carry(state, result_artifacts)
         manifest = Manifest(
             family=request.family,
             quant=request.quant,
@@ -192,6 +195,7 @@ def _convert_locked(request: ConvertRequest, plan: ConversionPlan, state: Output
             split=split,
             converter=RECIPES[request.quant].converter_settings(),
             prediction_type=_prediction_type(request, state, result_artifacts),
+            compiled=compiled,
             **(request.conventions or {}),  # the model's scheduler, tokenizer padding and pixel rule
         )
         manifest_path = save_manifest(manifest, out_dir)
@@ -203,13 +207,21 @@ def _convert_locked(request: ConvertRequest, plan: ConversionPlan, state: Output
                 (out_dir / stale).unlink(missing_ok=True)
         for leftover in joined_leftovers:  # the parts now inside the joined UNet
             (out_dir / leftover).unlink(missing_ok=True)
+        if stale_compiled:
+            remove_compiled(out_dir, stale_compiled)
+            before = state.manifest.compiled if state.manifest else []
+            targets = sorted({r["target"] for r in before if r["path"] in stale_compiled}) or ["VENDOR:SOC"]
+            shown = ", ".join(stale_compiled[:2]) + (", ..." if len(stale_compiled) > 2 else "")
+            notes.append(f"removed {len(stale_compiled)} stale compiled NPU file{'s' * (len(stale_compiled) > 1)} "
+                         f"({shown}): run sd2tflite compile {out_dir} --target {','.join(targets)} to compile "
+                         "the new files")
         (out_dir / PROGRESS_NAME).unlink(missing_ok=True)
         if built:  # a verify report of the earlier files would describe files that are gone
             (out_dir / VERIFY_REPORT_NAME).unlink(missing_ok=True)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
         clean_leftovers(out_dir)
-    return ConvertResult(manifest, manifest_path, reused=reused, built=built)
+    return ConvertResult(manifest, manifest_path, reused=reused, built=built, notes=notes)
 
 
 def _kept_from_earlier(request: ConvertRequest, state: OutputState) -> list[Artifact]:

@@ -4,6 +4,7 @@ written into."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,8 +13,8 @@ from pathlib import Path
 
 from ..core.errors import OutputDirError, OutputError, SD2TFLiteError
 from ..core.fsutil import LOCK_NAME, folder_lock, is_temp_name, sha256_file
-from ..core.manifest import (MANIFEST_NAME, VERIFY_REPORT_NAME, Artifact, Manifest, load_manifest,
-                             safe_relative_path)
+from ..core.manifest import (COMPILED_FOLDER, MANIFEST_NAME, VERIFY_REPORT_NAME, Artifact, Manifest,
+                             load_manifest, safe_relative_path)
 
 PROGRESS_NAME = ".sd2tflite-progress.json"
 WORK_PREFIX = ".sd2tflite-work-"
@@ -79,6 +80,8 @@ def check_output_dir(out_dir: Path, force: bool, state: OutputState | None = Non
         return
     state = state or read_output_state(out_dir)
     ours = {MANIFEST_NAME, PROGRESS_NAME, VERIFY_REPORT_NAME, LOCK_NAME} | {a.path for a in state.artifacts}
+    if state.manifest is not None:  # a set's npu/ is `sd2tflite compile`'s (carried over or cleared: compiled_carry)
+        ours.add(COMPILED_FOLDER)
     foreign = sorted(
         name for name in os.listdir(out_dir)
         if name not in ours and not name.startswith(WORK_PREFIX) and not is_temp_name(name)
@@ -110,3 +113,34 @@ def clean_leftovers(out_dir: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
         elif is_temp_name(entry.name) and entry.is_file():
             entry.unlink(missing_ok=True)
+
+
+def compiled_carry(state: OutputState, artifacts: list[Artifact]) -> tuple[list[dict], list[str]]:
+    """The earlier manifest's `compiled` records (sd2tflite compile's NPU files) that still describe the
+    new set: their source file is in `artifacts` with the sha256 it was compiled from. Returns the kept
+    records and the compiled files to remove (sources changed or gone, and .tflite files under npu/
+    that no kept record lists), as paths relative to the set."""
+    if state.manifest is None:
+        return [], []
+    sources = {a.path: a.sha256 for a in artifacts}
+    kept = [r for r in state.manifest.compiled
+            if sources.get(r.get("source")) is not None and sources[r["source"]] == r.get("source_sha256")]
+    listed = {r["path"] for r in kept}
+    folder = state.directory / COMPILED_FOLDER
+    stale = [] if not folder.is_dir() else sorted(
+        p.relative_to(state.directory).as_posix() for p in folder.rglob("*.tflite")
+        if p.is_file() and p.relative_to(state.directory).as_posix() not in listed)
+    return kept, stale
+
+
+def remove_compiled(directory: Path, paths: list[str]) -> None:
+    """Removes stale compiled files (compiled_carry) and the target folders they leave empty."""
+    for rel in paths:
+        (directory / rel).unlink(missing_ok=True)
+    folder = directory / COMPILED_FOLDER
+    if folder.is_dir():
+        for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                sub.rmdir()  # only empty ones
+        with contextlib.suppress(OSError):
+            folder.rmdir()

@@ -69,14 +69,23 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and TMP_MARK in name
 
 
+class DiscardWrite(Exception):
+    """Raised inside an `atomic_write` block whose result must not land (e.g. a compile that failed
+    after writing): the temp file is removed, `target` stays as it was, and the block ends quietly."""
+
+
 @contextlib.contextmanager
 def atomic_write(target: Path, suffix: str = "") -> Iterator[Path]:
-    """Yields a temp path to write; on success it is fsynced and renamed over `target`. An OSError
-    while writing becomes one OutputError naming the file (the block should only write)."""
+    """Yields a temp path to write; on success it is fsynced and renamed over `target`; on
+    DiscardWrite it is dropped. An OSError while writing becomes one OutputError naming the file
+    (the block should only write)."""
     target = Path(target)
     tmp = temp_path(target, suffix)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except DiscardWrite:
+            return
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)

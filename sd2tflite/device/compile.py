@@ -18,13 +18,12 @@ level are unchanged and whose bytes still match its record.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import ManifestError, OutputError, UsageError
-from ..core.fsutil import folder_lock, is_temp_name, sha256_file, temp_path, write_json_atomic
+from ..core.fsutil import DiscardWrite, atomic_write, folder_lock, is_temp_name, sha256_file, write_json_atomic
 from ..core.manifest import COMPILED_FOLDER, Artifact, load_manifest, path_in_set, save_manifest
 from ..core.progress import NO_PROGRESS, Progress
 from ..core.registry import TensorSpec
@@ -249,26 +248,18 @@ def _compile_one(directory: Path, target: Target, artifact: Artifact, request: C
     for leftover in final.parent.iterdir():  # temp files of interrupted runs
         if is_temp_name(leftover.name) and leftover.name.startswith(f".{final.name}"):
             leftover.unlink(missing_ok=True)
-    tmp = temp_path(final, ".tflite")  # the plugin tool insists on .tflite
     start = time.perf_counter()
-    try:
+    failed: FileResult | None = None
+    with atomic_write(final, ".tflite") as tmp:  # the plugin tool insists on .tflite
         done = run_plugin("apply", source, tmp, target, level)
-        if done.failure:
-            return FileResult(target, artifact.path, "failed", seconds=done.seconds, partition=done.partition,
-                              failure=done.failure), None
-        problems = signature_problems(tmp, artifact)
-        if problems:
-            return FileResult(target, artifact.path, "failed", seconds=done.seconds, partition=done.partition,
-                              failure="the compiled file's signature differs from the source's: "
-                                      + "; ".join(problems[:3])), None
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-    except OSError as exc:
-        raise OutputError(f"cannot write {final} ({exc.strerror or type(exc).__name__}): check that its folder "
-                          "is writable and has free space") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
+        problems = [] if done.failure else signature_problems(tmp, artifact)
+        if done.failure or problems:
+            failed = FileResult(target, artifact.path, "failed", seconds=done.seconds, partition=done.partition,
+                                failure=done.failure or "the compiled file's signature differs from the source's: "
+                                + "; ".join(problems[:3]))
+            raise DiscardWrite
+    if failed is not None:
+        return failed, None
     seconds = time.perf_counter() - start
     record = _record(target, artifact, rel, final, level, done.partition, sdk[target.spec], seconds)
     return FileResult(target, artifact.path, "compiled", rel, record["bytes"], seconds, done.partition), record
