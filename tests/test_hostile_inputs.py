@@ -618,3 +618,371 @@ def test_sigterm_during_convert_cleans_up_and_the_plain_rerun_resumes(tmp_path, 
     assert rerun.returncode == 0, rerun.stderr
     assert sorted(os.listdir(out)) == ["decoder.tflite", "image_encoder.tflite", "manifest.json"]
     assert set(first) <= {"decoder.tflite", "image_encoder.tflite"}
+
+
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        for child in _children_of(todo.pop()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def test_sigterm_during_bench_stops_its_workers_and_their_cache_builds(tiny_sets, tmp_path):
+    """SIGTERM to bench only (not its process group) while a worker builds a weight-cache file in a
+    process of its own: exit 143 in one line, no report, no worker or build left running, no temp
+    file, and every cache file left is a whole, recorded one."""
+    import signal
+    import time
+
+    from sd2tflite.runtime.weight_cache import problem
+
+    cache, report = tmp_path / "cache", tmp_path / "bench.json"
+    proc = subprocess.Popen([sys.executable, "-m", "sd2tflite.cli", "bench", str(tiny_sets["fp32"]), "--steps", "50",
+                             "--repeats", "50", "--image-repeats", "5", "--json", str(report), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "SD2TFLITE_CACHE": str(cache)})
+    seen: set[int] = set()
+    building = False
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and not building:
+        workers = _children_of(proc.pid)
+        seen |= workers
+        building = any(_children_of(w) for w in workers)  # a worker's own child: a cache build
+        time.sleep(0.02)
+    assert building, "no weight-cache build was seen: nothing to interrupt"
+    seen |= _descendants(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert proc.returncode == 143 and len(lines) == 1 and "interrupted" in lines[0], stderr
+    time.sleep(1)
+    assert not [p for p in seen if _alive(p)], "a bench worker or cache build outlived SIGTERM"
+    assert not report.exists()
+    left = list((cache / "xnnpack").iterdir()) if (cache / "xnnpack").is_dir() else []
+    assert not [p for p in left if is_temp_name(p.name)], left
+    assert all(problem(p) is None for p in left if p.suffix == ".xnnpack")
+
+
+def test_sigterm_during_push_hub_ends_cleanly_and_the_rerun_finishes(fp32_set, tmp_path):
+    """SIGTERM while a file is being uploaded (the local fake Hub holds the upload open): exit 143 in
+    one line, the branch did not move, the set is unchanged, nothing written; the same command
+    then lands the one commit."""
+    import hashlib
+    import signal
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from .test_hub import TOKEN, FakeHub, Handler
+
+    hub = FakeHub()
+    hub.uploading, hub.release = threading.Event(), threading.Event()
+
+    class Stalling(Handler):
+        def do_PUT(self):
+            if self.path.startswith("/lfs-upload/") and not self.hub.release.is_set():
+                self.hub.uploading.set()
+                self.hub.release.wait(120)
+            self._handle()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Bound", (Stalling,), {"hub": hub}))
+    server.daemon_threads = True
+    hub.url = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_OFFLINE")}
+    env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "hf"))
+    cmd = [sys.executable, "-m", "sd2tflite.cli", "push-hub", str(fp32_set), "--repo-id", "someone/x", "--token",
+           TOKEN, "-q"]
+
+    def snapshot():
+        return {str(p.relative_to(fp32_set)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(fp32_set.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        assert hub.uploading.wait(120), "no upload started: nothing to interrupt"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+        hub.release.set()
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert proc.returncode == 143 and len(lines) == 1 and "interrupted" in lines[0], stderr
+        assert TOKEN not in stderr
+        assert hub.commits == [] and set(hub.tree("someone/x")) == {".gitattributes"}  # main did not move
+        assert snapshot() == before
+
+        again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert len(hub.commits) == 1
+        tree = hub.tree("someone/x")
+        assert all(hub.content(tree[name]) == (fp32_set / name).read_bytes() for name in before)
+        assert snapshot() == before
+    finally:
+        hub.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+# ---------------------------------------------------------------- the records generate reads from the manifest
+
+
+RECORDS = {
+    "scheduler steps 1e12": ("scheduler", "steps", 10**12, "scheduler.steps"),
+    "scheduler steps 0": ("scheduler", "steps", 0, "scheduler.steps"),
+    "scheduler steps past the schedule": ("scheduler", "steps", 1001, "scheduler.steps"),
+    "scheduler steps a string": ("scheduler", "steps", "25", "scheduler.steps"),
+    "scheduler guidance NaN": ("scheduler", "guidance", float("nan"), "scheduler.guidance"),
+    "scheduler guidance 1e308": ("scheduler", "guidance", 1e308, "scheduler.guidance"),
+    "betas NaN": ("scheduler", "beta_start", float("nan"), "scheduler.beta_start"),
+    "betas Infinity": ("scheduler", "beta_end", float("inf"), "scheduler.beta_end"),
+    "betas a string": ("scheduler", "beta_start", "0.1", "scheduler.beta_start"),
+    "1e12 training timesteps": ("scheduler", "num_train_timesteps", 10**12, "scheduler.num_train_timesteps"),
+    "fractional training timesteps": ("scheduler", "num_train_timesteps", 1000.5, "scheduler.num_train_timesteps"),
+    "training timesteps true": ("scheduler", "num_train_timesteps", True, "scheduler.num_train_timesteps"),
+    "steps offset 1e9": ("scheduler", "steps_offset", 10**9, "scheduler.steps_offset"),
+    "steps offset -5": ("scheduler", "steps_offset", -5, "scheduler.steps_offset"),
+    "original steps 1e12": ("scheduler", "original_inference_steps", 10**12, "scheduler.original_inference_steps"),
+    "eta NaN": ("scheduler", "eta", float("nan"), "scheduler.eta"),
+    "clip range NaN": ("scheduler", "clip_sample_range", float("nan"), "scheduler.clip_sample_range"),
+    "timestep scaling Infinity": ("scheduler", "timestep_scaling", float("inf"), "scheduler.timestep_scaling"),
+    "sampler a path": ("scheduler", "sampler", "../../x", "scheduler.sampler"),
+    "sampler a list": ("scheduler", "sampler", ["ddim"], "scheduler.sampler"),
+    "spacing a list": ("scheduler", "timestep_spacing", ["x"], "scheduler.timestep_spacing"),
+    "beta schedule an object": ("scheduler", "beta_schedule", {"a": 1}, "scheduler.beta_schedule"),
+    "clip_sample a string": ("scheduler", "clip_sample", "no", "scheduler.clip_sample"),
+    "scheduler a list": ("scheduler", None, [1, 2], "manifest.scheduler"),
+    "pad id -1": ("tokenizer", "pad_id", -1, "tokenizer.pad_id"),
+    "pad id past the vocabulary": ("tokenizer", "pad_id", 49408, "tokenizer.pad_id"),
+    "pad id 1e12": ("tokenizer", "pad_id", 10**12, "tokenizer.pad_id"),
+    "pad id a string": ("tokenizer", "pad_id", "x", "tokenizer.pad_id"),
+    "pad id a float": ("tokenizer", "pad_id", 3.5, "tokenizer.pad_id"),
+    "pad id true": ("tokenizer", "pad_id", True, "tokenizer.pad_id"),
+    "tokenizer a list": ("tokenizer", None, [1], "manifest.tokenizer"),
+    "pixels unknown": (None, "pixels", "floor", "manifest.pixels"),
+    "pixels a number": (None, "pixels", 3, "manifest.pixels"),
+}
+
+
+def _edit_manifest(set_dir: Path, edit) -> None:
+    path = set_dir / "manifest.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))  # NaN and Infinity as Python's json writes them
+
+
+@pytest.mark.parametrize("case", list(RECORDS))
+def test_a_manifest_record_generate_reads_with_a_wrong_type_or_absurd_value_is_one_line(case, fp32_set, tmp_path):
+    record, key, value, words = RECORDS[case]
+
+    def edit(data):
+        if record is None:
+            data[key] = value
+        elif key is None:
+            data[record] = value
+        else:
+            data[record][key] = value
+
+    _edit_manifest(fp32_set, edit)
+    out = tmp_path / "o.png"
+    line = assert_one_line_error(run(["generate", str(fp32_set), "x", "-o", str(out), "-q", "--no-weight-cache"]),
+                                 1, words, "manifest")
+    assert "unexpected" not in line and "--" not in line.split(":", 1)[1], line  # names the record, not an option
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- sd2tflite compile: records, files and targets
+
+
+def _compiled_record(data: dict, **changes) -> None:
+    decoder = next(a for a in data["artifacts"] if a["component"] == "decoder")
+    record = {"target": "qualcomm:SM8650", "source": decoder["path"], "source_sha256": decoder["sha256"],
+              "path": "npu/qualcomm-sm8650/decoder.tflite", "sha256": decoder["sha256"], "bytes": decoder["bytes"],
+              "optimization_level": "O2", "partition": {}}
+    data["compiled"] = [{**record, **changes}]
+
+
+COMPILED_RECORDS = {
+    "path leaving the set": ({"path": "npu/../../x.tflite"}, "points outside"),
+    "absolute path": ({"path": "/etc/passwd"}, "compiled[0].path"),
+    "path naming a file of the set": ({"path": "decoder.tflite"}, "not under npu/"),
+    "path naming another set's file": ({"path": "../other-set/decoder.tflite"}, "compiled[0].path"),
+    "target with traversal": ({"target": "../../etc"}, "not a VENDOR:SOC target"),
+    "target 10 kB long": ({"target": "qualcomm:" + "S" * 10_000}, "not a VENDOR:SOC target"),
+    "target not a string": ({"target": 3}, "compiled[0].target"),
+    "source another set's file": ({"source": "../other-set/decoder.tflite"}, "not a file of this set"),
+    "bytes a string": ({"bytes": "12"}, "compiled[0].bytes"),
+    "partition a list": ({"partition": [1]}, "compiled[0].partition"),
+}
+
+
+@pytest.mark.parametrize("case", list(COMPILED_RECORDS))
+def test_a_tampered_compiled_record_is_one_line_in_every_command(case, fp32_set, tmp_path):
+    changes, words = COMPILED_RECORDS[case]
+    npu = fp32_set / "npu" / "qualcomm-sm8650"
+    npu.mkdir(parents=True)
+    shutil.copyfile(fp32_set / "decoder.tflite", npu / "decoder.tflite")
+    _edit_manifest(fp32_set, lambda data: _compiled_record(data, **changes))
+    litertjs = Path(__file__).parent / "browser"
+    for args, code in [(["generate", str(fp32_set), "x", "-o", str(tmp_path / "o.png"), "-q"], 1),
+                       (["push-hub", str(fp32_set), "--repo-id", "someone/x", "--dry-run"], 1),
+                       (["compile", str(fp32_set), "--target", "qualcomm:SM8650", "-q"], 1),
+                       (["serve", str(fp32_set), "--litertjs", str(litertjs), "--port", "0"], 1)]:
+        line = assert_one_line_error(run(args), code, words)
+        assert len(line) < 400, line
+    assert not (tmp_path / "o.png").exists()
+    assert sorted(p.name for p in npu.iterdir()) == ["decoder.tflite"]  # compile wrote nothing
+
+
+@pytest.mark.parametrize("target", ["../../etc:x", "qualcomm:../../x", "qualcomm:SM8650/../../x", "q" * 10_000,
+                                    "qualcomm:" + "S" * 10_000, "qualcomm:SM8650\0", "qualcomm"])
+def test_a_compile_target_with_traversal_or_10_kb_is_one_short_line_and_writes_nothing(target, fp32_set):
+    before = (fp32_set / "manifest.json").read_bytes()
+    line = assert_one_line_error(run(["compile", str(fp32_set), "--target", target, "-q"]), 2, "--target"
+                                 if ":" not in target or target.startswith("q" * 20) else "SoC")
+    assert len(line) < 400, line
+    assert not (fp32_set / "npu").exists() and (fp32_set / "manifest.json").read_bytes() == before
+
+
+def test_a_compiled_file_altered_after_compile_is_refused_then_compiled_again(fp32_set, tmp_path):
+    from sd2tflite.device.plugin import DeviceSdkError, check_sdk
+    from sd2tflite.device.targets import Target
+
+    try:
+        check_sdk(Target("qualcomm", "SM8650"))
+    except DeviceSdkError as exc:
+        if os.environ.get("SD2TFLITE_REQUIRE_NPU"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    args = ["compile", str(fp32_set), "--target", "qualcomm:SM8650", "--components", "decoder", "--opt-level", "O2",
+            "-q"]
+    assert run(args).exit_code == 0
+    compiled = fp32_set / "npu" / "qualcomm-sm8650" / "decoder.tflite"
+    good = compiled.read_bytes()
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0x5A
+    compiled.write_bytes(bytes(data))
+    for refused in (["generate", str(fp32_set), "x", "-o", str(tmp_path / "o.png"), "-q"],
+                    ["push-hub", str(fp32_set), "--repo-id", "someone/x", "--dry-run"]):
+        assert_one_line_error(run(refused), 1, "npu/qualcomm-sm8650/decoder.tflite", "compile again")
+    again = run(args)
+    assert again.exit_code == 0 and "(reused" not in again.output, again.output
+    assert compiled.read_bytes() == good  # compiled again, to the same bytes
+    assert run(["generate", str(fp32_set), "x", "--steps", "1", "-o", str(tmp_path / "o.png"), "-q"]).exit_code == 0
+
+
+# ---------------------------------------------------------------- sd2tflite serve: only its assets and the set's files
+
+
+def _litertjs_or_skip() -> Path:
+    from sd2tflite.core.errors import SD2TFLiteError
+    from sd2tflite.serve.browser import find_litertjs
+
+    where = Path(os.environ.get("SD2TFLITE_LITERTJS") or Path(__file__).parent / "browser")
+    try:
+        find_litertjs(where)
+    except SD2TFLiteError as exc:
+        if os.environ.get("SD2TFLITE_REQUIRE_BROWSER"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    return where
+
+
+def _http(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    connection.putrequest(method, path, skip_accept_encoding=True)
+    headers = dict(headers or {})
+    if body is not None:
+        headers.setdefault("Content-Length", str(len(body)))
+    for key, value in headers.items():
+        connection.putheader(key, value)
+    connection.endheaders()
+    if body is not None:
+        connection.send(body)
+    reply = connection.getresponse()
+    data = reply.read()
+    connection.close()
+    return reply.status, data
+
+
+TRAVERSALS = ["/../../etc/passwd", "/assets/../../../../etc/passwd", "/assets/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+              "/assets/..%2f..%2f..%2f..%2fetc%2fpasswd", "/set/../manifest.json", "/set/%2e%2e/secret.txt",
+              "/set/../secret.txt", "/set/manifest.json", "/assets/%00", "/assets/" + "a" * 10_000,
+              "/litertjs/core/dist/../../../../../etc/passwd", "/litertjs/core/dist/%2e%2e%2fpackage.json",
+              "//etc/passwd", "/assets//etc/passwd", "/set/./decoder.tflite", "/SET/decoder.tflite"]
+
+
+def test_serve_answers_only_its_assets_and_the_sets_files(fp32_set, tmp_path):
+    from sd2tflite.serve.app import ServeRequest, make_server
+
+    litertjs = _litertjs_or_skip()
+    secret = fp32_set.parent / "secret.txt"  # beside the set: must never be served
+    secret.write_text("SECRET-CANARY")
+    server = make_server(ServeRequest(fp32_set, port=0, litertjs=litertjs))
+    with server:
+        for path in TRAVERSALS:
+            status, data = _http(server.url, "GET", path)
+            assert status == 404, (path, status, data[:200])
+            assert b"SECRET-CANARY" not in data and b"root:" not in data and b'"version"' not in data, path
+            assert json.loads(data)["error"].startswith("no such address")
+        status, data = _http(server.url, "GET", "/set/decoder.tflite")
+        assert status == 200 and data == (fp32_set / "decoder.tflite").read_bytes()
+
+        start = "/api/start"
+        status, data = _http(server.url, "POST", start, json.dumps({"prompt": "a " * 50_000}).encode())
+        assert status == 400 and "shorten it" in json.loads(data)["error"]  # a 100 kB prompt
+        for body, words in [(b"[1, 2]", "not a JSON object"), (b"[" * 100_000, "not JSON"),
+                            (json.dumps({"steps": 10**12}).encode(), "--steps"),
+                            (json.dumps({"guidance": "nan"}).encode(), "guidance")]:
+            status, data = _http(server.url, "POST", start, body)
+            assert status == 400 and words in json.loads(data)["error"], (body[:40], data)
+        for length in (str(10**12), "-5", "x"):  # refused before anything is read or allocated
+            status, data = _http(server.url, "POST", start, b"{}", {"Content-Length": length})
+            assert status == 413 and "Content-Length" in json.loads(data)["error"], data
+        status, data = _http(server.url, "POST", "/api/start", json.dumps({"prompt": "x", "steps": 1}).encode())
+        run_id = json.loads(data)["run_id"]
+        status, data = _http(server.url, "POST", f"/api/step?run={run_id}", b"\0" * 10)
+        assert status == 400 and "float32 values" in json.loads(data)["error"]
+        status, _ = _http(server.url, "GET", "/api/config")
+        assert status == 200  # still serving
+
+
+@pytest.mark.parametrize("how", ["manifest path into another set", "link to another set's file",
+                                 "manifest path absolute"])
+def test_serve_refuses_a_set_whose_files_leave_its_folder(how, fp32_set, tmp_path):
+    other = Path(shutil.copytree(fp32_set, tmp_path / "other-set"))
+    if how == "link to another set's file":
+        (fp32_set / "decoder.tflite").unlink()
+        (fp32_set / "decoder.tflite").symlink_to(other / "decoder.tflite")
+    else:
+        path = "../other-set/decoder.tflite" if how == "manifest path into another set" else \
+            str(other / "decoder.tflite")
+
+        def edit(data):
+            next(a for a in data["artifacts"] if a["component"] == "decoder")["path"] = path
+
+        _edit_manifest(fp32_set, edit)
+    litertjs = Path(__file__).parent / "browser"
+    assert_one_line_error(run(["serve", str(fp32_set), "--litertjs", str(litertjs), "--port", "0"]), 1,
+                          "decoder.tflite", "outside")
+
+
+# ---------------------------------------------------------------- bench says what happened to the weight cache
+
+
+def test_bench_says_a_weight_cache_note_once(tiny_sets, tmp_path):
+    (tmp_path / "file").write_text("")
+    proc = subprocess.run([sys.executable, "-m", "sd2tflite.cli", "bench", str(tiny_sets["fp32"]), "--steps", "1",
+                           "--repeats", "1", "--warmup", "0", "--image-repeats", "1", "--json",
+                           str(tmp_path / "b.json")], capture_output=True, text=True,
+                          env={**os.environ, "SD2TFLITE_CACHE": str(tmp_path / "file" / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.replace("\r", "\n").splitlines() if "note: weight cache" in line]
+    assert len(notes) == 1, proc.stderr  # four components in two workers: said once
+    assert "weight cache folder" in notes[0] and "running without it" in notes[0]
+    assert json.loads((tmp_path / "b.json").read_text())["cases"]

@@ -129,12 +129,17 @@ def bench(request: BenchRequest, progress: Progress | None = None) -> BenchRepor
     directories = [resolve_model_dir(str(d)) for d in request.model_dirs]
     manifests = [ensure_intact(d, reuse_hashes=True) for d in directories]
     cases = plan_cases(request, directories, manifests)
-    results, failures = [], []
+    results, failures, said = [], [], set()
     progress.stage("bench", len(cases), unit="case")
     for case in cases:
         progress.status(f"bench {case['backend']} {case['directory']}")
         try:
-            results.append(measure_case(case))
+            result = measure_case(case)
+            for text in result.pop("notes", []):  # the workers' weight-cache notes, each once, as generate says them
+                if text not in said:
+                    said.add(text)
+                    progress.note(f"note: {text}")
+            results.append(result)
         except UsageError:
             raise  # the same for every case
         except SD2TFLiteError as exc:
@@ -178,24 +183,27 @@ def measure_case(case: dict) -> dict:
     images = run_case_in_subprocess({**case, "part": "images"})
     return {**components, "wall_seconds": components["wall_seconds"] + images["wall_seconds"],
             "peak_rss_bytes": max(components["peak_rss_bytes"], images["peak_rss_bytes"]),
-            "stages": components["stages"] + images["stages"]}
+            "stages": components["stages"] + images["stages"],
+            "notes": components.get("notes", []) + images.get("notes", [])}
 
 
 def run_case_in_subprocess(case: dict) -> dict:
     """One case in a fresh interpreter; its own peak RSS is the child's ru_maxrss."""
-    import subprocess
     import sys
 
+    from ..core.signals import run_child
+
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
-    proc = subprocess.run([sys.executable, "-m", "sd2tflite.bench.worker"], input=json.dumps(case),
-                          capture_output=True, text=True, env=env)
-    lines = proc.stdout.strip().splitlines()
+    # Stopped with SIGTERM (not killed) when bench is interrupted: its weight-cache builds clean up.
+    returncode, stdout, stderr = run_child([sys.executable, "-m", "sd2tflite.bench.worker"], json.dumps(case),
+                                           env=env)
+    lines = stdout.strip().splitlines()
     try:
         result = json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        tail = (stderr.strip().splitlines() or ["no output"])[-1][:200]
         raise SD2TFLiteError(f"the {case['backend']} benchmark of {case['directory']} failed "
-                             f"(exit code {proc.returncode}): {tail}") from None
+                             f"(exit code {returncode}): {tail}") from None
     if "error" in result:
         raise (UsageError if result.get("exit_code") == 2 else SD2TFLiteError)(result["error"])
     return result

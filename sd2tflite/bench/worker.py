@@ -22,6 +22,13 @@ from ..runtime.schedule import timestep_embedding
 from .cases import BENCH_PROMPT, GUIDANCE, TIMESTEP
 from .measure import CallLog, PeakTreeRSS, measure, seconds, summary
 
+NOTES: list[str] = []  # weight-cache notes, each once; the parent prints them as generate does
+
+
+def note(text: str) -> None:
+    if text not in NOTES:
+        NOTES.append(text)
+
 
 def _stage(name: str, kind: str, load: Callable[[], object], run: Callable[[object], object],
            case: dict, file_bytes: int | None = None) -> tuple[dict, object]:
@@ -87,13 +94,14 @@ def run_litert_case(case: dict) -> list[dict]:
                 feed = {s.name: values[s.name].astype(s.dtype) for s in part.inputs}
                 stage, runner = _stage(
                     f"{component}_part{part.part}", "part",
-                    lambda p=part: signature_runner(path_in_set(directory, p.path), p.signature_key, threads, cache),
+                    lambda p=part: signature_runner(path_in_set(directory, p.path), p.signature_key, threads, cache,
+                                                     note),
                     lambda r, f=feed: r(**f), case, part.bytes)
                 values.update(runner(**feed))
                 stages.append(stage)
                 del runner
         stage, _ = _stage(component, "component",
-                          lambda c=component: load_component(directory, c, manifest, threads, cache),
+                          lambda c=component: load_component(directory, c, manifest, threads, cache, note),
                           lambda model, c=component: model(**inputs[c]), case, sum(p.bytes for p in parts))
         stages.append(stage)
     return stages
@@ -104,7 +112,7 @@ def _litert_images(case: dict, directory: Path, manifest, cache: Path | None) ->
     from ..runtime.pipeline import GenerateSettings, Pipeline
 
     dims = manifest.model_dims
-    components = LiteRTComponents(directory, manifest, case["threads"], weight_cache=cache)
+    components = LiteRTComponents(directory, manifest, case["threads"], weight_cache=cache, note=note)
     pipeline = Pipeline(components, dims, bench_tokenizer(manifest.family, case["vocab"]), manifest.prediction_type)
     settings = GenerateSettings(BENCH_PROMPT, steps=case["steps"], guidance=GUIDANCE,
                                 noise=starting_noise(dims, case["seed"]))
@@ -207,15 +215,21 @@ def run_case(case: dict) -> dict:
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     keep = ("directory", "backend", "threads", "quant", "family", "dims", "reference")
     return {**{k: case[k] for k in keep}, "wall_seconds": time.perf_counter() - start,
-            "peak_rss_bytes": int(peak_kib) * 1024, "stages": stages}
+            "peak_rss_bytes": int(peak_kib) * 1024, "stages": stages, "notes": NOTES}
 
 
 def main() -> None:
-    case = json.loads(sys.stdin.read())
+    from ..core.signals import terminate_as_interrupt
+
     try:
-        result = run_case(case)
-    except SD2TFLiteError as exc:
-        result = {"error": str(exc), "exit_code": exc.exit_code}
+        with terminate_as_interrupt():  # the parent stops a case with SIGTERM: cleanups run (cache builds)
+            case = json.loads(sys.stdin.read())
+            try:
+                result = run_case(case)
+            except SD2TFLiteError as exc:
+                result = {"error": str(exc), "exit_code": exc.exit_code}
+    except KeyboardInterrupt as exc:
+        sys.exit(getattr(exc, "exit_code", 130))
     print(json.dumps(result), flush=True)
 
 

@@ -45,6 +45,21 @@ def _os_error(exc: OSError) -> str:
     return f"{where}{exc.strerror.lower()}: {fixes.get(exc.errno, 'check the path and try again')}"
 
 
+def _exit_now_if_threads_hold_on(code: int) -> None:
+    """After an interrupt the main thread's cleanups have run; but Python's exit would then wait for
+    every other non-daemon thread (huggingface_hub uploads in a thread pool, each waiting on the
+    network for minutes). Exit at once instead, after the atexit handlers."""
+    import atexit
+    import os
+    import threading
+
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def handle_errors(fn):
     """Library errors become one line on stderr and their exit code; -v adds the traceback. Both
     are scrubbed of the Hub token (a server may echo it back in an error)."""
@@ -61,6 +76,7 @@ def handle_errors(fn):
                 return fn(*args, **kwargs)
         except KeyboardInterrupt as exc:
             click.echo("interrupted: no partial files were left behind", err=True)
+            _exit_now_if_threads_hold_on(getattr(exc, "exit_code", 130))
             sys.exit(getattr(exc, "exit_code", 130))
         except Exception as exc:  # noqa: BLE001 - last line of defence for users
             secrets = _secrets(kwargs)

@@ -8,6 +8,7 @@ refuses paths that leave the set's directory.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -131,6 +132,43 @@ class Manifest:
         return cls(**data)
 
 
+def _optional(kind: str, **bounds) -> dict:
+    return {"type": [kind, "null"], **bounds}
+
+
+# The records generate reads to sample and tokenize: typed and bounded here, so a hostile or damaged
+# record is one line naming its field before anything is allocated from it (runtime/schedule.py
+# Schedule holds the meaning of each field).
+_SCHEDULER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "convention": {"type": "string", "enum": ["keras-cv", "diffusers"]},
+        "beta_start": {"type": "number", "minimum": 0, "maximum": 1},
+        "beta_end": {"type": "number", "minimum": 0, "maximum": 1},
+        "beta_schedule": {"type": "string"},
+        "num_train_timesteps": {"type": "integer", "minimum": 2, "maximum": 100_000},
+        "timestep_spacing": _optional("string"),
+        "steps_offset": {"type": "integer", "minimum": 0, "maximum": 100_000},
+        "set_alpha_to_one": _optional("boolean"),
+        "clip_sample": {"type": "boolean"},
+        "clip_sample_range": {"type": "number", "minimum": 0, "maximum": 1e6},
+        "original_inference_steps": {"type": "integer", "minimum": 1, "maximum": 100_000},
+        "timestep_scaling": {"type": "number", "minimum": 0, "maximum": 1e6},
+        "sampler": _optional("string"),
+        "steps": _optional("integer", minimum=1, maximum=100_000),
+        "guidance": _optional("number", minimum=0, maximum=100),
+        "eta": _optional("number", minimum=0, maximum=1),
+        "scheduler_class": _optional("string"),
+        "source": {"type": "string"},
+    },
+}
+
+_TOKENIZER_SCHEMA = {
+    "type": "object",
+    "properties": {"pad_token": {"type": "string"}, "pad_id": {"type": "integer", "minimum": 0},
+                   "source": {"type": "string"}},
+}
+
 _SPEC_SCHEMA = {
     "type": "object",
     "required": ["name", "shape", "dtype"],
@@ -158,8 +196,8 @@ MANIFEST_SCHEMA = {
         "split": {"type": "object"},
         "converter": {"type": "object"},
         "prediction_type": {"type": "string", "enum": list(PREDICTION_TYPES)},
-        "scheduler": {"type": "object"},
-        "tokenizer": {"type": "object"},
+        "scheduler": _SCHEDULER_SCHEMA,
+        "tokenizer": _TOKENIZER_SCHEMA,
         "pixels": {"type": "string", "enum": ["truncate", "round"]},
         "compiled": {
             "type": "array",
@@ -214,10 +252,38 @@ def validate_manifest_json(data) -> None:
             raise ManifestError(f"manifest format_version is {version}, this sd2tflite reads {FORMAT_VERSION}: "
                                 "convert again or use a matching sd2tflite")
         raise ManifestError(f"{problems[0]}: regenerate the set with sd2tflite convert")
+    _check_records(data)
     for i, artifact in enumerate(data["artifacts"]):
         safe_relative_path(artifact["path"], f"artifacts[{i}].path")
     for i, record in enumerate(data.get("compiled", [])):
         safe_relative_path(record["path"], f"compiled[{i}].path")
+
+
+def _check_records(data: dict) -> None:
+    """What the schema cannot say: the scheduler's counts within its training timesteps, the pad id
+    within the vocabulary."""
+    scheduler, n = data.get("scheduler") or {}, (data.get("scheduler") or {}).get("num_train_timesteps", 1000)
+    for key in ("steps", "steps_offset", "original_inference_steps"):
+        value = scheduler.get(key)
+        if value is not None and value > (n - 1 if key == "steps_offset" else n):
+            raise ManifestError(f"manifest scheduler.{key} is {value}, more than the {n} training timesteps: "
+                                "regenerate the set with sd2tflite convert")
+    sources = {a["path"] for a in data["artifacts"]}
+    for i, record in enumerate(data.get("compiled", [])):  # `sd2tflite compile`'s records
+        where = f"manifest compiled[{i}]"
+        if not re.fullmatch(r"[a-z_]{1,32}:[A-Za-z0-9_]{1,32}", record["target"]):
+            raise ManifestError(f"{where}.target {record['target'][:60]!r} is not a VENDOR:SOC target: "
+                                "run sd2tflite compile again")
+        if record["source"] not in sources:
+            raise ManifestError(f"{where}.source {record['source'][:60]!r} is not a file of this set: "
+                                "run sd2tflite compile again")
+        if not record["path"].startswith(f"{COMPILED_FOLDER}/") or record["path"] in sources:
+            raise ManifestError(f"{where}.path {record['path'][:60]!r} is not under {COMPILED_FOLDER}/: "
+                                "run sd2tflite compile again")
+    pad, vocab = (data.get("tokenizer") or {}).get("pad_id"), data["dims"].get("vocab_size")
+    if pad is not None and isinstance(vocab, int) and pad >= vocab:
+        raise ManifestError(f"manifest tokenizer.pad_id is {pad}, not a token of the {vocab}-token vocabulary: "
+                            "regenerate the set with sd2tflite convert")
 
 
 def safe_relative_path(text: str, where: str = "path") -> PurePosixPath:

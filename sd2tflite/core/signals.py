@@ -32,3 +32,28 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def run_child(args: list[str], input: str | None = None, stop_seconds: float = 30.0,
+              **popen) -> tuple[int, str, str]:
+    """`subprocess.run(args, input=input, capture_output=True, text=True)` for a child that may
+    itself start processes or write files: when this process is interrupted (Ctrl-C, SIGTERM,
+    any exception) the child gets SIGTERM and `stop_seconds` to run its own cleanups before
+    SIGKILL, instead of subprocess.run's immediate SIGKILL, which would orphan its children."""
+    import subprocess
+
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **popen)
+    try:
+        stdout, stderr = proc.communicate(input)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(stop_seconds)
+        except BaseException:  # a second interrupt, or the child does not stop: no more waiting
+            proc.kill()
+            proc.wait()
+            raise
+        raise
+    return proc.returncode, stdout, stderr

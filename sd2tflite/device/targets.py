@@ -54,6 +54,11 @@ def known_socs(vendor: str) -> list[str]:
     return [m.value for m in module.SocModel if m.value != "ALL"]
 
 
+def _shown(text: str, limit: int = 60) -> str:
+    """A user's text quoted in a message, cut so that a 10 kB --target still gives a short line."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text):,} characters)"
+
+
 def parse_targets(text: str) -> list[Target]:
     """`VENDOR:SOC[,SOC...]`, several joined by `;` or repeated by the caller. SoC names are matched
     without regard to case. Unknown vendor or SoC: one UsageError listing the known ones."""
@@ -64,17 +69,17 @@ def parse_targets(text: str) -> list[Target]:
         vendor_text, sep, socs_text = chunk.partition(":")
         vendor = _ALIASES.get(vendor_text.strip().lower(), vendor_text.strip().lower())
         if vendor not in VENDORS:
-            raise UsageError(f"unknown NPU vendor {vendor_text.strip()!r} in --target {text!r}: use one of "
+            raise UsageError(f"unknown NPU vendor {_shown(vendor_text.strip())} in --target {_shown(text)}: use one of "
                              f"{', '.join(VENDORS)} (e.g. qualcomm:SM8650)")
         known = known_socs(vendor)
         if not sep or not socs_text.strip():
-            raise UsageError(f"--target {chunk!r} names no SoC: write {vendor}:SOC[,SOC...], "
+            raise UsageError(f"--target {_shown(chunk)} names no SoC: write {vendor}:SOC[,SOC...], "
                              f"SOC one of {', '.join(known)}")
         by_upper = {s.upper(): s for s in known}
         for soc_text in (s.strip() for s in socs_text.split(",")):
             soc = by_upper.get(soc_text.upper())
             if soc is None:
-                raise UsageError(f"unknown {vendor} SoC {soc_text!r}: use one of {', '.join(known)}")
+                raise UsageError(f"unknown {vendor} SoC {_shown(soc_text)}: use one of {', '.join(known)}")
             target = Target(vendor, soc)
             if target not in targets:
                 targets.append(target)

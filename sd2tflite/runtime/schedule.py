@@ -143,6 +143,11 @@ class Schedule:
         if unknown:
             raise ManifestError(f"manifest scheduler field {unknown[0]!r} is unknown to this sd2tflite: "
                                 "update sd2tflite or convert again")
+        from .samplers import SAMPLERS
+
+        if data.get("sampler") is not None and data["sampler"] not in SAMPLERS:
+            raise ManifestError(f"manifest scheduler.sampler {str(data['sampler'])[:80]!r} is unknown to this "
+                                "sd2tflite: update sd2tflite or convert again")
         return cls(**data)
 
     def train_alphas_cumprod(self) -> np.ndarray:

@@ -149,8 +149,10 @@ class ServeApp:
 
         try:
             asked = json.loads(body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             return Reply.error("the request is not JSON")
+        if not isinstance(asked, dict):
+            return Reply.error("the request is not a JSON object of settings")
         if not self.fit["fits"]:
             return Reply.error(self.fit["reason"], 413)
         try:
@@ -199,10 +201,10 @@ class ServeApp:
         current = self.runs.get(query.get("run", ""))
         if current is None:
             return Reply.error("this run was replaced by a newer one (one run at a time): start again", 409)
-        output = np.frombuffer(body, dtype=np.float32)
         shape = self.dims.latent_shape
-        if output.size != int(np.prod(shape)):
-            return Reply.error(f"the step needs {int(np.prod(shape))} float32 values, got {output.size}")
+        if len(body) != 4 * int(np.prod(shape)):
+            return Reply.error(f"the step needs {int(np.prod(shape))} float32 values, got {len(body)} bytes")
+        output = np.frombuffer(body, dtype=np.float32)
         if not np.isfinite(output).all():
             return Reply.error(f"the diffusion output holds NaN/Inf values at step {current['index'] + 1}: the set is "
                                "broken, overflows, or the browser computed it wrongly (try ?accelerator=wasm)")

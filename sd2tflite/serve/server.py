@@ -42,6 +42,8 @@ class Reply:
         return cls.json({"error": message}, status)
 
 
+MAX_BODY_BYTES = 64 << 20  # the page posts JSON settings and one latent per step (4 x 128 x 128 float32 at 1024²)
+
 GetRoute = Callable[[dict[str, str]], Reply]
 PostRoute = Callable[[dict[str, str], bytes], Reply]
 
@@ -71,7 +73,13 @@ class PageServer:
                 app._answer(self, None)
 
             def do_POST(self):
-                length = int(self.headers.get("Content-Length") or 0)
+                text = self.headers.get("Content-Length") or "0"
+                length = int(text) if text.isdigit() else -1
+                if not 0 <= length <= MAX_BODY_BYTES:  # refused before anything is read or allocated
+                    self.close_connection = True
+                    app._send(self, Reply.error(f"a request body of Content-Length {text[:40]!r}: the page sends "
+                                                f"at most {MAX_BODY_BYTES:,} bytes", 413))
+                    return
                 app._answer(self, self.rfile.read(length))
 
         try:
@@ -122,8 +130,11 @@ class PageServer:
         for prefix, folder in self.folders.items():
             if path.startswith(prefix):
                 name = path[len(prefix):]
-                target = (folder / name).resolve()
-                if ".." in Path(name).parts or not target.is_relative_to(folder.resolve()) or not target.is_file():
+                try:  # a NUL byte or a name over the OS limit is no asset either
+                    target = (folder / name).resolve()
+                    if ".." in Path(name).parts or not target.is_relative_to(folder.resolve()) or not target.is_file():
+                        break
+                except (OSError, ValueError):
                     break
                 content_type = CONTENT_TYPES.get(target.suffix) or mimetypes.guess_type(target.name)[0]
                 return Reply(file=target, content_type=content_type or "application/octet-stream")
@@ -138,6 +149,9 @@ class PageServer:
             reply = Reply.error(str(exc), 400)
         except Exception as exc:  # a bug in a route: the page shows it, the server keeps running
             reply = Reply.error(f"{type(exc).__name__}: {exc}", 500)
+        self._send(handler, reply)
+
+    def _send(self, handler: BaseHTTPRequestHandler, reply: Reply) -> None:
         try:
             size = reply.file.stat().st_size if reply.file is not None else len(reply.body)
             handler.send_response(reply.status)
