@@ -53,7 +53,10 @@ def _exit_now_if_threads_hold_on(code: int) -> None:
     import os
     import threading
 
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+    pools = sys.modules.get("concurrent.futures.thread")  # their workers are joined at exit, daemon or not
+    pooled = list(getattr(pools, "_threads_queues", {})) if pools else []
+    if any(t.is_alive() and (not t.daemon or t in pooled) for t in threading.enumerate()
+           if t is not threading.main_thread()):
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()

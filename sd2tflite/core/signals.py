@@ -57,3 +57,27 @@ def run_child(args: list[str], input: str | None = None, stop_seconds: float = 3
             raise
         raise
     return proc.returncode, stdout, stderr
+
+
+def interruptible(fn):
+    """fn() run so that Ctrl-C and SIGTERM reach the caller at once. Network libraries wait in
+    places a signal cannot break (huggingface_hub joins its upload threads, each blocked on a
+    socket, before an exception leaves it): fn runs in a daemon thread and the main thread waits
+    for it in short, interruptible joins. Its result or exception is the caller's."""
+    if threading.current_thread() is not threading.main_thread():
+        return fn()
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller as it is
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="sd2tflite-interruptible", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+    if "error" in box:
+        raise box.pop("error")
+    return box["result"]

@@ -145,10 +145,12 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 def with_retries(action, token, where, say, count=False, download=False):
+    from ..core.signals import interruptible
+
     attempt = 1
     while True:
         try:
-            result = action()
+            result = interruptible(action)  # Ctrl-C / SIGTERM stop a stalled upload or download at once
             return (result, attempt) if count else result
         except SD2TFLiteError:
             raise
