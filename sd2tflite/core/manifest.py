@@ -281,7 +281,8 @@ def _check_records(data: dict) -> None:
             raise ManifestError(f"{where}.path {record['path'][:60]!r} is not under {COMPILED_FOLDER}/: "
                                 "run sd2tflite compile again")
     pad, vocab = (data.get("tokenizer") or {}).get("pad_id"), data["dims"].get("vocab_size")
-    if pad is not None and isinstance(vocab, int) and pad >= vocab:
+    # 49407 is CLIP's end-of-text id, which means "pad with the end token" for every vocabulary
+    if pad is not None and pad != 49407 and isinstance(vocab, int) and pad >= vocab:
         raise ManifestError(f"manifest tokenizer.pad_id is {pad}, not a token of the {vocab}-token vocabulary: "
                             "regenerate the set with sd2tflite convert")
 
