@@ -2,7 +2,7 @@
 
     python -m benchmarks.gpu_placement FILE_OR_SET... [--json] [--record NAME] [--litertjs DIR] [--chromium PATH]
 
-A set folder stands for its .tflite files. Prints ops on the GPU / total and the refused operators
+A set folder stands for the files its manifest lists (not the NPU copies under npu/). Prints ops on the GPU / total and the refused operators
 grouped by the accelerator's reason; --json prints the list as JSON; --record NAME writes
 benchmarks/records/NAME.json. Needs Chromium and LiteRT.js (docs/browser.md); without them every
 file is "not measured" and the exit code is 1. Headless WebGPU is SwiftShader: the placement is the
@@ -16,15 +16,23 @@ import json
 import sys
 from pathlib import Path
 
+from sd2tflite.core.manifest import COMPILED_FOLDER, load_manifest
 from sd2tflite.serve.placement import measure_gpu_placement
 
 from .records import RECORDS, write_record
 
 
 def expand(paths: list[str]) -> list[Path]:
+    """Files as given; a set folder stands for the files its manifest lists, a folder without one
+    for its .tflite files, never the NPU-compiled copies under npu/ (the GPU does not run those)."""
     files = []
     for p in map(Path, paths):
-        files += sorted(p.rglob("*.tflite")) if p.is_dir() else [p]
+        if not p.is_dir():
+            files.append(p)
+        elif (p / "manifest.json").is_file():
+            files += [p / a.path for a in load_manifest(p).artifacts]
+        else:
+            files += sorted(f for f in p.rglob("*.tflite") if COMPILED_FOLDER not in f.relative_to(p).parts)
     return files
 
 

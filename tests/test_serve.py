@@ -9,6 +9,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from urllib.parse import quote
@@ -49,6 +50,33 @@ def test_gpu_log_is_counted_and_grouped_by_reason():
     assert parsed["partial"]
     clean = parse_gpu_log(["INFO: Created TensorFlow Lite XNNPACK delegate for CPU."])
     assert clean["gpu_ops"] is None and not clean["rejected"] and not clean["partial"]
+
+
+def test_gpu_log_counts_refusals_with_an_empty_reason():
+    lines = ["ERROR: Following operations are not supported by GPU delegate:\n"
+             "CUSTOM: \nSTABLEHLO_COMPOSITE:\nMEAN: Unknown layout.\n"
+             "5 operations will run on the GPU, and the remaining 3 operations will run on the CPU."]
+    parsed = parse_gpu_log(lines)
+    assert parsed["rejected"] == {"CUSTOM: (no reason logged)": 1, "MEAN: Unknown layout.": 1,
+                                  "STABLEHLO_COMPOSITE: (no reason logged)": 1}
+    assert (parsed["gpu_ops"], parsed["cpu_ops"]) == (5, 3)
+
+
+def test_gpu_placement_benchmark_takes_a_sets_own_files_not_its_npu_copies(tiny_sets, tmp_path):
+    from benchmarks.gpu_placement import expand
+
+    listed = sorted(p.name for p in tiny_sets["fp32"].glob("*.tflite"))
+    assert sorted(p.name for p in expand([str(tiny_sets["fp32"])])) == listed
+    loose = tmp_path / "loose"
+    (loose / "npu" / "qualcomm-sm8650").mkdir(parents=True)
+    (loose / "a.tflite").write_bytes(b"x")
+    (loose / "npu" / "qualcomm-sm8650" / "a.tflite").write_bytes(b"x")
+    assert expand([str(loose)]) == [loose / "a.tflite"]
+    with_npu = Path(shutil.copytree(tiny_sets["fp32"], tmp_path / "set"))
+    (with_npu / "npu" / "qualcomm-sm8650").mkdir(parents=True)
+    shutil.copy(with_npu / "decoder.tflite", with_npu / "npu" / "qualcomm-sm8650" / "decoder.tflite")
+    assert sorted(p.name for p in expand([str(with_npu)])) == listed
+    assert all(p.parent == with_npu for p in expand([str(with_npu)]))
 
 
 def test_op_count_reads_the_flatbuffer_as_litert_does(tiny_sets):

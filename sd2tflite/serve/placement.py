@@ -60,7 +60,8 @@ class GpuPlacement:
 
 _SUMMARY = re.compile(r"(\d+) operations? will run on the GPU, and the remaining (\d+) operations? will run on the CPU")
 _REJECTED_HEADER = "Following operations are not supported by GPU delegate:"
-_REJECTED = re.compile(r"^([A-Z][A-Z0-9_]*): (.*)$")
+_REJECTED = re.compile(r"^([A-Z][A-Z0-9_]*):(?:\s+(.*))?$")  # the reason may be empty ("CUSTOM:")
+NO_REASON = "(no reason logged)"
 _CONST_DIMS = re.compile(r"dims: (\[[0-9,\s]*\])\s*\}? isn't (\S+?)-convertible")
 _NOT_FULLY = "not fully compiled for webgpu"
 
@@ -93,7 +94,7 @@ def parse_gpu_log(lines: list[str]) -> dict:
             continue
         m = _REJECTED.match(line)
         if listing and m:
-            rejected[f"{m.group(1)}: {_reason(m.group(2))}"] += 1
+            rejected[f"{m.group(1)}: {_reason(m.group(2) or '') or NO_REASON}"] += 1
             continue
         listing = listing and not line
     joined = " ".join(" ".join(lines).split())

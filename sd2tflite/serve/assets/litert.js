@@ -33,7 +33,7 @@ export async function webgpuAdapter() {
 const PARTITIONED = /Partitioned subgraph<(\d+)>, selected (\d+) ops, from a total of (\d+) ops\. resulted in (\d+) partitions/;
 const REPLACING = /Replacing (\d+) out of (\d+) node\(s\) with delegate \(([^)]*)\) node, yielding (\d+) partitions for subgraph (\d+)/;
 const REJECTED_HEADER = /Following operations are not supported by GPU delegate:/;
-const REJECTED_LINE = /^\s*([A-Z][A-Z0-9_]*): (.*)$/;
+const REJECTED_LINE = /^\s*([A-Z][A-Z0-9_]*):(?:\s+(.*))?$/; // the reason may be empty
 const OPS_SUMMARY = /(\d+) operations will run on the GPU, and the remaining (\d+) operations? will run on the CPU/;
 
 // Where LiteRT put a graph's ops, from the log lines of one compile: the GPU accelerator's own
@@ -70,7 +70,7 @@ export function parsePlacement(lines) {
     }
     if (inRejected) {
       const r = REJECTED_LINE.exec(line);
-      if (r) rejected.push(`${r[1]}: ${r[2].trim()}`);
+      if (r) rejected.push(`${r[1]}: ${(r[2] || '').trim() || '(no reason logged)'}`);
       else if (line.trim()) inRejected = false;
     }
   }
