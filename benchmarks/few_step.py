@@ -4,7 +4,13 @@ diffusion, decoder and taesd_decoder:
 
     sd2tflite convert --model v1 --weights random:0 --quant dynamic --img-height 512 --img-width 512 \\
         --components text_encoder,diffusion,decoder,taesd_decoder -o bench-out/sd-v1-dynamic-512-taesd
-    python -m benchmarks.few_step bench-out/sd-v1-dynamic-512-taesd --tag v1-512
+    sd2tflite convert --model v1 --weights random:0 --quant int8 --img-height 512 --img-width 512 \\
+        --components text_encoder,diffusion,decoder,taesd_decoder --calibration synthetic \\
+        --calibration-samples 4 -o bench-out/sd-v1-int8-512-taesd
+    python -m benchmarks.few_step bench-out/sd-v1-dynamic-512-taesd bench-out/sd-v1-int8-512-taesd --tag v1-512
+
+Several sets are timed in one run and written to one record, with each set's conversion command
+(from its manifest); the "× default" column divides by the same set's 25-step CFG image.
 
 Cases: 25-step CFG ddim (two UNet calls a step: today's default), 4-step lcm at guidance 1 (no
 unconditional call: what an LCM-LoRA run does; an LCM UNet's guidance embedding adds one 256x320
@@ -77,6 +83,18 @@ def run(directory: Path, case: str, vae: str) -> dict:
             "peak_anon_bytes": child["peak_anon_bytes"], "peak_file_bytes": child["peak_file_bytes"]}
 
 
+NOTE = ("Random weights: the images are noise, the work is the real one. The int8 sets' calibration "
+        "(see each set's convert_command) only sets quantization ranges, which do not change the speed of "
+        "the int8 kernels, so synthetic calibration is enough to time them.")
+
+
+def set_entry(directory: Path) -> dict:
+    """How a set was made (the conversion command from its manifest), for the record."""
+    manifest = load_manifest(directory)
+    return {"set": directory.name, "quant": manifest.quant, "weights": manifest.weights,
+            "convert_command": manifest.command, "components": sorted({a.component for a in manifest.artifacts})}
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [("| precision | case | VAE decoder | s / image | × default | UNet s | decoder s | text s | peak RSS GB |"
               " anon GB | file GB |"), "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -103,13 +121,15 @@ def main() -> None:
     rows = []
     RECORDS.mkdir(parents=True, exist_ok=True)
     out = RECORDS / f"few-step-{args.tag}"
+    sets = [set_entry(d) for d in args.dirs]
     for directory in args.dirs:
         for case in cases:
             for vae in ("full", "tiny"):
                 rows.append(run(directory, case, vae))
                 print(markdown(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
                 # written after every run: an interrupted benchmark keeps what it measured
-                write_record(Path(f"{out}.json"), {"machine": machine(), "command": invocation(), "runs": rows})
+                write_record(Path(f"{out}.json"), {"machine": machine(), "command": invocation(), "note": NOTE,
+                                                    "sets": sets, "runs": rows})
                 Path(f"{out}.md").write_text(markdown(rows) + "\n")
     print(markdown(rows))
 
