@@ -25,6 +25,9 @@ import pytest
 from sd2tflite.core.errors import UsageError, WeightsError
 from sd2tflite.convert.checkpoint import SD1, SD2, Architecture, open_checkpoint, parse_lora_arg
 
+from .goldens import TIGHT, load_golden
+from .goldens import check as golden_check
+
 DATA = Path(__file__).parent / "data" / "checkpoints"
 H, W = 64, 128  # text encoder and UNet (latents 8x16): non-square, catches H/W mix-ups
 VH, VW = 64, 64  # VAE goldens (images: the biggest goldens); its non-square shapes: test_build_...
@@ -32,20 +35,12 @@ SIZE = {"text_encoder": (H, W), "diffusion": (H, W), "decoder": (VH, VW), "image
 V1_SINGLE = DATA / "v1" / "sd-v1-tiny-ema.safetensors"
 V2_DIFFUSERS = DATA / "v2" / "diffusers"
 LORA = DATA / "lora"
-TIGHT = 1e-4  # max abs error / max(1, output scale): the mapping itself
-EXACT = 1e-2  # vs unpatched diffusers: keras-cv's eps 1e-5 and tanh-GELU deviations
 
 ERRORS: list[str] = []  # measured errors, printed at the end (pytest -s)
 
 
 def golden(family: str) -> dict[str, np.ndarray]:
-    """`k_exact` is stored as its fp16 difference to `k` (to a thousandth of the EXACT tolerance)."""
-    with np.load(DATA / family / "golden.npz") as z:
-        g = {k: z[k] for k in z.files}
-    for k in [k for k in g if k.endswith("_exact_delta")]:
-        base = k[: -len("_exact_delta")]
-        g[f"{base}_exact"] = g[base] + g.pop(k).astype(np.float32)
-    return g
+    return load_golden(DATA / family / "golden.npz")
 
 
 def derive(plan_file: Path, out: Path) -> None:
@@ -127,17 +122,7 @@ GOLDEN_KEY = {"text_encoder": "text_encoder", "decoder": "decoder", "image_encod
 
 
 def check(label: str, out: np.ndarray, ref: np.ndarray, tol: float, exact: np.ndarray | None = None):
-    assert out.shape == ref.shape, (label, out.shape, ref.shape)
-    scale = max(1.0, float(np.abs(ref).max()))
-    err = float(np.abs(out - ref).max())
-    line = f"{label}: max abs err {err:.2e} (output scale {scale:.2f})"
-    if exact is not None:
-        err_x = float(np.abs(out - exact).max())
-        line += f"; vs unpatched diffusers {err_x:.2e}"
-        assert err_x < EXACT * scale, line
-    ERRORS.append(line)
-    print(line)
-    assert err < tol * scale, line
+    golden_check(label, out, ref, tol, exact, log=ERRORS)
 
 
 def check_all(ckpt, family: str, built, label: str, unet_prefix: str = "", timesteps=(500,)):

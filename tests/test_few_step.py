@@ -19,23 +19,17 @@ from sd2tflite.convert.checkpoint import open_checkpoint
 from sd2tflite.core.errors import WeightsError
 
 from .conftest import assert_one_line_error, run
+from .goldens import check, load_golden
 
 DATA = Path(__file__).resolve().parent / "data" / "few_step"
 LCM = DATA / "lcm" / "diffusers"
 TAESD = DATA / "taesd" / "diffusers"
 LORA = DATA / "lora"
 H, W = 128, 128  # convert's smallest size
-TIGHT = 1e-4
-EXACT = 1e-2
 
 
 def golden(name: str) -> dict[str, np.ndarray]:
-    with np.load(DATA / name / "golden.npz") as z:
-        g = {k: z[k] for k in z.files}
-    for k in [k for k in g if k.endswith("_exact_delta")]:
-        base = k[: -len("_exact_delta")]
-        g[f"{base}_exact"] = g[base] + g.pop(k).astype(np.float32)
-    return g
+    return load_golden(DATA / name / "golden.npz")
 
 
 def fixture(name: str) -> dict:
@@ -49,19 +43,6 @@ def turbo(tmp_path_factory) -> Path:
     shutil.copytree(DATA / "turbo" / "diffusers", folder)
     shutil.copytree(LCM / "vae", folder / "vae")
     return folder
-
-
-def check(label: str, out: np.ndarray, ref: np.ndarray, tol: float = TIGHT, exact: np.ndarray | None = None):
-    assert out.shape == ref.shape, (label, out.shape, ref.shape)
-    scale = max(1.0, float(np.abs(ref).max()))
-    err = float(np.abs(out - ref).max())
-    line = f"{label}: max abs err {err:.2e} (scale {scale:.2f})"
-    if exact is not None:
-        err_x = float(np.abs(out - exact).max())
-        line += f"; vs unpatched diffusers {err_x:.2e}"
-        assert err_x < EXACT * scale, line
-    print(line)
-    assert err < tol * scale, line
 
 
 def unet_inputs(g: dict, t: int, w: float | None) -> dict:
@@ -313,6 +294,42 @@ def test_the_converted_set_holds_the_tiny_autoencoder(lcm_unet_set):
     check("TAESD encoder fp32 file", components["taesd_encoder"](image=g["image"])["latent"], g["image_encoder"])
 
 
+@pytest.mark.parametrize("quant", ["fp16", "dynamic", "int8", "int8-strict", "int16x8"])
+def test_taesd_converts_and_verifies_in_every_precision(tmp_path, quant):
+    """Both TAESD components in each precision but fp32 (test_the_converted_set_holds_the_tiny_autoencoder),
+    calibrated ones on their synthetic samples here; verify holds each file to the float Keras model
+    with the precision's bars."""
+    out = tmp_path / "set"
+    result = run(["convert", "--weights", f"taesd={TAESD}", "--components", "taesd_decoder,taesd_encoder",
+                  "--quant", quant, "--calibration", "synthetic", "--calibration-samples", "8",
+                  "--img-height", str(H), "--img-width", str(W), "-q", "-o", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    report = tmp_path / "verify.json"
+    result = run(["verify", str(out), "--no-end-to-end", "--json", str(report)])
+    checks = json.loads(report.read_text())["checks"]
+    parity = {c["name"]: c for c in checks if c["group"] == "parity"}
+    assert set(parity) == {"taesd_decoder", "taesd_encoder"} and all(c["passed"] for c in parity.values()), checks
+    assert result.exit_code == 0, result.output
+    print(quant, {k: c["detail"] for k, c in parity.items()})
+
+
+def test_taesd_calibrates_on_what_the_full_vae_records(tmp_path, monkeypatch):
+    """Recorded int8 calibration: the tiny decoder gets the decoder's latents, the tiny encoder the image
+    encoder's images, from a fresh recording and from the cache (which stores them once)."""
+    from sd2tflite.convert.calibration import recorded
+
+    latent, image = {"latent": np.ones((1, 16, 16, 4), np.float32)}, {"image": np.zeros((1, 128, 128, 3), np.float32)}
+    samples = recorded.with_tiny_vae({"decoder": [latent], "image_encoder": [image]})
+    assert samples["taesd_decoder"] == [latent] and samples["taesd_encoder"] == [image]
+    path = tmp_path / "cached.npz"
+    recorded._save(path, samples, {"key": "x"})
+    with np.load(path) as z:
+        assert sorted(z.files) == ["decoder/latent", "image_encoder/image"]
+    loaded = recorded.with_tiny_vae(recorded._load(path))
+    np.testing.assert_array_equal(loaded["taesd_decoder"][0]["latent"], latent["latent"])
+    np.testing.assert_array_equal(loaded["taesd_encoder"][0]["image"], image["image"])
+
+
 def test_taesd_needs_its_files(tmp_path):
     result = run(["convert", "--weights", str(LCM), "--components", "taesd_decoder", "--img-height", "128",
                   "--img-width", "128", "-o", str(tmp_path / "set")])
@@ -427,3 +444,64 @@ def test_vae_tiny_on_a_set_without_taesd_is_one_line(turbo_set, tmp_path):
     result = run(["generate", str(turbo_set), "a cat", "--vae", "tiny", "-o", str(tmp_path / "x.png"), "-q"])
     assert_one_line_error(result, 2, "no taesd_decoder", "--components taesd_decoder")
     assert not (tmp_path / "x.png").exists()
+
+
+# ---------------------------------------------------------------- bad inputs of few-step runs
+
+
+def test_every_sampler_refuses_steps_times_strength_below_one():
+    """diffusers keeps int(steps x strength) steps; none is a one-line refusal on every sampler, keras-cv's
+    DDIM included (it rounds the share of steps, as it always has, but no longer runs one step for < 1);
+    LCM / TCD shorten their distillation schedule instead and refuse when it holds fewer than --steps."""
+    from sd2tflite.core.errors import UsageError
+    from sd2tflite.runtime.samplers import SAMPLERS, make_sampler
+
+    for name in SAMPLERS:
+        if name in ("lcm", "tcd"):
+            with pytest.raises(UsageError, match=r"--steps 4 is more than .* \(2 steps at this strength\): "
+                                                 r"lower --steps or raise --strength"):
+                make_sampler(name, 4, "epsilon").set_strength(0.05)
+            continue
+        with pytest.raises(UsageError, match=r"--steps 4 x --strength 0.2 leaves no step to run: raise --steps to "
+                                             r"at least 5 or --strength to at least 0.25") as info:
+            make_sampler(name, 4, "epsilon").set_strength(0.2)
+        assert "\n" not in str(info.value), name
+    kerascv = make_sampler("ddim-kerascv", 4, "epsilon")
+    kerascv.set_strength(0.3)  # 1.2 -> one step, the last
+    assert kerascv.start == 3
+    kerascv.set_strength(0.65)  # 2.6 -> keras-cv sets round: three steps (diffusers' samplers: int, two)
+    ddim = make_sampler("ddim", 4, "epsilon", spacing="leading")
+    ddim.set_strength(0.65)
+    assert (kerascv.start, ddim.start) == (1, 2)
+
+
+def test_lcm_sampler_on_a_set_not_distilled_for_it_says_what_its_config_recommends(turbo_set):
+    from sd2tflite.core.manifest import load_manifest
+    from sd2tflite.runtime.pipeline import GenerateSettings, Pipeline
+    from sd2tflite.runtime.schedule import Schedule
+
+    manifest = load_manifest(turbo_set)
+    pipeline = Pipeline({}, manifest.model_dims, _Tokens(), manifest.prediction_type,
+                        Schedule.from_json(manifest.scheduler), "round")
+    for sampler in ("lcm", "tcd"):
+        notes = pipeline.sampler_notes(pipeline.resolve(GenerateSettings("x", sampler=sampler)))
+        assert len(notes) == 1 and f"--sampler {sampler} on a model not distilled for it" in notes[0], notes
+        assert "recommends euler" in notes[0]
+    assert pipeline.sampler_notes(pipeline.resolve(GenerateSettings("x", sampler="euler"))) == []
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"thresholding": True}, "thresholding = True is not supported"),
+    ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr = True is not supported"),
+    ({"_class_name": "DPMSolverSinglestepScheduler"}, "scheduler 'DPMSolverSinglestepScheduler' is not one"),
+])
+def test_convert_refuses_a_few_step_scheduler_config_it_cannot_run(tmp_path, change, fragment):
+    folder = tmp_path / "lcm"
+    shutil.copytree(LCM, folder)
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **change}))
+    out = tmp_path / "set"
+    result = run(["convert", "--weights", str(folder), "--components", "decoder", "--img-height", "128",
+                  "--img-width", "128", "-o", str(out)])
+    assert_one_line_error(result, 2, "scheduler_config.json", fragment)
+    assert not out.exists() or not any(out.iterdir())

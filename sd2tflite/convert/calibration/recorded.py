@@ -7,6 +7,8 @@ runs a prompt set; every component call's inputs are recorded:
                  unconditional branch, spread over the whole schedule
   decoder        the final latents, plus UNet input latents from the last third of the schedule
   image_encoder  images from --calibration-images, else the decoded pipeline outputs
+  taesd_decoder / taesd_encoder  the decoder's / image encoder's samples (the tiny autoencoder has the
+                 full VAE's interfaces: the UNet-scale latent in, an image in [-1, 1] out, and back)
 then `samples` of each are kept, stratified over the recording order (so over timesteps and
 branches). The data is cached under ~/.cache/sd2tflite/calibration/<key>.npz, where the key hashes
 everything that determines it, and reused when a later conversion asks for the same.
@@ -24,7 +26,7 @@ import numpy as np
 
 from ...core.errors import UsageError
 from ...core.fsutil import atomic_write, cache_root, sha256_file, write_json_atomic
-from ...core.registry import COMPONENTS, PIPELINE_COMPONENTS, ModelDims
+from ...core.registry import COMPONENTS, PIPELINE_COMPONENTS, TINY_VAE, ModelDims
 
 FORMAT = 1
 
@@ -180,7 +182,7 @@ def record(keras_models: dict, dims: ModelDims, tokenizer, settings: RecordingSe
     else:
         images = decoded
     samples["image_encoder"] = _stratified([{"image": img} for img in images], settings.samples)
-    return samples
+    return with_tiny_vae(samples)
 
 
 def _load_image(path: Path, dims: ModelDims) -> np.ndarray:
@@ -202,7 +204,7 @@ def load_or_record(family: str, dims: ModelDims, weights: dict, settings: Record
     path = cache_dir() / f"{key}.npz"
     cached = _load(path)
     if cached is not None:
-        return cached
+        return with_tiny_vae(cached)
     from ...runtime.tokenizer import load_tokenizer
     from ..weights import build_with_weights
 
@@ -214,13 +216,19 @@ def load_or_record(family: str, dims: ModelDims, weights: dict, settings: Record
     samples = record(models, dims, load_tokenizer(family), settings, on_prompt, prediction_type)
     _save(path, samples, {"key": key, "family": family, "dims": dims.to_json(),
                           "weights": pipeline_weights(weights), "settings": asdict(settings)})
-    return samples
+    return with_tiny_vae(samples)
+
+
+def with_tiny_vae(samples: dict[str, list[dict[str, np.ndarray]]]) -> dict[str, list[dict[str, np.ndarray]]]:
+    """The tiny autoencoder calibrates on what the full VAE's components do: the latents the pipeline
+    decodes, and the images the image encoder gets."""
+    return {**samples, **{tiny: samples[full] for full, tiny in TINY_VAE.items() if full in samples}}
 
 
 def _save(path: Path, samples: dict[str, list[dict]], provenance: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"{c}/{name}": np.stack([s[name] for s in items])
-              for c, items in samples.items() for name in items[0]}
+              for c, items in samples.items() if c not in TINY_VAE.values() for name in items[0]}
     with atomic_write(path, suffix=".npz") as tmp:  # np.savez adds .npz otherwise
         np.savez(tmp, **arrays)
         # Provenance first: an .npz without its .json is ignored, never the other way round.

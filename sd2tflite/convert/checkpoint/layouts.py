@@ -192,6 +192,32 @@ _RES_SUB = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "tim
             "out_layers.0": "norm2", "out_layers.3": "conv2", "skip_connection": "conv_shortcut"}
 
 
+def _ldm_blocks(levels: int, lpb: int, up_attn) -> dict[str, str]:
+    """original module prefix -> diffusers prefix for a UNet of `levels` levels with `lpb` layers per
+    block; `up_attn(i)`: whether up level i attends (which moves its upsampler's index)."""
+    m = {"time_embed.0": "time_embedding.linear_1", "time_embed.2": "time_embedding.linear_2",
+         "input_blocks.0.0": "conv_in", "out.0": "conv_norm_out", "out.2": "conv_out",
+         "middle_block.0": "mid_block.resnets.0", "middle_block.1": "mid_block.attentions.0",
+         "middle_block.2": "mid_block.resnets.1"}
+    for i in range(levels):
+        for j in range(lpb):
+            k = 1 + i * (lpb + 1) + j
+            m[f"input_blocks.{k}.0"] = f"down_blocks.{i}.resnets.{j}"
+            m[f"input_blocks.{k}.1"] = f"down_blocks.{i}.attentions.{j}"
+        if i < levels - 1:
+            m[f"input_blocks.{1 + i * (lpb + 1) + lpb}.0.op"] = f"down_blocks.{i}.downsamplers.0.conv"
+        attends = up_attn(i)
+        for j in range(lpb + 1):
+            k = i * (lpb + 1) + j
+            m[f"output_blocks.{k}.0"] = f"up_blocks.{i}.resnets.{j}"
+            if attends:
+                m[f"output_blocks.{k}.1"] = f"up_blocks.{i}.attentions.{j}"
+        if i < levels - 1:
+            k = i * (lpb + 1) + lpb
+            m[f"output_blocks.{k}.{2 if attends else 1}.conv"] = f"up_blocks.{i}.upsamplers.0.conv"
+    return m
+
+
 def ldm_unet_prefixes(names: list[str]) -> dict[str, str]:
     """original module prefix -> diffusers prefix, derived from which blocks exist."""
     inputs = {int(m.group(1)) for n in names if (m := re.match(r"input_blocks\.(\d+)\.", n))}
@@ -204,28 +230,8 @@ def ldm_unet_prefixes(names: list[str]) -> dict[str, str]:
         raise WeightsError(f"UNet input_blocks ({len(inputs)}) do not form {levels} levels; "
                            "not an SD 1.x/2.x UNet")
     lpb = per // levels
-    m = {"time_embed.0": "time_embedding.linear_1", "time_embed.2": "time_embedding.linear_2",
-         "input_blocks.0.0": "conv_in", "out.0": "conv_norm_out", "out.2": "conv_out",
-         "middle_block.0": "mid_block.resnets.0", "middle_block.1": "mid_block.attentions.0",
-         "middle_block.2": "mid_block.resnets.1"}
     present = set(names)
-    for i in range(levels):
-        for j in range(lpb):
-            k = 1 + i * (lpb + 1) + j
-            m[f"input_blocks.{k}.0"] = f"down_blocks.{i}.resnets.{j}"
-            m[f"input_blocks.{k}.1"] = f"down_blocks.{i}.attentions.{j}"
-        if i < levels - 1:
-            m[f"input_blocks.{1 + i * (lpb + 1) + lpb}.0.op"] = f"down_blocks.{i}.downsamplers.0.conv"
-        up_attn = f"output_blocks.{i * (lpb + 1)}.1.norm.weight" in present
-        for j in range(lpb + 1):
-            k = i * (lpb + 1) + j
-            m[f"output_blocks.{k}.0"] = f"up_blocks.{i}.resnets.{j}"
-            if up_attn:
-                m[f"output_blocks.{k}.1"] = f"up_blocks.{i}.attentions.{j}"
-        if i < levels - 1:
-            k = i * (lpb + 1) + lpb
-            m[f"output_blocks.{k}.{2 if up_attn else 1}.conv"] = f"up_blocks.{i}.upsamplers.0.conv"
-    return m
+    return _ldm_blocks(levels, lpb, lambda i: f"output_blocks.{i * (lpb + 1)}.1.norm.weight" in present)
 
 
 def diffusers_unet_ldm_modules(names) -> dict[str, str]:
@@ -236,22 +242,8 @@ def diffusers_unet_ldm_modules(names) -> dict[str, str]:
     lpb = len({m.group(1) for n in names if (m := re.match(r"down_blocks\.0\.resnets\.(\d+)\.", n))})
     if not levels or not lpb:
         return {}
-    m = {v: k for k, v in (("time_embed.0", "time_embedding.linear_1"), ("time_embed.2", "time_embedding.linear_2"),
-                           ("input_blocks.0.0", "conv_in"), ("out.0", "conv_norm_out"), ("out.2", "conv_out"),
-                           ("middle_block.0", "mid_block.resnets.0"), ("middle_block.1", "mid_block.attentions.0"),
-                           ("middle_block.2", "mid_block.resnets.1"))}
-    for i in range(levels):
-        up_attn = any(n.startswith(f"up_blocks.{i}.attentions.") for n in names)
-        for j in range(lpb):
-            k = 1 + i * (lpb + 1) + j
-            m[f"down_blocks.{i}.resnets.{j}"] = f"input_blocks.{k}.0"
-            m[f"down_blocks.{i}.attentions.{j}"] = f"input_blocks.{k}.1"
-        if i < levels - 1:
-            m[f"down_blocks.{i}.downsamplers.0.conv"] = f"input_blocks.{1 + i * (lpb + 1) + lpb}.0.op"
-            m[f"up_blocks.{i}.upsamplers.0.conv"] = f"output_blocks.{i * (lpb + 1) + lpb}.{2 if up_attn else 1}.conv"
-        for j in range(lpb + 1):
-            m[f"up_blocks.{i}.resnets.{j}"] = f"output_blocks.{i * (lpb + 1) + j}.0"
-            m[f"up_blocks.{i}.attentions.{j}"] = f"output_blocks.{i * (lpb + 1) + j}.1"
+    m = {v: k for k, v in _ldm_blocks(levels, lpb, lambda i: any(n.startswith(f"up_blocks.{i}.attentions.")
+                                                                  for n in names)).items()}
     res_sub = {v: k for k, v in _RES_SUB.items()}
     out = {}
     for n in names:
