@@ -104,8 +104,8 @@ def test_convert_says_what_it_assumed_and_the_override_reaches_verify(tmp_path):
     convert's note names only what is still assumed, and verify rebuilds its reference with 4."""
     from safetensors.numpy import load_file, save_file
 
-    # CLIP's 49,408 token rows (the fixture keeps 256, for size; extra rows zero): the set's manifest
-    # holds the tokenizer's pad id, which must be a token of the vocabulary
+    # CLIP's 49,408 token rows (the fixture keeps 256, for size; extra rows zero), as a real
+    # single file has them
     tensors = load_file(V1_FILE)
     for name, value in tensors.items():
         if name.endswith("token_embedding.weight"):
