@@ -210,7 +210,9 @@ def load_or_record(family: str, dims: ModelDims, weights: dict, settings: Record
 
     missing = [c for c in PIPELINE_COMPONENTS if c not in weights]
     if missing:
-        raise UsageError(f"recording calibration data needs the {', '.join(missing)} weights too")
+        raise UsageError(f"recording calibration data runs the pipeline, which needs the {', '.join(missing)} "
+                         "weights too: convert them in the same run (--components, --weights) or pass "
+                         "--calibration synthetic")
     models = {c: build_with_weights(family, c, dims, weights[c]) for c in PIPELINE_COMPONENTS}
     prediction_type = weights["diffusion"].identity.get("prediction_type", "epsilon")
     samples = record(models, dims, load_tokenizer(family), settings, on_prompt, prediction_type)
