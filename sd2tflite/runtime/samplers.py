@@ -110,10 +110,8 @@ class KerasCvDdim(Sampler):
 
     def set_strength(self, strength: float) -> None:
         # keras-cv has no image-to-image: start at the noise level of the first step run, rounding
-        # the share of steps, as this sampler always has (keras-cv sets' images stay as they were);
-        # steps x strength < 1 is refused as every sampler refuses it (diffusers' rule).
-        if self.steps * strength < 1:
-            super().set_strength(strength)  # the shared one-line refusal
+        # the share of steps (at least one), as this sampler always has: keras-cv sets' images stay
+        # as they were; diffusers' samplers (`--sampler ddim --spacing ...`) refuse steps x strength < 1.
         self.start = self.steps - max(1, round(self.steps * strength))
 
     def initial_latent(self, noise: np.ndarray) -> np.ndarray:

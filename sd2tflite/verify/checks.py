@@ -36,9 +36,11 @@ def parity_inputs(dims: ModelDims, tokenizer, keras: dict, seed: int = 7) -> dic
             return None
         return lambda sample: call_keras(keras[component], sample)[0]
 
+    from ..convert.calibration.recorded import with_tiny_vae
+
     token_rows = [tokenizer.tokens_for(prompt, dims.max_text_length) for prompt in VERIFY_PROMPTS]
-    return pipeline_samples(dims, token_rows, VERIFY_TIMESTEPS, seed,
-                            encode_text=encoder("text_encoder"), encode_image=encoder("image_encoder"))
+    return with_tiny_vae(pipeline_samples(dims, token_rows, VERIFY_TIMESTEPS, seed,
+                            encode_text=encoder("text_encoder"), encode_image=encoder("image_encoder")))
 
 
 def component_check(component: str, keras_model, litert, samples: list[dict], quant: str) -> Check:
