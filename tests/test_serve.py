@@ -193,7 +193,7 @@ def test_page_draws_what_generate_draws_fp32_wasm(tiny_sets, tmp_path, sampler):
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_page_on_webgpu_shows_placement_and_keeps_int8_text_on_wasm(tiny_sets, tmp_path):
+def test_page_on_webgpu_shows_placement(tiny_sets, tmp_path):
     litertjs = browser_or_skip()
     # the README's screenshot is this page (SD2TFLITE_UPDATE_SCREENSHOT=1 writes it)
     shot = SCREENSHOT if os.environ.get("SD2TFLITE_UPDATE_SCREENSHOT") else tmp_path / "page.png"
@@ -206,22 +206,31 @@ def test_page_on_webgpu_shows_placement_and_keeps_int8_text_on_wasm(tiny_sets, t
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for row in fp32["placement"]:
         assert row["accelerator"] == "webgpu" and 0 < row["gpuOps"] <= row["totalOps"], row
-    with served(tiny_sets["int8"], litertjs) as url:
-        int8 = page(url, query(steps=2), webgpu=True)
-    assert int8["status"] == "done", int8
-    assert int8["accelerators"]["text_encoder"] == "wasm" and int8["accelerators"]["diffusion"] == "webgpu"
 
 
-def test_int8_page_on_wasm_runs_but_differs_from_generate(tiny_sets, tmp_path):
-    """What holds for int8 (docs/browser.md): the page runs the set to the end, but LiteRT.js's wasm
-    int8 kernels do not compute what Python's LiteRT computes: the picture differs (measured: up to
-    255 levels). The day they agree, this test says so and the docs must change."""
+# What the page draws against `sd2tflite generate` with the same seed (4 ddim steps), per precision
+# and accelerator: (largest level difference, mean level difference). Measured (docs/browser.md):
+# fp16 1 / 0.0002 (wasm), 1 / 0.0006 (WebGPU); dynamic 19 / 2.60, 17 / 2.15; int8 20 / 2.37 (every
+# component of an int8 set runs on wasm, WebGPU too). The bounds leave room above those figures.
+PAGE_TOLERANCE = {
+    ("fp16", "wasm"): (1, 0.01), ("fp16", "webgpu"): (1, 0.01),
+    ("dynamic", "wasm"): (32, 4.0), ("dynamic", "webgpu"): (32, 4.0),
+    ("int8", "wasm"): (32, 4.0), ("int8", "webgpu"): (32, 4.0),
+}
+
+
+@pytest.mark.parametrize("quant,accelerator", sorted(PAGE_TOLERANCE))
+def test_page_draws_what_generate_draws_in_every_precision(tiny_sets, tmp_path, quant, accelerator):
     litertjs = browser_or_skip()
-    with served(tiny_sets["int8"], litertjs) as url:
-        result = page(url, query(accelerator="wasm"))
+    with served(tiny_sets[quant], litertjs) as url:
+        result = page(url, query(accelerator=accelerator), webgpu=accelerator == "webgpu")
     assert result["status"] == "done", result
-    difference = np.abs(pixels(result) - generated(tiny_sets["int8"], tmp_path, 4, 3))
-    assert difference.max() > 1, "the int8 page now matches generate: update docs/browser.md and this test"
+    # every component of an int8 set runs on wasm (LiteRT.js's WebGPU computes them wrongly)
+    expected = {c: "wasm" if quant == "int8" else accelerator for c in result["accelerators"]}
+    assert result["accelerators"] == expected
+    difference = np.abs(pixels(result) - generated(tiny_sets[quant], tmp_path, 4, 3))
+    largest, mean = PAGE_TOLERANCE[quant, accelerator]
+    assert difference.max() <= largest and difference.mean() <= mean, (difference.max(), difference.mean())
 
 
 def test_page_surfaces_errors(fp32_set, tmp_path):
