@@ -1,7 +1,7 @@
 // sd2tflite serve: the set's files on LiteRT.js. The page runs the models and the denoising loop;
 // the server (the Python runtime's own code) gives the tokens, the starting noise and each sampler
 // update, so the picture is the one `sd2tflite generate` draws from the same noise.
-import {Tensor, compileModel, initLiteRt, webgpuAdapter} from '/assets/litert.js';
+import {Tensor, allocationFailed, compileModel, initLiteRt, logLines, webgpuAdapter} from '/assets/litert.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -92,8 +92,16 @@ class Component {
         const data = values[spec.name] instanceof Typed ? values[spec.name] : Typed.from(values[spec.name]);
         feed[spec.name] = new Tensor(data, spec.shape);
       }
+      const logged = logLines.length;
       const outputs = await this.models[i].run(part.signature, feed);
       for (const t of Object.values(feed)) t.delete();
+      // LiteRT.js may allocate a graph's tensors at its first call, not when it loads: a failure
+      // there is only logged, and the outputs are garbage (measured: a v1 int8 UNet at 512x512).
+      if (allocationFailed(logLines.slice(logged))) {
+        for (const t of Object.values(outputs)) t.delete();
+        throw new Error(`${part.path}: LiteRT.js could not allocate its tensors when it ran (the browser's 2 GiB wasm ` +
+                        'heap is full): this set is too large for the browser; convert it smaller (256x256)');
+      }
       for (const [name, tensor] of Object.entries(outputs)) {
         const onCpu = tensor.accelerator === 'wasm' ? tensor : await tensor.moveTo('wasm');
         values[name] = onCpu.toTypedArray().slice();
