@@ -110,8 +110,7 @@ def test_automatic_selective_quantization_reaches_a_target_plain_int8_misses(rec
 def test_int8_runs_attention_in_float_by_default(tiny_sets):
     """LiteRT has only a scalar reference kernel for an int8 BATCH_MATMUL of two activations and
     XNNPACK refuses it: at 512x512 it took 79-81 % of the full-size UNet's 64x64-level parts. The
-    int8 recipe keeps every attention matmul and softmax float (XNNPACK runs those), and GroupNorm's
-    statistics; every convolution and dense layer is int8."""
+    int8 recipe keeps every attention matmul and softmax float (XNNPACK runs those), the rest int8."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     from sd2tflite.convert.calibration.selective import operator_names
@@ -127,12 +126,7 @@ def test_int8_runs_attention_in_float_by_default(tiny_sets):
         for op, count in present.items():  # every one of them float
             assert stats["float_ops"].get(op, 0) == count, (artifact.path, op, count, stats["float_ops"])
         assert stats["kept_float"]["kept_ops"] == [op for op in ("BATCH_MATMUL", "SOFTMAX") if present[op]]
-        # The weights' work stays int8: every convolution and dense layer is integer (GroupNorm's
-        # statistics, also kept float, are small elementwise ops and reductions).
-        heavy_float = {op: n for op, n in stats["float_ops"].items()
-                       if op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")}
-        assert not heavy_float, (artifact.path, heavy_float)
-        assert stats["quantized_ops"] / stats["ops"] > 0.3, (artifact.path, stats)
+        assert stats["quantized_ops"] / stats["ops"] > 0.6, (artifact.path, stats)
         if artifact.component == "diffusion":
             assert present["BATCH_MATMUL"] > 0 and present["SOFTMAX"] > 0
 

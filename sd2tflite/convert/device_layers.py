@@ -34,11 +34,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from ..core.precisions import GROUP_NORM_STATS_SCOPE
-
 # The device graph's revision (these formulations, and fp16's float32 lookup tables in tflite.py):
 # another value is another file.
-REVISION = 6
+REVISION = 5
 
 
 def group_mean(values, groups: int):
@@ -61,18 +59,13 @@ def group_norm_4d(layer, inputs):
     import tensorflow as tf
 
     x = tf.cast(inputs, tf.float32)
-    # The statistics carry GROUP_NORM_STATS_SCOPE in their names: the int8 recipe keeps them float.
-    # In int8 the squares of the centred values share one range and small groups lose their levels
-    # (tiny trained int8 UNet 39.3 -> 42.0 dB, decoder 24.7 -> 29.6 dB with them float).
-    with tf.name_scope(GROUP_NORM_STATS_SCOPE):
-        # Per-channel mean over H, W, then the group's mean for every channel.
-        mean = group_mean(tf.reduce_mean(x, axis=(1, 2), keepdims=True), layer.groups)
-        deviation = x - mean
-        variance = group_mean(tf.reduce_mean(deviation * deviation, axis=(1, 2), keepdims=True), layer.groups)
-        inv = tf.math.rsqrt(variance + layer.epsilon)
-        if layer.scale:  # gamma scales the (1, 1, 1, C) factor, not the whole tensor
-            inv = inv * tf.cast(layer.gamma, tf.float32)
-    centred = x - mean  # outside the scope: the normalised tensor itself stays int8
+    # Per-channel mean over H, W, then the group's mean for every channel.
+    mean = group_mean(tf.reduce_mean(x, axis=(1, 2), keepdims=True), layer.groups)
+    centred = x - mean
+    variance = group_mean(tf.reduce_mean(centred * centred, axis=(1, 2), keepdims=True), layer.groups)
+    inv = tf.math.rsqrt(variance + layer.epsilon)
+    if layer.scale:  # gamma scales the (1, 1, 1, C) factor, not the whole tensor
+        inv = inv * tf.cast(layer.gamma, tf.float32)
     y = centred * inv
     if layer.center:
         y = y + tf.cast(layer.beta, tf.float32)
