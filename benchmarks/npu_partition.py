@@ -9,7 +9,8 @@ Nothing is compiled and nothing runs: the partition step asks the QNN op validat
 A set directory stands for every file of its manifest. --json prints the results as JSON instead of
 text; --record NAME also writes them to benchmarks/records/npu-NAME.json. --compile also compiles
 each file (apply, at --opt-level, O3 is the compiler's default; pixel-space files take minutes) and
-reports whether the compile passed and the compiler's reason when it did not.
+reports whether the compile passed and the compiler's reason when it did not; --timeout SECONDS
+stops a compile that runs longer (full-size files at O1 may take tens of minutes).
 
 Needs the QNN compiler libraries: pip install "sd2tflite[npu]" (see docs/compiling.md). Runs no
 TensorFlow; no lock needed for partition runs (--compile at O3 is heavy: run it under the shared lock).
@@ -44,7 +45,7 @@ def files_of(items: list[Path]) -> list[tuple[str, Path]]:
     return found
 
 
-def measure(label: str, path: Path, target, compile_too: bool, level: str) -> dict:
+def measure(label: str, path: Path, target, compile_too: bool, level: str, timeout: float | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="sd2tflite-npu-bench-") as tmp:
         run = run_plugin("partition", path, Path(tmp) / "partitioned.tflite", target)
         row = {"file": label, "bytes": path.stat().st_size, "target": target.spec,
@@ -54,9 +55,12 @@ def measure(label: str, path: Path, target, compile_too: bool, level: str) -> di
         else:
             row.update(run.partition.to_json())
         if compile_too:
-            done = run_plugin("apply", path, Path(tmp) / "compiled.tflite", target, level)
-            row.update(compile={"optimization_level": level, "passed": not done.failure,
-                                "seconds": round(done.seconds, 1), "failure": done.failure or None})
+            done = run_plugin("apply", path, Path(tmp) / "compiled.tflite", target, level, timeout=timeout)
+            failure = done.failure
+            if timeout is not None and done.log.endswith(f"stopped after {timeout:.0f} s"):
+                failure = f"stopped after {timeout:g} s (--timeout), not finished"
+            row.update(compile={"optimization_level": level, "passed": not failure,
+                                "seconds": round(done.seconds, 1), "failure": failure or None})
     return row
 
 
@@ -84,12 +88,15 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="also compile each file (slow at O3)")
     parser.add_argument("--opt-level", default="O2", choices=OPTIMIZATION_LEVELS,
                         help="with --compile: the Qualcomm optimisation level (default O2, the fastest)")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="with --compile: stop a file's compile after this long and record it as failed "
+                             "(\"stopped after N s\"); the other files still run")
     args = parser.parse_args()
     try:
         target = parse_targets(f"{args.vendor}:{args.soc}")[0]
         rows = []
         for label, path in files_of(args.files):
-            row = measure(label, path, target, args.compile, args.opt_level)
+            row = measure(label, path, target, args.compile, args.opt_level, args.timeout)
             rows.append(row)
             if not args.json:
                 print(describe(row), flush=True)
