@@ -193,6 +193,33 @@ def test_page_draws_what_generate_draws_fp32_wasm(tiny_sets, tmp_path, sampler):
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_unet_parts_run_in_their_own_workers_and_heaps(tiny_sets, tmp_path, monkeypatch):
+    from sd2tflite.core.manifest import load_manifest
+    from sd2tflite.serve import app
+
+    litertjs = browser_or_skip()
+    manifest = load_manifest(tiny_sets["fp32"])
+    fit = app.browser_fit(manifest)
+    # a heap limit every file fits alone but the UNet's parts do not together: the page still runs
+    limit = max(f["heap_bytes"] for f in fit["files"])
+    assert fit["stages"]["diffusion"]["heaps_bytes"] > limit
+    monkeypatch.setattr(app, "WASM_HEAP_BYTES", limit)
+    with served(tiny_sets["fp32"], litertjs) as url:
+        result = page(url, query(steps=2, accelerator="wasm"))
+    assert result["status"] == "done", result
+    difference = np.abs(pixels(result) - generated(tiny_sets["fp32"], tmp_path, 2, 3))
+    assert difference.max() <= 1, (difference.max(), (difference > 1).sum())
+    # one row per file the page ran, each from its own worker, each with its own heap's size
+    rows = result["placement"]
+    ran = [a for a in manifest.artifacts if a.component != "image_encoder"]
+    assert sorted(r["file"] for r in rows) == sorted(a.path for a in ran)
+    assert len({r["worker"] for r in rows}) == len(rows)
+    assert len([r for r in rows if r["component"] == "diffusion"]) == len(manifest.parts_of("diffusion")) >= 2
+    for artifact in ran:
+        [row] = [r for r in rows if r["file"] == artifact.path]
+        assert artifact.bytes <= row["heapBytes"] < app.WASM_HEAP_BYTES, row  # the file is copied into its heap
+
+
 def test_page_on_webgpu_shows_placement(tiny_sets, tmp_path):
     litertjs = browser_or_skip()
     # the README's screenshot is this page (SD2TFLITE_UPDATE_SCREENSHOT=1 writes it)
@@ -261,15 +288,60 @@ def test_page_refuses_a_set_too_large_for_the_wasm_heap(tiny_sets, monkeypatch):
     assert result["step"] == 0 and not result["width"]  # nothing was generated
 
 
-def test_browser_fit_estimates_the_largest_stage(tiny_sets):
+def test_browser_fit_estimates_each_workers_heap(tiny_sets):
     from sd2tflite.core.manifest import load_manifest
     from sd2tflite.serve.app import HEAP_RESERVE_BYTES, browser_fit
 
     manifest = load_manifest(tiny_sets["fp16"])
     fit = browser_fit(manifest)
-    unet = sum(a.bytes for a in manifest.parts_of("diffusion"))
-    assert fit["fits"] and fit["stages"]["diffusion"]["file_bytes"] == unet
-    assert fit["stages"]["diffusion"]["heap_bytes"] == int(3 * unet) + HEAP_RESERVE_BYTES  # fp16 widened to fp32
+    parts = manifest.parts_of("diffusion")
+    assert len(parts) >= 2
+    assert fit["fits"] and fit["stages"]["diffusion"]["file_bytes"] == sum(a.bytes for a in parts)
+    # one worker (one wasm heap) per file: the largest part, not the UNet, has to fit a heap
+    heaps = [int(3 * a.bytes) + HEAP_RESERVE_BYTES for a in parts]  # fp16 widened to fp32
+    assert fit["stages"]["diffusion"]["heap_bytes"] == max(heaps)
+    assert fit["stages"]["diffusion"]["heaps_bytes"] == sum(heaps)
+    assert [f["heap_bytes"] for f in fit["files"] if f["component"] == "diffusion"] == heaps
+    assert len(fit["files"]) == len(manifest.artifacts)
+
+
+def test_browser_fit_refuses_the_file_that_does_not_fit_its_heap(tiny_sets, monkeypatch):
+    from sd2tflite.core.manifest import load_manifest
+    from sd2tflite.serve import app
+
+    manifest = load_manifest(tiny_sets["fp32"])
+    by_file = {f["file"]: f for f in app.browser_fit(manifest)["files"]}
+    unet = [by_file[a.path]["heap_bytes"] for a in manifest.parts_of("diffusion")]
+    others = [f["heap_bytes"] for f in by_file.values() if f["component"] != "diffusion"]
+    # a limit every file fits although the UNet's parts together do not: the set fits
+    limit = max(unet + others)
+    assert sum(unet) > limit
+    monkeypatch.setattr(app, "WASM_HEAP_BYTES", limit)
+    assert app.browser_fit(manifest)["fits"]
+    # one byte less: the largest file is named, with the fix for its component
+    monkeypatch.setattr(app, "WASM_HEAP_BYTES", limit - 1)
+    fit = app.browser_fit(manifest)
+    worst = max(by_file.values(), key=lambda f: f["heap_bytes"])
+    assert not fit["fits"] and fit["reason"].startswith(f"{worst['file']} ({worst['component']}) needs about")
+    assert ("--max-part-bytes" in fit["reason"]) == (worst["component"] == "diffusion")
+
+
+def test_server_points_litertjs_bare_import_at_the_served_helper(tmp_path):
+    from urllib.request import urlopen
+
+    from sd2tflite.serve.server import PageServer
+
+    litertjs = find_litertjs(browser_or_skip())
+    on_disk = (litertjs.core / "dist" / "index.js").read_text()
+    assert 'from "@litertjs/wasm-utils"' in on_disk  # what makes workers need the rewrite
+    with PageServer(litertjs, port=0) as server:
+        served = urlopen(server.url + "litertjs/core/dist/index.js").read().decode()
+        helper = urlopen(server.url + "litertjs/wasm-utils/dist/index.js").read()
+    assert "@litertjs/wasm-utils" not in served
+    assert served.count('from "/litertjs/wasm-utils/dist/index.js"') == on_disk.count('from "@litertjs/wasm-utils"')
+    assert len(served) == len(on_disk) + on_disk.count('"@litertjs/wasm-utils"') * (
+        len("/litertjs/wasm-utils/dist/index.js") - len("@litertjs/wasm-utils"))
+    assert b"createWasmLib" in helper
 
 
 def test_serve_refuses_bad_sets_and_ports_in_one_line(fp32_set, tmp_path):

@@ -34,8 +34,10 @@ from .placement import count_ops
 from .server import PageServer, Reply
 
 # The wasm heap is 2 GiB (32-bit wasm): a model that does not fit logs "Failed to allocate
-# tensors" and returns garbage without throwing. The page loads one component at a time (the UNet's
-# parts together); what one needs is estimated from its files, conservatively (docs/browser.md).
+# tensors" and returns garbage without throwing. The page runs every model file in its own Web
+# Worker, with its own LiteRT.js and heap, so what must fit one heap is the largest FILE (a UNet cut
+# by --max-part-bytes has one heap per part); what a file needs is estimated from its size,
+# conservatively (docs/browser.md).
 WASM_HEAP_BYTES = 2 << 30
 # heap bytes per file byte: the file itself in the heap, plus XNNPACK's packed float32 weights
 # (fp16 weights are widened to float32: 2 bytes more per stored byte; int8 weights packed as int8)
@@ -43,7 +45,7 @@ HEAP_PER_FILE_BYTE = {"fp32": 2.0, "fp16": 3.0}
 # dynamic and int8: measured, an 824 MiB v1 UNet (512x512) does not fit 2 GiB, so at least
 # (2 GiB - reserve) / 824 MiB = 2.17 per file byte
 DEFAULT_HEAP_PER_FILE_BYTE = 2.5
-HEAP_RESERVE_BYTES = 256 << 20  # LiteRT.js itself, activations, the page's arrays
+HEAP_RESERVE_BYTES = 256 << 20  # per worker: LiteRT.js itself, activations, the inputs and outputs
 # Components of integer sets LiteRT.js computes wrongly on WebGPU (measured on the tiny int8 set: the
 # text encoder and the UNet have relative error 1.0; see docs/browser.md): the page runs them on wasm,
 # and the decoder too (not measured apart, not trusted).
@@ -62,20 +64,29 @@ class ServeRequest:
 
 
 def browser_fit(manifest: Manifest) -> dict:
-    """Per component: the file bytes the page holds at once and the heap they are estimated to
-    need; `fits` False with `reason` when the largest would not fit the wasm heap."""
+    """What the page's workers need: one wasm heap per file (`files`), per component the largest
+    worker's heap and all its workers' together (`stages`); `fits` False with `reason` when a file
+    would not fit its heap."""
     factor = HEAP_PER_FILE_BYTE.get(manifest.quant, DEFAULT_HEAP_PER_FILE_BYTE)
-    stages = {}
+    files, stages = [], {}
     for component in manifest.components:
-        file_bytes = sum(a.bytes for a in manifest.parts_of(component))
-        stages[component] = {"file_bytes": file_bytes, "heap_bytes": int(file_bytes * factor) + HEAP_RESERVE_BYTES}
-    worst = max(stages, key=lambda c: stages[c]["heap_bytes"]) if stages else None
-    fits = worst is None or stages[worst]["heap_bytes"] <= WASM_HEAP_BYTES
-    reason = "" if fits else (
-        f"the {worst} needs about {stages[worst]['heap_bytes'] / 2**30:.2f} GiB of the browser's 2 GiB wasm heap "
-        f"({stages[worst]['file_bytes'] / 2**20:,.0f} MiB of {manifest.quant} files): convert a smaller set "
-        "(--img-height/--img-width 256, --quant dynamic or int8)")
-    return {"fits": fits, "reason": reason, "stages": stages, "heap_limit_bytes": WASM_HEAP_BYTES,
+        parts = manifest.parts_of(component)
+        heaps = [int(a.bytes * factor) + HEAP_RESERVE_BYTES for a in parts]
+        files += [{"file": a.path, "component": component, "file_bytes": a.bytes, "heap_bytes": h}
+                  for a, h in zip(parts, heaps)]
+        stages[component] = {"file_bytes": sum(a.bytes for a in parts), "files": len(parts),
+                             "heap_bytes": max(heaps, default=0), "heaps_bytes": sum(heaps)}
+    worst = max(files, key=lambda f: f["heap_bytes"]) if files else None
+    fits = worst is None or worst["heap_bytes"] <= WASM_HEAP_BYTES
+    reason = ""
+    if not fits:
+        fix = ("convert it with a smaller --max-part-bytes (each UNet part runs in its own heap), "
+               "--img-height/--img-width 256, or --quant dynamic or int8"
+               if worst["component"] == "diffusion" else
+               "convert a smaller set (--img-height/--img-width 256, --quant dynamic or int8)")
+        reason = (f"{worst['file']} ({worst['component']}) needs about {worst['heap_bytes'] / 2**30:.2f} GiB of its "
+                  f"worker's 2 GiB wasm heap ({worst['file_bytes'] / 2**20:,.0f} MiB of {manifest.quant} file): {fix}")
+    return {"fits": fits, "reason": reason, "files": files, "stages": stages, "heap_limit_bytes": WASM_HEAP_BYTES,
             "heap_per_file_byte": factor}
 
 

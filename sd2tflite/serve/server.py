@@ -3,6 +3,9 @@ package, LiteRT.js's files from npm, the model files, and a JSON API the page ca
 
 Bound to 127.0.0.1 by default. Only named files are served: the package's assets, LiteRT.js's
 dist/ and wasm/ folders, and the .tflite files a page was given (for `serve`: the manifest's).
+LiteRT.js's dist/ imports its helper package by bare name (`@litertjs/wasm-utils`), which only an
+import map resolves, and workers take no import map: the server rewrites that one specifier to the
+helper's served address, so LiteRT.js loads the same way in the page and in a Web Worker.
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ class Reply:
     def error(cls, message: str, status: int = 400) -> "Reply":
         return cls.json({"error": message}, status)
 
+
+# LiteRT.js's bare import of its helper package, and the address the server serves that package at
+BARE_IMPORTS = {b'"@litertjs/wasm-utils"': b'"/litertjs/wasm-utils/dist/index.js"',
+                b"'@litertjs/wasm-utils'": b"'/litertjs/wasm-utils/dist/index.js'"}
+REWRITTEN_PREFIXES = ("/litertjs/core/dist/",)
 
 MAX_BODY_BYTES = 64 << 20  # the page posts JSON settings and one latent per step (4 x 128 x 128 float32 at 1024²)
 
@@ -137,6 +145,8 @@ class PageServer:
                 except (OSError, ValueError):
                     break
                 content_type = CONTENT_TYPES.get(target.suffix) or mimetypes.guess_type(target.name)[0]
+                if prefix in REWRITTEN_PREFIXES and target.suffix == ".js":
+                    return Reply(rewrite_bare_imports(target.read_bytes()), content_type)
                 return Reply(file=target, content_type=content_type or "application/octet-stream")
         return Reply.error(f"no such address {path}", 404)
 
@@ -167,6 +177,13 @@ class PageServer:
                     handler.wfile.write(chunk)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the page went away
+
+
+def rewrite_bare_imports(source: bytes) -> bytes:
+    """LiteRT.js's module text with its bare import of `@litertjs/wasm-utils` pointed at the served copy."""
+    for bare, served in BARE_IMPORTS.items():
+        source = source.replace(b"from " + bare, b"from " + served).replace(b"import(" + bare, b"import(" + served)
+    return source
 
 
 HTTP_OK = HTTPStatus.OK

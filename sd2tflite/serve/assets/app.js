@@ -1,13 +1,13 @@
 // sd2tflite serve: the set's files on LiteRT.js. The page runs the models and the denoising loop;
 // the server (the Python runtime's own code) gives the tokens, the starting noise and each sampler
 // update, so the picture is the one `sd2tflite generate` draws from the same noise.
-import {Tensor, allocationFailed, compileModel, initLiteRt, logLines, webgpuAdapter} from '/assets/litert.js';
+// Every model file runs in its own Web Worker (assets/worker.js), with its own LiteRT.js wasm heap.
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 // Read by the browser test (tests/browser/run_page.mjs) and handy in the console.
 const state = window.sd2tflite = {status: 'loading', error: null, step: 0, steps: 0, timings: {}, placement: [],
-                                   accelerators: {}};
+                                   accelerators: {}, workersStarted: 0};
 
 function showError(message) {
   state.status = 'error';
@@ -34,50 +34,78 @@ function fromBase64(text) {
   return new Float32Array(bytes.buffer);
 }
 
-async function sha256Hex(bytes) {
-  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
-  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
-}
-
-async function fetchFile(part) {
-  const response = await fetch(part.url);
-  if (!response.ok) {
-    const body = await response.json().catch(() => ({}));
-    throw new Error(body.error || `${part.path}: HTTP ${response.status}`);
+// One model file in its own Web Worker (assets/worker.js): its own LiteRT.js and wasm heap. Calls are
+// answered in order; a worker that dies (its heap exhausted, a crash) fails every pending call.
+class FileWorker {
+  constructor(part) {
+    this.part = part;
+    this.pending = new Map();
+    this.ids = 0;
+    this.worker = new Worker('/assets/worker.js');  // classic: LiteRT.js's wasm loader uses importScripts()
+    this.worker.onmessage = ({data}) => {
+      const call = this.pending.get(data.id);
+      this.pending.delete(data.id);
+      if (!call) return;
+      if (data.ok) call.resolve(data.result);
+      else call.reject(new Error(data.error));
+    };
+    this.worker.onerror = (event) => {
+      event.preventDefault();
+      this.fail(`${part.path}: its worker stopped: ${event.message || 'an error without a message'}`);
+    };
   }
-  const bytes = new Uint8Array(await response.arrayBuffer());
-  if (crypto.subtle && (await sha256Hex(bytes)) !== part.sha256) {
-    throw new Error(`${part.path}: sha256 differs from the manifest's (modified or cut short on the way): reload`);
-  }
-  return bytes;
-}
 
-const TYPED = {float32: Float32Array, int32: Int32Array, int8: Int8Array, uint8: Uint8Array, int64: BigInt64Array};
+  call(message) {
+    if (!this.worker) return Promise.reject(new Error(`${this.part.path}: its worker was released`));
+    const id = ++this.ids;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, {resolve, reject});
+      this.worker.postMessage({...message, id});
+    });
+  }
+
+  fail(message) {
+    for (const call of this.pending.values()) call.reject(new Error(message));
+    this.pending.clear();
+  }
+
+  terminate() {
+    if (!this.worker) return;
+    this.worker.terminate();  // its whole wasm heap goes with it
+    this.worker = null;
+    this.fail(`${this.part.path}: its worker was released`);
+  }
+}
 
 // One component: its parts chained by the manifest's wiring (an input named like an earlier
-// part's output takes that output), as runtime/litert.py's LiteRTComponent.
+// part's output takes that output), as runtime/litert.py's LiteRTComponent. Every part runs in its
+// own worker, so the largest file, not the component, has to fit one wasm heap.
 class Component {
   constructor(name, parts, accelerator) {
-    Object.assign(this, {name, parts, accelerator, models: null});
+    Object.assign(this, {name, parts, accelerator, workers: null});
   }
 
   async load() {
-    if (this.models) return;
-    this.models = [];
-    for (const part of this.parts) {
-      const bytes = await fetchFile(part);
-      const {model, error, lines, placement, allocationFailed} = await compileModel(bytes, this.accelerator);
-      if (error) throw new Error(`${part.path} does not load in LiteRT.js on ${this.accelerator}: ${error.message || error}`);
-      if (allocationFailed) {
-        model.delete();
-        throw new Error(`${part.path}: LiteRT.js could not allocate its tensors (the browser's 2 GiB wasm heap is full): ` +
-                        'this set is too large for the browser; convert it smaller (256x256, --quant dynamic)');
+    if (this.workers) return;
+    this.workers = [];
+    try {
+      for (const part of this.parts) {
+        const worker = new FileWorker(part);
+        this.workers.push(worker);
+        const loaded = await worker.call({op: 'load', part, accelerator: this.accelerator});
+        const onGpu = this.accelerator !== 'webgpu' ? 0 :
+          loaded.gpuOps ?? (loaded.notFullyCompiled ? null : part.ops);
+        const row = state.placement.find((p) => p.file === part.path);
+        const entry = {file: part.path, component: this.name, accelerator: this.accelerator, gpuOps: onGpu,
+                       totalOps: part.ops, rejected: loaded.rejected, worker: state.workersStarted += 1,
+                       heapBytes: Math.max(loaded.heapBytes || 0, row ? row.heapBytes : 0)};
+        if (row) Object.assign(row, entry);
+        else state.placement.push(entry);
+        worker.row = row || entry;
       }
-      const onGpu = this.accelerator !== 'webgpu' ? 0 :
-        placement.gpuOps ?? (lines.some((l) => /not fully compiled/.test(l)) ? null : part.ops);
-      state.placement.push({file: part.path, component: this.name, accelerator: this.accelerator, gpuOps: onGpu,
-                            totalOps: part.ops, rejected: placement.rejected.length});
-      this.models.push(model);
+    } catch (e) {
+      this.release();
+      throw e;
     }
     showPlacement();
   }
@@ -86,26 +114,13 @@ class Component {
     const values = {...inputs};
     for (let i = 0; i < this.parts.length; i++) {
       const part = this.parts[i];
-      const feed = {};
-      for (const spec of part.inputs) {
-        const Typed = TYPED[spec.dtype] || Float32Array;
-        const data = values[spec.name] instanceof Typed ? values[spec.name] : Typed.from(values[spec.name]);
-        feed[spec.name] = new Tensor(data, spec.shape);
-      }
-      const logged = logLines.length;
-      const outputs = await this.models[i].run(part.signature, feed);
-      for (const t of Object.values(feed)) t.delete();
-      // LiteRT.js may allocate a graph's tensors at its first call, not when it loads: a failure
-      // there is only logged, and the outputs are garbage (measured: a v1 int8 UNet at 512x512).
-      if (allocationFailed(logLines.slice(logged))) {
-        for (const t of Object.values(outputs)) t.delete();
-        throw new Error(`${part.path}: LiteRT.js could not allocate its tensors when it ran (the browser's 2 GiB wasm ` +
-                        'heap is full): this set is too large for the browser; convert it smaller (256x256)');
-      }
-      for (const [name, tensor] of Object.entries(outputs)) {
-        const onCpu = tensor.accelerator === 'wasm' ? tensor : await tensor.moveTo('wasm');
-        values[name] = onCpu.toTypedArray().slice();
-        onCpu.delete();
+      const feed = Object.fromEntries(part.inputs.map((spec) => [spec.name, values[spec.name]]));
+      const {outputs, heapBytes} = await this.workers[i].call({op: 'run', inputs: feed});
+      Object.assign(values, outputs);
+      const row = this.workers[i].row;
+      if (heapBytes > row.heapBytes) {
+        row.heapBytes = heapBytes;
+        showPlacement();
       }
     }
     const last = this.parts[this.parts.length - 1];
@@ -113,8 +128,17 @@ class Component {
   }
 
   release() {
-    for (const m of this.models || []) m.delete();
-    this.models = null;
+    for (const w of this.workers || []) w.terminate();
+    this.workers = null;
+  }
+}
+
+async function webgpuAdapter() {
+  if (!('gpu' in navigator)) return null;
+  try {
+    return await navigator.gpu.requestAdapter();
+  } catch (e) {
+    return null;
   }
 }
 
@@ -123,9 +147,11 @@ function showPlacement() {
     const share = p.accelerator !== 'webgpu' ? 'CPU (XNNPACK)' :
       p.gpuOps == null ? 'WebGPU (share not logged)' :
       `${p.gpuOps.toLocaleString()} of ${p.totalOps.toLocaleString()} ops on the GPU (${(100 * p.gpuOps / p.totalOps).toFixed(1)} %)`;
-    return `<tr><td>${p.file}</td><td>${p.accelerator}</td><td>${share}</td></tr>`;
+    const heap = p.heapBytes ? `${(p.heapBytes / 2 ** 20).toLocaleString(undefined, {maximumFractionDigits: 0})} MiB` : '';
+    return `<tr><td>${p.file}</td><td>${p.accelerator}</td><td>${share}</td><td class="num">${heap}</td></tr>`;
   });
-  $('placement').innerHTML = '<tr><th>file</th><th>accelerator</th><th>placement</th></tr>' + rows.join('');
+  $('placement').innerHTML = '<tr><th>file</th><th>accelerator</th><th>placement</th>' +
+    '<th title="each file runs in its own worker, with its own wasm heap (2 GiB at most)">wasm heap</th></tr>' + rows.join('');
 }
 
 function showTimings() {
@@ -182,7 +208,6 @@ async function setup() {
   const adapter = asked === 'wasm' ? null : await webgpuAdapter();
   if (asked === 'webgpu' && !adapter) throw new Error('?accelerator=webgpu: this browser offers no WebGPU adapter');
   const preferred = adapter ? 'webgpu' : 'wasm';
-  await initLiteRt();
   for (const [name, parts] of Object.entries(config.components)) {
     if (name === 'image_encoder') continue; // text-to-image only
     // LiteRT.js computes some components wrongly on WebGPU (the int8 text encoder): wasm for those.

@@ -1,7 +1,7 @@
-// LiteRT.js, loaded once per page, with its log captured: LiteRT's native log lines are the only
+// LiteRT.js, loaded once per page or worker, with its log captured: LiteRT's native log lines are the only
 // place that says how a graph was placed (isFullyAccelerated() is not reliable) and whether tensors
 // could be allocated ("Failed to allocate tensors" is logged, never thrown).
-import {loadLiteRt, loadAndCompile, Tensor} from '/litertjs/core/dist/index.js';
+import {getGlobalLiteRt, loadLiteRt, loadAndCompile, Tensor} from '/litertjs/core/dist/index.js';
 
 export {Tensor};
 export const logLines = [];
@@ -19,6 +19,15 @@ export function initLiteRt() {
   // jspi: graphs split between WebGPU and the CPU need it (and it excludes threads).
   loading ??= loadLiteRt('/litertjs/core/wasm/', {jspi: true});
   return loading;
+}
+
+// The size of this LiteRT.js instance's wasm heap (it grows, never shrinks: the peak), or null.
+export function heapBytes() {
+  try {
+    return getGlobalLiteRt().liteRtWasm.HEAPU8.length;
+  } catch (e) {
+    return null;
+  }
 }
 
 export async function webgpuAdapter() {
