@@ -189,3 +189,47 @@ def test_fp16_lookup_tables_are_float32(tiny_sets):
         table = graph.Tensors(op.Inputs(0))
         assert table.Type() == schema.TensorType.FLOAT32
         assert model.Buffers(table.Buffer()).DataLength() == 4 * int(np.prod(table.ShapeAsNumpy()))
+
+
+def test_full_size_token_table_is_read_directly_by_gather(tmp_path):
+    """v1's token table (49,408 x 768, 145 MiB: over TensorFlow's 128 MiB limit for folding an op
+    on a constant) reaches GATHER with nothing between: int8 in dynamic, float32 in fp16 (the
+    GPU's dtype rule), and no per-call copy of the table. (The tiny table, 12 MiB, folds anyway.)"""
+    import types
+
+    import keras
+    from ai_edge_litert import schema_py_generated as schema
+    from keras_cv.src.models.stable_diffusion.text_encoder import CLIPEmbedding
+
+    from sd2tflite.convert.export import export_saved_model
+    from sd2tflite.convert.tflite import convert_stage
+    from sd2tflite.core.registry import TensorSpec
+
+    vocabulary, width = 49_408, 768
+    tokens, positions = keras.Input((77,), batch_size=1, dtype="int32"), keras.Input((77,), batch_size=1, dtype="int32")
+    model = keras.Model([tokens, positions], CLIPEmbedding(vocabulary, width, 77)([tokens, positions]))
+    inputs = (TensorSpec("tokens", (1, 77), "int32"), TensorSpec("positions", (1, 77), "int32"))
+    artifact = types.SimpleNamespace(inputs=inputs, outputs=(TensorSpec("embeddings", (1, 77, width), "float32"),),
+                                     file_name="embedding.tflite", saved_model_dir=str(tmp_path / "saved"),
+                                     calibration_file=None)
+    export_saved_model(model, artifact, artifact.saved_model_dir)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    for quant, table_type, item_bytes in (("dynamic", schema.TensorType.INT8, 1),
+                                          ("fp16", schema.TensorType.FLOAT32, 4)):
+        out = tmp_path / quant
+        out.mkdir()
+        stats = convert_stage(artifact, quant, str(out))
+        model_fb = schema.Model.GetRootAsModel((out / artifact.file_name).read_bytes(), 0)
+        graph = model_fb.Subgraphs(0)
+        codes = [model_fb.OperatorCodes(i) for i in range(model_fb.OperatorCodesLength())]
+        ops = [graph.Operators(i) for i in range(graph.OperatorsLength())]
+        op_names = [names[max(codes[op.OpcodeIndex()].BuiltinCode(), codes[op.OpcodeIndex()].DeprecatedBuiltinCode())]
+                    for op in ops]
+        assert "STRIDED_SLICE" not in op_names, (quant, op_names)
+        tables = [graph.Tensors(op.Inputs(0)) for op, name in zip(ops, op_names) if name == "GATHER"]
+        token_table = max(tables, key=lambda t: int(np.prod(t.ShapeAsNumpy())))
+        assert tuple(token_table.ShapeAsNumpy()) == (1, vocabulary, width), quant
+        assert token_table.Type() == table_type, quant
+        # a constant of the file, read by the GATHER itself
+        assert model_fb.Buffers(token_table.Buffer()).DataLength() == vocabulary * width * item_bytes, quant
+        assert stats["bytes"] < vocabulary * width * item_bytes + 2**20, (quant, stats["bytes"])

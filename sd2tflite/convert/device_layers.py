@@ -36,7 +36,7 @@ from collections.abc import Iterator
 
 # The device graph's revision (these formulations, and fp16's float32 lookup tables in tflite.py):
 # another value is another file.
-REVISION = 5
+REVISION = 6
 
 
 def group_mean(values, groups: int):
@@ -146,7 +146,11 @@ def embedding_1d(layer, inputs):
     def lookup(embedding, ids):
         # (1, vocabulary, width) gathered on axis 1: the rows come out 3-D, as (1, tokens, width).
         # (A 2-D table gives a 2-D result the GPU lays out as a batch of rows and cannot reshape.)
-        table = tf.convert_to_tensor(embedding.embeddings)[None]
+        # A RESHAPE, not `[None]`: TensorFlow folds no op on a constant over 128 MiB, and the
+        # converter folds a RESHAPE of a constant but keeps a STRIDED_SLICE. v1's 49,408 x 768
+        # token table (145 MiB) then reached GATHER through a STRIDED_SLICE, and dynamic-range
+        # quantization, which quantizes only a constant the GATHER reads directly, left it float32.
+        table = tf.reshape(tf.convert_to_tensor(embedding.embeddings), (1, *embedding.embeddings.shape))
         rows = tf.gather(table, tf.reshape(ids, [-1]), axis=1)
         return tf.reshape(rows, [-1, ids.shape[1], rows.shape[-1]])
 
