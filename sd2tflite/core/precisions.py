@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 
+# The name scope of GroupNorm's variance and normalisation in the device graph
+# (convert/device_layers.py): the int8 recipe keeps tensors under it float.
+GROUP_NORM_FLOAT_SCOPE = "group_norm_float"
+
 
 @dataclass(frozen=True)
 class QuantRecipe:
@@ -81,13 +85,16 @@ RECIPES: dict[str, QuantRecipe] = {
                     min_psnr_db=35.0, min_cosine=0.995, min_image_psnr_db=20.0, **_WEIGHTS),
         # Whole images: guidance 7.5 amplifies the UNet's int8-weight error over the steps; the
         # tiny model measured 24.0 dB (512x512) and 26.9 dB (128x128) at 3 steps.
+        # GroupNorm's variance and normalisation stay float too (GROUP_NORM_FLOAT_SCOPE; why:
+        # convert/device_layers.py, docs/device-placement.md).
         # Attention's matmuls and softmax stay float: LiteRT has only a scalar, single-threaded
         # reference kernel for an int8 BATCH_MATMUL of two activations, XNNPACK refuses it (non-zero
         # zero point) and takes no int8 SOFTMAX; in float XNNPACK runs both. Measured on full-size v1
         # at 512x512: the 64x64-level UNet parts spent 79-81 % of their time in that kernel and its
         # requantization (benchmarks/records/op-profile-v1-512-int8-attention-int8.md).
         QuantRecipe("int8", "int8 weights and activations, float fallback and float attention, calibrated",
-                    1.0, True, **_INT8_BARS, **_INT8, **_CALIBRATED_RSS, float_ops=("BATCH_MATMUL", "SOFTMAX")),
+                    1.0, True, **_INT8_BARS, **_INT8, **_CALIBRATED_RSS,
+                    float_ops=("BATCH_MATMUL", "SOFTMAX", f"*{GROUP_NORM_FLOAT_SCOPE}*")),
         QuantRecipe("int8-strict", "int8 weights and activations, integer-only (fails naming any op "
                     "without an int8 kernel)", 1.0, True, **_INT8_BARS, optimizations=("DEFAULT",),
                     supported_ops=("TFLITE_BUILTINS_INT8",), integer_only=True, **_CALIBRATED_RSS),
