@@ -38,7 +38,7 @@ from ..core.precisions import GROUP_NORM_FLOAT_SCOPE
 
 # The device graph's revision (these formulations, and fp16's float32 lookup tables in tflite.py):
 # another value is another file.
-REVISION = 6
+REVISION = 7
 
 
 def group_mean(values, groups: int):
