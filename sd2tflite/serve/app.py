@@ -46,6 +46,13 @@ HEAP_PER_FILE_BYTE = {"fp32": 2.0, "fp16": 3.0}
 # (2 GiB - reserve) / 824 MiB = 2.17 per file byte
 DEFAULT_HEAP_PER_FILE_BYTE = 2.5
 HEAP_RESERVE_BYTES = 256 << 20  # per worker: LiteRT.js itself, activations, the inputs and outputs
+# Activations on top, per output pixel (batch x height x width), measured on v1 dynamic sets (random
+# weights): the decoder works at full image size, so its activations, not its 47 MiB file, fill its
+# heap: 544 MiB at 256x256, 1,815 MiB at 512x512 (5.6 KiB per pixel above file x 2.5 + reserve); the
+# first UNet part (64x64x320 activations at 512x512) grew to 723 MiB for a 182 MiB file.
+ACTIVATION_BYTES_PER_PIXEL = {"decoder": 6144, "image_encoder": 6144, "taesd_decoder": 6144, "taesd_encoder": 6144,
+                              "diffusion": 512}
+PAGE_COMPONENTS = ("text_encoder", "diffusion", "decoder")  # what the page runs (text to image)
 # Components of integer sets LiteRT.js computes wrongly on WebGPU (measured on the tiny int8 set: the
 # text encoder and the UNet have relative error 1.0; see docs/browser.md): the page runs them on wasm,
 # and the decoder too (not measured apart, not trusted).
@@ -66,17 +73,21 @@ class ServeRequest:
 def browser_fit(manifest: Manifest) -> dict:
     """What the page's workers need: one wasm heap per file (`files`), per component the largest
     worker's heap and all its workers' together (`stages`); `fits` False with `reason` when a file
-    would not fit its heap."""
+    the page runs would not fit its heap."""
     factor = HEAP_PER_FILE_BYTE.get(manifest.quant, DEFAULT_HEAP_PER_FILE_BYTE)
+    dims = manifest.model_dims
+    pixels = dims.batch_size * dims.img_height * dims.img_width
     files, stages = [], {}
     for component in manifest.components:
         parts = manifest.parts_of(component)
-        heaps = [int(a.bytes * factor) + HEAP_RESERVE_BYTES for a in parts]
+        activations = ACTIVATION_BYTES_PER_PIXEL.get(component, 0) * pixels
+        heaps = [int(a.bytes * factor) + HEAP_RESERVE_BYTES + activations for a in parts]
         files += [{"file": a.path, "component": component, "file_bytes": a.bytes, "heap_bytes": h}
                   for a, h in zip(parts, heaps)]
         stages[component] = {"file_bytes": sum(a.bytes for a in parts), "files": len(parts),
                              "heap_bytes": max(heaps, default=0), "heaps_bytes": sum(heaps)}
-    worst = max(files, key=lambda f: f["heap_bytes"]) if files else None
+    used = [f for f in files if f["component"] in PAGE_COMPONENTS]
+    worst = max(used, key=lambda f: f["heap_bytes"]) if used else None
     fits = worst is None or worst["heap_bytes"] <= WASM_HEAP_BYTES
     reason = ""
     if not fits:

@@ -209,7 +209,7 @@ async function setup() {
   if (asked === 'webgpu' && !adapter) throw new Error('?accelerator=webgpu: this browser offers no WebGPU adapter');
   const preferred = adapter ? 'webgpu' : 'wasm';
   for (const [name, parts] of Object.entries(config.components)) {
-    if (name === 'image_encoder') continue; // text-to-image only
+    if (!['text_encoder', 'diffusion', 'decoder'].includes(name)) continue; // text to image, the full VAE
     // LiteRT.js computes some components wrongly on WebGPU (the int8 text encoder): wasm for those.
     // ?webgpu_all=1 overrides that (to measure it: docs/browser.md).
     const avoid = config.webgpu_wrong[name] && params.get('webgpu_all') !== '1';
