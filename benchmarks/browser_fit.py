@@ -9,7 +9,9 @@ heap as the page reports them, the server's heap estimate per file, and Chromium
 the sum of PSS over its processes (shared pages counted once) and the largest single process's RSS
 (the renderer, which holds the page and its workers' heaps), sampled every 0.25 s. --ignore-estimate
 lifts the server's up-front refusal, to see what LiteRT.js itself does with a set the estimate
-refuses. --tag writes benchmarks/records/browser-fit-TAG.json.
+refuses. The page's picture is compared with `sd2tflite generate`'s from the same prompt, seed and
+steps (largest and mean level difference; --no-compare skips it). --tag writes
+benchmarks/records/browser-fit-TAG.json.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def chromium_version() -> str:
 
 
 def measure(set_dir: Path, steps: int, accelerator: str, timeout: int, litertjs: str | None,
-            ignore_estimate: bool, prompt: str, seed: int) -> dict:
+            ignore_estimate: bool, prompt: str, seed: int, compare: bool = True) -> dict:
     from sd2tflite.core.manifest import load_manifest
     from sd2tflite.serve import app
 
@@ -114,7 +116,8 @@ def measure(set_dir: Path, steps: int, accelerator: str, timeout: int, litertjs:
     manifest = load_manifest(set_dir)
     estimate = _estimate(manifest)  # with the real 2 GiB limit
     query = "&".join(f"{k}={quote(str(v))}" for k, v in
-                     {"run": 1, "steps": steps, "seed": seed, "prompt": prompt, "accelerator": accelerator}.items())
+                     {"run": 1, "steps": steps, "seed": seed, "prompt": prompt, "sampler": "ddim",
+                      "accelerator": accelerator}.items())
     command = ["node", str(RUN_PAGE), f"{server.url}?{query}", "--timeout", str(timeout)]
     command += ["--webgpu"] if accelerator == "webgpu" else []
     started = time.perf_counter()
@@ -127,6 +130,7 @@ def measure(set_dir: Path, steps: int, accelerator: str, timeout: int, litertjs:
         page = json.loads(out)
     except ValueError:
         page = {"status": "harness-error", "error": (err or out)[-2000:]}
+    picture = _page_pixels(page)
     for key in ("pixels", "context", "progress"):
         page.pop(key, None)
     return {
@@ -138,7 +142,43 @@ def measure(set_dir: Path, steps: int, accelerator: str, timeout: int, litertjs:
         "timings_seconds": page.get("timings"), "placement": page.get("placement"),
         "chromium_peak_pss_bytes": memory.peak_pss, "chromium_peak_rss_bytes_by_process": memory.peak_rss_by_kind,
         "wall_seconds": round(wall, 1), "console_tail": page.get("console", [])[-12:],
+        "against_generate": _against_generate(set_dir, picture, prompt, steps, seed) if compare and picture is not None
+        else None,
     }
+
+
+def _page_pixels(page: dict):
+    import base64
+
+    import numpy as np
+
+    if not page.get("pixels"):
+        return None
+    raw = np.frombuffer(base64.b64decode(page["pixels"]), np.uint8)
+    return raw.reshape(page["height"], page["width"], 4)[..., :3].astype(int)
+
+
+def _against_generate(set_dir: Path, picture, prompt: str, steps: int, seed: int) -> dict:
+    """`sd2tflite generate` with the same prompt, seed and steps: the page's largest / mean level difference."""
+    import sys
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "generate.png"
+        command = [sys.executable, "-m", "sd2tflite.cli", "generate", str(set_dir), prompt, "--steps", str(steps),
+                   "--seed", str(seed), "--sampler", "ddim", "-o", str(out), "-q"]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            return {"error": (done.stderr or done.stdout).strip()[-500:]}
+        reference = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    difference = np.abs(picture - reference)
+    return {"largest_level_difference": int(difference.max()), "mean_level_difference": round(float(difference.mean()), 4),
+            "generate_seconds": round(seconds, 1)}
 
 
 def _estimate(manifest) -> dict:
@@ -165,11 +205,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt", default="a red circle on a blue background")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--weights", default="random weights", help="what the set's weights are, for the record")
+    parser.add_argument("--no-compare", action="store_true", help="skip the run of `sd2tflite generate` whose "
+                        "picture the page's is compared with")
     parser.add_argument("--tag", default=None)
     args = parser.parse_args(argv)
     litertjs = args.litertjs or str(RUN_PAGE.parent)
     result = measure(args.set, args.steps, args.accelerator, args.timeout, litertjs, args.ignore_estimate,
-                     args.prompt, args.seed)
+                     args.prompt, args.seed, compare=not args.no_compare)
     result = {"what": f"sd2tflite serve's page on {result['set']['family']} {result['set']['quant']} "
                       f"{result['set']['size']} ({args.weights}), {args.steps} ddim steps on {args.accelerator}, "
                       f"headless {chromium_version()}, one Web Worker (one wasm heap) per model file",
@@ -184,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  Chromium peak: {result['chromium_peak_pss_bytes'] / gib:.2f} GiB PSS over its processes; "
           + ", ".join(f"{k} {v / gib:.2f} GiB RSS" for k, v in result["chromium_peak_rss_bytes_by_process"].items()))
     print(f"  wall {result['wall_seconds']} s")
+    if result["against_generate"]:
+        print(f"  against sd2tflite generate (same seed): {result['against_generate']}")
     if args.tag:
         path = RECORDS / f"browser-fit-{args.tag}.json"
         write_record(path, result)
